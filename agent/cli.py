@@ -1,0 +1,241 @@
+"""The `sealab` command: wiring of the executor (and later the agent) behind click subcommands.
+
+Every SealabError becomes one line on stderr and its exit code; no traceback reaches the user.
+Exit codes: 0 ok · 1 experiment failed (crash/timeout/oom/interrupted) · 2 bad input · 3 engine or
+base unavailable · 4 identity mismatch or rejected · 5 ledger problem · 70 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from executor import logs
+from executor.errors import EngineUnavailable, SealabError
+from executor.types import Status
+
+EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
+err = Console(stderr=True, highlight=False)
+
+
+class SealabGroup(click.Group):
+    """Turns SealabError into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SealabError as exc:
+            click.echo(f"sealab: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("sealab: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # a bug of ours: say so in one line, keep the trace in a file
+            crash = Path.home() / ".cache" / "sealab" / "last-error.txt"
+            crash.parent.mkdir(parents=True, exist_ok=True)
+            crash.write_text(traceback.format_exc())
+            click.echo(f"sealab: internal error: {type(exc).__name__}: {exc} (trace in {crash})", err=True)
+            ctx.exit(70)
+
+
+@click.group(cls=SealabGroup)
+@click.option("-C", "--workspace", "workspace", type=click.Path(path_type=Path), default=Path("."),
+              help="Workspace directory (default: the current directory).")
+@click.version_option(package_name="sealab")
+@click.pass_context
+def main(ctx: click.Context, workspace: Path) -> None:
+    """Run ML experiments sealed from git commits in read-only, content-addressed containers."""
+    ctx.obj = workspace
+
+
+def _open(ctx: click.Context, *, engine: bool = True, required_engine: bool = True):
+    """Open the workspace, its ledger and (optionally) the engine; recover interrupted records."""
+    from executor.docker_engine import Engine
+    from executor.ledger import Ledger
+    from executor.run import recover
+    from executor.workspace import Workspace
+
+    ws = Workspace.open(ctx.obj)
+    logs.configure(ws.logs / "sealab.jsonl")
+    ledger = Ledger(ws.ledger_path)
+    eng = None
+    if engine:
+        try:
+            eng = Engine.connect()
+        except EngineUnavailable:
+            if required_engine:
+                raise
+    recovered = recover(ledger, eng)
+    for eid in recovered:
+        err.print(f"[yellow]experiment {eid} was interrupted (its sealab process died); marked interrupted[/]")
+    return ws, ledger, eng
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def init(directory: Path) -> None:
+    """Scaffold a research workspace in DIRECTORY (a new git repository)."""
+    from executor.workspace import init as init_workspace
+
+    ws = init_workspace(directory)
+    head = ws.repo.head.commit.hexsha
+    click.echo(f"initialised sealab workspace {ws.root} at commit {head[:12]}")
+    click.echo(f"next: cd {directory} && sealab base && sealab exec")
+
+
+@main.command()
+@click.option("--from", "source", metavar="IMAGE", help="Build on this local image (e.g. a CUDA PyTorch image).")
+@click.option("--wheels", type=click.Path(path_type=Path), help="Local wheel directory holding torch.")
+@click.option("--json", "as_json", is_flag=True, help="Print the base record as JSON.")
+@click.pass_context
+def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: bool) -> None:
+    """Build (or reuse) the base environment image from Dockerfile.train, offline."""
+    from agent.progress import build_base_with_progress
+
+    ws, ledger, eng = _open(ctx)
+    cfg = ws.config()
+    built = build_base_with_progress(eng, source=source or cfg.base_from, wheels=wheels or Path(cfg.wheels),
+                                     console=err)
+    ledger.set_base(built)
+    if as_json:
+        _emit_json(built.to_dict())
+    else:
+        click.echo(f"base {built.image_id} (data {built.data_digest[:19]}, {built.source})")
+
+
+@main.command("seal")
+@click.argument("commit", default="HEAD")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
+    """Seal COMMIT into its image (no run) and print the image ID."""
+    from executor import config, git_source
+    from executor.run import current_base, ensure_image
+    from executor.seal import seal
+
+    ws, ledger, eng = _open(ctx)
+    facts = git_source.resolve(ws.repo, commit)
+    toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), b"")
+    sealed = seal(facts, current_base(ledger, eng), config.parse(toml, f"{config.CONFIG_NAME} at {commit}").run_spec)
+    ensure_image(eng, sealed)
+    if as_json:
+        _emit_json({"commit": facts.sha, "image_id": sealed.image_id, "tag": sealed.tag, "labels": sealed.labels})
+    else:
+        click.echo(f"{sealed.image_id}  {sealed.tag}")
+
+
+@main.command("exec")
+@click.argument("commit", default="HEAD")
+@click.option("--json", "as_json", is_flag=True, help="Print the experiment record as JSON.")
+@click.pass_context
+def exec_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
+    """Run COMMIT (default HEAD) sealed, verified and hardened; record the result."""
+    from executor.run import execute
+
+    ws, ledger, eng = _open(ctx)
+    record = execute(ws, commit, eng, ledger)
+    if as_json:
+        _emit_json(record)
+    else:
+        _print_record(record)
+    ctx.exit(EXIT_FOR_STATUS.get(record["status"], 1))
+
+
+def _print_record(rec: dict[str, Any]) -> None:
+    metric = rec["run_spec"]["metric"]
+    value = (rec.get("metrics") or {}).get(metric)
+    shown = f"{metric} {value:.6f}" if isinstance(value, float) else rec.get("reason") or ""
+    colour = "green" if rec["status"] == "ok" else "red"
+    err.print(f"[{colour}]{rec['status']}[/] experiment {rec['id']} commit {rec['commit'][:12]} "
+              f"image {str(rec['image_id'])[:19]}  {shown}")
+    for entry in rec.get("drift") or []:
+        for change in entry["changes"]:
+            err.print(f"[yellow]drift (not run): {entry['path']}: {change}[/]")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print all records as a JSON array.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """List the experiment records of this workspace."""
+    ws, ledger, _ = _open(ctx, required_engine=False)
+    records = ledger.records()
+    if as_json:
+        _emit_json(records)
+        return
+    table = Table("id", "status", "commit", "metric", "image", "seal s", "run s", "drift", "description")
+    for rec in records:
+        metric = rec["run_spec"]["metric"] if rec.get("run_spec") else "val_bpb"
+        value = (rec.get("metrics") or {}).get(metric)
+        d = rec.get("durations") or {}
+        table.add_row(rec["id"], rec["status"], rec["commit"][:12], f"{value:.6f}" if isinstance(value, float) else "-",
+                      str(rec.get("image_id") or "-")[7:19], f"{d.get('seal', 0):.3f}", f"{d.get('run', 0):.1f}",
+                      str(len(rec.get("drift") or [])), rec.get("description") or "")
+    Console().print(table)
+
+
+@main.command()
+@click.pass_context
+def results(ctx: click.Context) -> None:
+    """Print an autoresearch-compatible results.tsv (plus provenance columns) on stdout."""
+    from agent.report import results_tsv
+
+    _, ledger, _ = _open(ctx, engine=False)
+    click.echo(results_tsv(ledger.records()), nl=False)
+
+
+@main.command()
+@click.argument("experiment", required=False)
+@click.option("--all", "check_all", is_flag=True, help="Verify every record.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json: bool) -> None:
+    """Re-derive recorded image IDs from git and the base; exit non-zero on any mismatch."""
+    from executor.errors import WorkspaceError
+    from executor.verify import verify as verify_records
+
+    if bool(experiment) == check_all:
+        raise click.UsageError("give an experiment ID or --all")
+    ws, ledger, eng = _open(ctx, required_engine=False)
+    if check_all:
+        records = ledger.records()
+    else:
+        found = ledger.get(experiment)
+        if found is None:
+            raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
+        records = [found]
+    report = verify_records(ws.repo, ledger, eng, records)
+    if as_json:
+        _emit_json(report)
+    else:
+        for m in report["mismatches"]:
+            click.echo(f"MISMATCH {m['id']} {m['field']}: expected {m['expected']}, found {m['actual']}")
+        click.echo(f"checked {report['checked']} record(s), {len(report['mismatches'])} mismatch(es)")
+    ctx.exit(1 if report["mismatches"] else 0)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("demo-workspace"))
+@click.option("--budget", type=float, default=20.0, show_default=True, help="Training seconds per experiment.")
+def demo(directory: Path, budget: float) -> None:
+    """Scaffold a workspace, build the offline base, run 3 sealed experiments, print the results."""
+    from agent.demo import run_demo
+
+    run_demo(directory, budget, console=err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""sealab.toml: parse and validate into frozen settings. Every problem is a one-line ConfigError."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from executor.errors import ConfigError
+from executor.types import Resources, RunSpec
+
+CONFIG_NAME = "sealab.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    run_spec: RunSpec
+    policy: str = "default"
+    wheels: str = "/opt/wheels"
+    base_from: str | None = None
+
+
+_NUMBER = (int, float)
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "metric": {"name": (str, "name"), "direction": (str, "direction")},
+    "budget": {"train_seconds": (_NUMBER, "budget_s"), "grace_seconds": (_NUMBER, "grace_s")},
+    "run": {"seed": (int, "seed")},
+    "resources": {f.name: ((int,) if f.type == "int" else _NUMBER, f.name) for f in fields(Resources)},
+    "policy": {"name": (str, "policy")},
+    "base": {"wheels": (str, "wheels"), "from": (str, "base_from")},
+}
+
+
+def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
+    """Validate sealab.toml content.
+
+    Raises:
+        ConfigError: not TOML, an unknown section or key, a wrong type or an out-of-range value.
+    """
+    try:
+        raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, f"not valid TOML: {exc}") from None
+    spec: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    other: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in _SCHEMA:
+            raise ConfigError(source, f"unknown section [{section}] (known: {', '.join(_SCHEMA)})")
+        if not isinstance(values, dict):
+            raise ConfigError(source, f"[{section}] must be a table")
+        for key, value in values.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(source, f"unknown key {section}.{key} (known: {', '.join(_SCHEMA[section])})")
+            kind, name = _SCHEMA[section][key]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigError(source, f"{section}.{key} has the wrong type: {value!r}")
+            if isinstance(value, (int, float)) and value < 0:
+                raise ConfigError(source, f"{section}.{key} must not be negative: {value!r}")
+            target = resources if section == "resources" else spec if section in ("metric", "budget", "run") else other
+            target["metric" if (section, key) == ("metric", "name") else name] = value
+    if spec.get("direction", "minimize") not in ("minimize", "maximize"):
+        raise ConfigError(source, f"metric.direction must be 'minimize' or 'maximize', not {spec['direction']!r}")
+    if spec.get("budget_s", 1) <= 0:
+        raise ConfigError(source, "budget.train_seconds must be positive")
+    if resources.get("memory_mb", 1024) < 64 or resources.get("pids", 64) < 16:
+        raise ConfigError(source, "resources.memory_mb must be >= 64 and resources.pids >= 16")
+    run_spec = RunSpec(**spec, resources=Resources(**resources))
+    return Config(run_spec=run_spec, **other)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a sealab.toml file."""
+    try:
+        return parse(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "not found (is this a sealab workspace? run `sealab init DIR`)") from None
+
+
+DEFAULT_TOML = """\
+# sealab workspace settings. Committed with the workspace: a run uses the file as it is in the commit.
+
+[metric]
+name = "val_bpb"          # the number prepare.py writes to result.json
+direction = "minimize"    # lower is better
+
+[budget]
+train_seconds = 60        # training time budget of one experiment, read by the harness
+grace_seconds = 60        # start-up + evaluation allowance: the container is killed at train + grace
+
+[run]
+seed = 42
+
+[resources]
+memory_mb = 4096          # hard memory limit of the container (no swap)
+cpus = 2                  # CPU quota
+pids = 256                # process/thread limit
+gpus = 0                  # GPUs per experiment (needs the NVIDIA container toolkit)
+tmp_mb = 512              # size of the /tmp tmpfs
+home_mb = 64              # size of the HOME tmpfs
+
+[policy]
+name = "default"          # a file in policies/
+
+[base]
+wheels = "/opt/wheels"    # local wheel directory that holds torch for the offline base
+# from = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"   # build the base on this image instead
+"""

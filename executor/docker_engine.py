@@ -1,0 +1,201 @@
+"""Docker adapter for experiment images and containers: load, inspect, create, start, wait, collect.
+
+It never pulls, never uses `containers.run`, and never refers to an image by tag when creating a
+container: the caller passes the image ID it verified. Docker and requests errors become
+EngineUnavailable here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import requests
+from docker.types import DeviceRequest
+
+from executor.errors import EngineUnavailable, IdentityMismatch
+from executor.types import Resources
+
+CONTAINER_USER = "1000:1000"
+OUT_DIR = "/out"
+HOME_DIR = "/home/sealab"
+LABEL_EXPERIMENT = "sealab.experiment"
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Translate docker-py and transport errors into EngineUnavailable (one choke point)."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineUnavailable(problem[:300]) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a container ended, as the engine saw it."""
+
+    exit_code: int | None  # None: still running when the deadline passed
+    oom_killed: bool
+    timed_out: bool
+
+
+class Engine:
+    """A connection to one Docker engine."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.api = client.api
+
+    @classmethod
+    def connect(cls, base_url: str | None = None, timeout: int = 120) -> Engine:
+        """Connect to DOCKER_HOST (or `base_url`) and check the engine answers.
+
+        Raises:
+            EngineUnavailable: nothing answers there.
+        """
+        with engine_errors():
+            if base_url:
+                client = docker.DockerClient(base_url=base_url, timeout=timeout)
+            else:
+                client = docker.DockerClient.from_env(timeout=timeout)
+            client.ping()
+            return cls(client)
+
+    # -- images -------------------------------------------------------------------------------------
+    def image_id(self, ref: str) -> str | None:
+        """The ID `ref` (a name or an ID) resolves to now, or None."""
+        with engine_errors():
+            try:
+                return self.api.inspect_image(ref)["Id"]
+            except docker.errors.ImageNotFound:
+                return None
+
+    def image_labels(self, image: str) -> dict[str, str]:
+        with engine_errors():
+            return self.api.inspect_image(image)["Config"].get("Labels") or {}
+
+    def load(self, archive: bytes, expected_id: str) -> None:
+        """Load a `docker save` archive and check the engine now holds exactly `expected_id`.
+
+        Raises:
+            IdentityMismatch: the engine reports another ID for what it loaded.
+        """
+        with engine_errors():
+            images = self.client.images.load(archive)
+        loaded = sorted({img.id for img in images})
+        if loaded != [expected_id]:
+            raise IdentityMismatch("loaded image", expected_id, ", ".join(loaded) or "nothing")
+
+    def tag(self, image: str, name: str) -> None:
+        repo, _, tag = name.rpartition(":")
+        with engine_errors():
+            self.api.tag(image, repo, tag, force=True)
+
+    def remove_image(self, ref: str) -> None:
+        with engine_errors():
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                self.api.remove_image(ref, force=True)
+
+    # -- containers ---------------------------------------------------------------------------------
+    def create(self, image_id: str, *, name: str, resources: Resources, out_dir: Path,
+               env: dict[str, str], labels: dict[str, str]) -> str:
+        """Create (not start) a hardened container from an image ID; returns the container ID.
+
+        The host environment is never passed: `env` is the whole environment besides the image's.
+        """
+        host_config = self.api.create_host_config(
+            read_only=True,
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=resources.pids,
+            mem_limit=f"{resources.memory_mb}m",
+            memswap_limit=f"{resources.memory_mb}m",
+            nano_cpus=int(resources.cpus * 1e9),
+            tmpfs={
+                "/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777",
+                HOME_DIR: f"rw,nosuid,nodev,size={resources.home_mb}m,uid=1000,gid=1000,mode=0700",
+            },
+            binds={str(out_dir): {"bind": OUT_DIR, "mode": "rw"}},
+            init=True,  # a real PID 1 reaps and forwards signals, so nothing outlives the kill
+            device_requests=[DeviceRequest(count=resources.gpus, capabilities=[["gpu"]])] if resources.gpus else None,
+            shm_size="1g" if resources.gpus else None,
+        )
+        with engine_errors():
+            try:
+                created = self.api.create_container(
+                    image_id, user=CONTAINER_USER, environment=env, labels=labels, name=name,
+                    network_disabled=True, host_config=host_config,
+                )
+            except docker.errors.ImageNotFound:
+                raise IdentityMismatch("image to start", image_id, "gone from the engine") from None
+        return created["Id"]
+
+    def container_image(self, container: str) -> str:
+        with engine_errors():
+            return self.api.inspect_container(container)["Image"]
+
+    def host_config(self, container: str) -> dict:
+        with engine_errors():
+            return self.api.inspect_container(container)["HostConfig"]
+
+    def start(self, container: str) -> None:
+        with engine_errors():
+            self.api.start(container)
+
+    def wait(self, container: str, deadline_s: float) -> Exit:
+        """Wait for the container to exit; kill it once `deadline_s` seconds have passed."""
+        with engine_errors():
+            try:
+                self.api.wait(container, timeout=max(1, deadline_s))
+                timed_out = False
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+                if "timed out" not in str(exc).lower() and not isinstance(exc, requests.exceptions.ReadTimeout):
+                    raise
+                timed_out = True
+        if timed_out:
+            self.kill(container)
+        with engine_errors():
+            state = self.api.inspect_container(container)["State"]
+        return Exit(None if timed_out else state.get("ExitCode"), bool(state.get("OOMKilled")), timed_out)
+
+    def kill(self, container: str) -> None:
+        with engine_errors():
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.api.kill(container)
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.wait(container, timeout=30)
+
+    def logs(self, container: str) -> bytes:
+        with engine_errors():
+            return self.api.logs(container, stdout=True, stderr=True)
+
+    def remove(self, container: str) -> None:
+        with engine_errors():
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(container, force=True)
+
+    def remove_experiment_containers(self, experiment_id: str | None = None) -> list[str]:
+        """Force-remove the containers of one experiment (or of all, with None); returns their IDs."""
+        label = LABEL_EXPERIMENT if experiment_id is None else f"{LABEL_EXPERIMENT}={experiment_id}"
+        with engine_errors():
+            found = [c["Id"] for c in self.api.containers(all=True, filters={"label": label})]
+        for container in found:
+            self.remove(container)
+        return found
+
+
+def prepare_out_dir(path: Path) -> None:
+    """Create the one writable directory of a run, writable by the container's uid 1000 only."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, 1000, 1000)
+        path.chmod(0o755)
+    else:
+        path.chmod(0o777)

@@ -1,0 +1,158 @@
+"""The ledger: one SQLite file (WAL) holding every experiment record and the base images.
+
+Each write is one transaction, so a kill -9 at any point leaves every committed record intact.
+A record is inserted as `running` before its container starts and finished in place; a record
+left `running` by a dead process is marked `interrupted` by the next command (see run.recover).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from executor.errors import LedgerError
+from executor.types import BaseImage, Status
+
+SCHEMA_VERSION = 1
+RECORD_KEYS = (
+    "id", "commit", "parent", "tree", "description", "image_id", "base_image_id", "data_digest",
+    "run_spec", "status", "reason", "metrics", "peak_memory_mb", "exit_code", "durations", "drift",
+    "log_path", "created_at",
+)
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE bases (image_id TEXT PRIMARY KEY, record TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE experiments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    owner TEXT,
+    record TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Ledger:
+    """The experiment store of one workspace."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            with self._tx():  # IMMEDIATE: two first commands cannot both create the schema
+                version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"{path}: schema version {version} is newer than this sealab ({SCHEMA_VERSION}); upgrade sealab")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _tx(self):
+        return _Transaction(self.db, self.path)
+
+    # -- bases --------------------------------------------------------------------------------------
+    def set_base(self, base: BaseImage) -> None:
+        """Record a base image and make it the workspace's current base."""
+        with self._tx():
+            self.db.execute("INSERT OR REPLACE INTO bases VALUES (?, ?, ?)",
+                            (base.image_id, json.dumps(base.to_dict()), now()))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('current_base', ?)", (base.image_id,))
+
+    def base(self, image_id: str) -> BaseImage | None:
+        row = self._query("SELECT record FROM bases WHERE image_id = ?", (image_id,)).fetchone()
+        return BaseImage.from_dict(json.loads(row[0])) if row else None
+
+    def current_base(self) -> BaseImage | None:
+        row = self._query("SELECT value FROM meta WHERE key = 'current_base'").fetchone()
+        return self.base(row[0]) if row else None
+
+    # -- experiments --------------------------------------------------------------------------------
+    def begin(self, record: dict[str, Any], owner: str) -> None:
+        """Insert a new record as `running`, owned by the process `owner` until finished."""
+        record = {**{k: None for k in RECORD_KEYS}, **record, "status": Status.RUNNING.value}
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO experiments (id, status, owner, record, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (record["id"], record["status"], owner, json.dumps(record), record["created_at"], now()),
+            )
+
+    def finish(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
+        """Merge `updates` (which include the final status) into a record and release its owner."""
+        with self._tx():
+            row = self.db.execute("SELECT record FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no experiment {experiment_id} in {self.path}")
+            record = {**json.loads(row[0]), **updates}
+            self.db.execute("UPDATE experiments SET status = ?, owner = NULL, record = ?, updated_at = ? WHERE id = ?",
+                            (record["status"], json.dumps(record), now(), experiment_id))
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._query("SELECT record FROM experiments ORDER BY seq")]
+
+    def get(self, experiment_id: str) -> dict[str, Any] | None:
+        """The record whose id is `experiment_id`, or starts with it when that is unambiguous."""
+        rows = self._query("SELECT record FROM experiments WHERE id = ? OR id LIKE ? ORDER BY seq",
+                           (experiment_id, experiment_id.replace("%", "") + "%")).fetchall()
+        exact = [json.loads(r[0]) for r in rows if json.loads(r[0])["id"] == experiment_id]
+        if exact:
+            return exact[0]
+        return json.loads(rows[0][0]) if len(rows) == 1 else None
+
+    def running(self) -> list[tuple[str, str]]:
+        """(id, owner) of every record still marked running."""
+        return list(self._query("SELECT id, owner FROM experiments WHERE status = ?", (Status.RUNNING.value,)))
+
+    def _query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self.db.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: {exc}") from None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, with SQLite errors turned into LedgerError."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db, self.path = db, path
+
+    def __enter__(self) -> None:
+        try:
+            if not self.db.in_transaction:
+                self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: {exc}") from None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if not self.db.in_transaction:
+            return
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.DatabaseError as error:
+                self.db.execute("ROLLBACK")
+                raise LedgerError(f"{self.path}: {error}") from None
+        else:
+            self.db.execute("ROLLBACK")
+            if issubclass(kind, sqlite3.DatabaseError):
+                raise LedgerError(f"{self.path}: {exc}") from None
+

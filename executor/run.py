@@ -1,0 +1,247 @@
+"""Execute one commit: seal its image, verify it, run it hardened under a deadline, record the result.
+
+Compare-and-swap between decision and execution: the image ID is recomputed from the commit and
+checked against the image by name, by labels, and against the created container, before `start`.
+Any mismatch means nothing runs and the record says `rejected`, naming expected and actual.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from executor import config, git_source, owner
+from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
+from executor.drift import describe, summarize
+from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
+from executor.ledger import Ledger, now
+from executor.seal import TRAIN_PATH, Sealed, seal
+from executor.types import BaseImage, RunSpec, Status
+from executor.workspace import Workspace
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    reason: str | None = None
+    metrics: dict[str, Any] | None = None
+    exit_code: int | None = None
+
+
+def new_id() -> str:
+    return secrets.token_hex(5)
+
+
+def current_base(ledger: Ledger, engine: Engine) -> BaseImage:
+    """The workspace's base image, checked to be present in the engine.
+
+    Raises:
+        BaseImageError: none recorded, or the engine no longer holds it.
+    """
+    base = ledger.current_base()
+    if base is None:
+        raise BaseImageError("no base image recorded for this workspace; run `sealab base` first")
+    if engine.image_id(base.image_id) != base.image_id:
+        raise BaseImageError(f"base image {base.image_id[:19]} is not in the engine; run `sealab base` to rebuild it")
+    return base
+
+
+def ensure_image(engine: Engine, sealed: Sealed) -> None:
+    """Make the engine hold the sealed image under its name, loading it if needed.
+
+    Raises:
+        IdentityMismatch: the name is held by another image, or the engine loaded something else.
+    """
+    holder = engine.image_id(sealed.tag)
+    if holder not in (None, sealed.image_id):
+        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id, holder)
+    if engine.image_id(sealed.image_id) is None:
+        engine.load(sealed.archive(), sealed.image_id)
+    elif holder is None:
+        engine.tag(sealed.image_id, sealed.tag)
+
+
+def verify_image(engine: Engine, sealed: Sealed) -> None:
+    """Check, just before use, that the name and the labels still lead to the sealed image.
+
+    Raises:
+        IdentityMismatch: naming expected and actual.
+    """
+    named = engine.image_id(sealed.tag)
+    if named != sealed.image_id:
+        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id, named or "no image")
+    labels = engine.image_labels(sealed.image_id)
+    for key, value in sealed.labels.items():
+        if labels.get(key) != value:
+            raise IdentityMismatch(f"label {key} of {sealed.image_id[:19]}", value, labels.get(key) or "missing")
+
+
+_HARDENING = {"ReadonlyRootfs": True, "NetworkMode": "none", "CapDrop": ["ALL"], "Privileged": False}
+
+
+def check_container(engine: Engine, container: str, sealed: Sealed) -> None:
+    """The created container must run the sealed image, with the hardening we asked for.
+
+    Raises:
+        IdentityMismatch: another image, or a weakened host configuration.
+    """
+    actual = engine.container_image(container)
+    if actual != sealed.image_id:
+        raise IdentityMismatch("container image", sealed.image_id, actual)
+    host = engine.host_config(container)
+    for key, wanted in _HARDENING.items():
+        if host.get(key) != wanted:
+            raise IdentityMismatch(f"container HostConfig.{key}", str(wanted), str(host.get(key)))
+    if "no-new-privileges" not in (host.get("SecurityOpt") or []):
+        raise IdentityMismatch("container HostConfig.SecurityOpt", "no-new-privileges", str(host.get("SecurityOpt")))
+
+
+def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
+             spec: RunSpec, train_blob: str | None, data_digest: str) -> Outcome:
+    """Turn how a container ended and what the harness wrote into a status (pure)."""
+    if timed_out:
+        return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
+    if oom:
+        return Outcome(Status.OOM, f"killed by the memory limit ({spec.resources.memory_mb} MB)", exit_code=exit_code)
+    if exit_code != 0:
+        return Outcome(Status.CRASH, f"exit code {exit_code}", exit_code=exit_code)
+    if result is None:
+        return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}", exit_code=exit_code)
+    value = result.get(spec.metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return Outcome(Status.CRASH, f"metric {spec.metric} missing or not finite: {value!r}", exit_code=exit_code)
+    if result.get("train_py_blob") != train_blob:
+        return Outcome(Status.REJECTED, f"the container ran train.py blob {result.get('train_py_blob')}, "
+                       f"the commit has {train_blob}", exit_code=exit_code)
+    if result.get("data_digest") != data_digest:
+        return Outcome(Status.REJECTED, f"the container read data {result.get('data_digest')}, "
+                       f"the base has {data_digest}", exit_code=exit_code)
+    keys = (spec.metric, "training_seconds", "total_seconds", "steps", "tokens", "tokens_per_s", "num_params",
+            "mfu_percent", "device")
+    metrics = {k: result[k] for k in keys if k in result}
+    metrics["hyperparameters"] = result.get("hyperparameters", {})
+    return Outcome(Status.OK, None, metrics, exit_code)
+
+
+def read_result(out_dir: Path) -> dict | None:
+    try:
+        data = json.loads((out_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger) -> dict[str, Any]:
+    """Run commit `ref` of the workspace sealed, and return its finished ledger record.
+
+    Raises:
+        SourceError, ConfigError: bad commit or committed sealab.toml (nothing is recorded).
+        BaseImageError: no usable base image (nothing is recorded).
+        EngineUnavailable: the engine failed mid-way (the record says `infra_error`).
+    """
+    started = time.monotonic()
+    facts = git_source.resolve(ws.repo, ref)
+    toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), None)
+    if toml is None:
+        raise BaseImageError(f"commit {facts.sha[:12]} has no {config.CONFIG_NAME}")
+    spec = config.parse(toml, f"{config.CONFIG_NAME} at {facts.sha[:12]}").run_spec
+    base = current_base(ledger, engine)
+    drift = summarize(*git_source.working_diff(ws.repo, facts.sha))
+    eid = new_id()
+    log = structlog.get_logger().bind(experiment_id=eid, commit=facts.sha[:12])
+    for line in describe(drift):
+        log.warning("drift", change=line, note="the run uses the commit, not the working tree")
+    out_dir, log_path = ws.outputs / eid, ws.logs / f"{eid}.log"
+    ledger.begin({
+        "id": eid, "commit": facts.sha, "parent": facts.parent, "tree": facts.tree, "description": facts.subject,
+        "base_image_id": base.image_id, "data_digest": base.data_digest, "run_spec": spec.to_dict(),
+        "drift": drift, "log_path": str(log_path.relative_to(ws.root)), "created_at": now(), "durations": {},
+    }, owner.token())
+    durations: dict[str, float] = {}
+    container: str | None = None
+    image_id: str | None = None
+    result: dict | None = None
+    try:
+        t = time.monotonic()
+        sealed = seal(facts, base, spec)
+        image_id = sealed.image_id
+        log = log.bind(image=image_id[:19])
+        try:
+            ensure_image(engine, sealed)
+            durations["seal"] = time.monotonic() - t
+            t = time.monotonic()
+            verify_image(engine, sealed)
+            prepare_out_dir(out_dir)
+            container = engine.create(
+                sealed.image_id, name=f"sealab-{eid}", resources=spec.resources, out_dir=out_dir.resolve(),
+                env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
+                labels={LABEL_EXPERIMENT: eid, "sealab.commit": facts.sha},
+            )
+            check_container(engine, container, sealed)
+            durations["verify"] = time.monotonic() - t
+        except IdentityMismatch as exc:
+            durations.setdefault("seal", time.monotonic() - t)
+            outcome = Outcome(Status.REJECTED, f"{exc}; nothing was started")
+        else:
+            t = time.monotonic()
+            engine.start(container)
+            end = engine.wait(container, spec.deadline_s)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.write_bytes(engine.logs(container))
+            durations["run"] = time.monotonic() - t
+            result = read_result(out_dir)
+            outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
+                               facts.blob_of(TRAIN_PATH), base.data_digest)
+    except KeyboardInterrupt:
+        _abandon(engine, container)
+        ledger.finish(eid, status=Status.INTERRUPTED.value, reason="stopped by the user", image_id=image_id,
+                      durations=durations)
+        raise
+    except EngineUnavailable as exc:
+        _abandon(engine, container)
+        ledger.finish(eid, status=Status.INFRA_ERROR.value, reason=str(exc), image_id=image_id, durations=durations)
+        raise
+    if container is not None:
+        engine.remove(container)
+    durations["total"] = time.monotonic() - started
+    metrics = outcome.metrics or {}
+    record = ledger.finish(
+        eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
+        peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
+        durations={k: round(v, 4) for k, v in durations.items()},
+    )
+    log.info("experiment.finished", status=record["status"], reason=record["reason"],
+             metric=metrics.get(spec.metric), durations=record["durations"], drift=len(drift))
+    return record
+
+
+def _abandon(engine: Engine, container: str | None) -> None:
+    """Best effort: a container must not outlive the process that owns its record."""
+    if container is not None:
+        try:
+            engine.remove(container)
+        except EngineUnavailable:
+            pass
+
+
+def recover(ledger: Ledger, engine: Engine | None) -> list[str]:
+    """Mark records left `running` by a dead process as `interrupted` and remove their containers."""
+    recovered = []
+    for eid, holder in ledger.running():
+        if owner.alive(holder):
+            continue
+        if engine is not None:
+            engine.remove_experiment_containers(eid)
+        ledger.finish(eid, status=Status.INTERRUPTED.value,
+                      reason=f"the sealab process that ran it ({holder}) died before it finished")
+        recovered.append(eid)
+    return recovered

@@ -1,0 +1,77 @@
+"""Pure sealing: a commit + a base + a run spec → the exact bytes of an image, and so its ID.
+
+Nothing here talks to git or Docker; the same inputs give the same image ID on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from executor.errors import SourceError
+from executor.git_source import CommitFacts
+from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
+from executor.types import BaseImage, RunSpec, sha256_hex
+
+TRAIN_PATH = "train.py"
+HARNESS_PATH = "prepare.py"
+RUN_SPEC_PATH = "/sealab/run_spec.json"
+CMD = ("python3", "/workspace/prepare.py")
+REVISION = "org.opencontainers.image.revision"
+TAG_REPO = "sealab/exp"
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """An experiment image as bytes, with the ID it must have once loaded."""
+
+    image_id: str
+    config: bytes
+    layer: bytes
+    labels: dict[str, str]
+    base_diff_ids: tuple[str, ...]
+
+    @property
+    def tag(self) -> str:
+        return image_tag(self.labels[REVISION], self.image_id)
+
+    def archive(self) -> bytes:
+        return load_archive(self.config, self.layer, self.base_diff_ids, self.tag)
+
+
+def image_tag(commit: str, image: str) -> str:
+    """The name an experiment image goes by: its commit and the start of its ID."""
+    return f"{TAG_REPO}:{commit[:12]}-{image.removeprefix('sha256:')[:12]}"
+
+
+def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, str]:
+    """The provenance labels of an experiment image; all of them are covered by its ID.
+
+    Raises:
+        SourceError: the commit lacks the harness or train.py.
+    """
+    files = {f.path: f for f in facts.files}
+    for needed in (HARNESS_PATH, TRAIN_PATH):
+        if needed not in files or files[needed].kind != "file":
+            raise SourceError(facts.sha, f"commit has no {needed}; a sealab workspace needs it")
+    return {
+        REVISION: facts.sha,
+        "sealab.tree": facts.tree,
+        "sealab.base": base.image_id,
+        "sealab.run-spec": spec.digest(),
+        "sealab.harness": "sha256:" + sha256_hex(files[HARNESS_PATH].data),
+        "sealab.train": files[TRAIN_PATH].blob,
+        "sealab.data": base.data_digest,
+    }
+
+
+def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> Sealed:
+    """Assemble the experiment image for `facts` on `base` under `spec`."""
+    labels = labels_for(facts, base, spec)
+    entries = [Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
+    entries.append(Entry(RUN_SPEC_PATH, spec.canonical() + b"\n"))
+    layer = layer_tar(entries)
+    config = image_config(
+        base_diff_ids=base.diff_ids, layer_digest="sha256:" + sha256_hex(layer), env=base.env, cmd=CMD,
+        labels=labels, architecture=base.architecture, os=base.os,
+    )
+    return Sealed(image_id(config), config, layer, labels, base.diff_ids)

@@ -1,0 +1,107 @@
+"""Frozen value types shared by the executor: run specs, base images, identities, results. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Mapping
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one serialisation used wherever bytes are hashed: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Status(StrEnum):
+    RUNNING = "running"  # only while an executor process owns the record
+    OK = "ok"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    REJECTED = "rejected"
+    INTERRUPTED = "interrupted"
+    INFRA_ERROR = "infra_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Limits for one experiment container."""
+
+    memory_mb: int = 4096
+    cpus: float = 2.0
+    pids: int = 256
+    gpus: int = 0
+    tmp_mb: int = 512
+    home_mb: int = 64
+
+    def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
+        for name, kind in (("memory_mb", int), ("cpus", float), ("pids", int), ("gpus", int),
+                           ("tmp_mb", int), ("home_mb", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything besides the commit that decides how an experiment runs; sealed into the image."""
+
+    budget_s: float = 60.0  # training time budget, read by the harness
+    grace_s: float = 60.0  # start-up + evaluation allowance; killed at budget + grace
+    seed: int = 42
+    metric: str = "val_bpb"
+    direction: str = "minimize"
+    resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
+        object.__setattr__(self, "budget_s", float(self.budget_s))
+        object.__setattr__(self, "grace_s", float(self.grace_s))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        fields = dict(data)
+        fields["resources"] = Resources(**fields.get("resources", {}))
+        return cls(**fields)
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def digest(self) -> str:
+        return "sha256:" + sha256_hex(self.canonical())
+
+    @property
+    def deadline_s(self) -> float:
+        return self.budget_s + self.grace_s
+
+
+@dataclass(frozen=True, slots=True)
+class BaseImage:
+    """A built base environment, described by what an experiment image inherits from it."""
+
+    image_id: str  # "sha256:<hex>", the engine's ID of the base
+    diff_ids: tuple[str, ...]  # the base's layers, bottom first
+    env: tuple[str, ...]
+    cmd: tuple[str, ...]
+    recipe: str  # hash of the inputs that built it; an unchanged recipe reuses the image
+    data_digest: str  # "sha256:<hex>" of the data manifest baked into it
+    source: str  # what it was built from ("offline:bookworm" or the --from image)
+    architecture: str = "amd64"
+    os: str = "linux"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaseImage:
+        fields = dict(data)
+        for key in ("diff_ids", "env", "cmd"):
+            fields[key] = tuple(fields[key])
+        return cls(**fields)

@@ -1,0 +1,60 @@
+"""The SQLite ledger: records, bases, schema version, and durability of committed records."""
+
+import sqlite3
+
+import pytest
+
+from executor.errors import LedgerError
+from executor.ledger import RECORD_KEYS, SCHEMA_VERSION, Ledger
+from executor.types import BaseImage
+
+BASE = BaseImage("sha256:" + "b" * 64, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",),
+                 "recipe", "sha256:" + "d" * 64, "offline:bookworm")
+
+
+def test_record_lifecycle(tmp_path):
+    """A record begins as running with every key, and finishes in place with its final status."""
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.begin({"id": "e1", "commit": "c" * 40, "created_at": "t"}, "owner")
+    assert ledger.running() == [("e1", "owner")]
+    assert set(ledger.get("e1")) == set(RECORD_KEYS) and ledger.get("e1")["status"] == "running"
+    ledger.finish("e1", status="ok", metrics={"val_bpb": 1.5})
+    reopened = Ledger(tmp_path / "l.db")
+    assert reopened.running() == [] and reopened.get("e")["metrics"] == {"val_bpb": 1.5}
+
+
+def test_base_roundtrip(tmp_path):
+    """The current base survives a reopen with every field."""
+    Ledger(tmp_path / "l.db").set_base(BASE)
+    assert Ledger(tmp_path / "l.db").current_base() == BASE
+
+
+def test_schema_version_and_wal(tmp_path):
+    """The file carries its schema version and uses WAL so readers never block the writer."""
+    Ledger(tmp_path / "l.db")
+    db = sqlite3.connect(tmp_path / "l.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_is_refused(tmp_path):
+    """A ledger from a newer sealab is not touched."""
+    Ledger(tmp_path / "l.db").close()
+    sqlite3.connect(tmp_path / "l.db").execute("PRAGMA user_version = 99")
+    with pytest.raises(LedgerError, match="newer"):
+        Ledger(tmp_path / "l.db")
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    """A file that is not SQLite gives a LedgerError, not a traceback."""
+    (tmp_path / "l.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(LedgerError):
+        Ledger(tmp_path / "l.db")
+
+
+def test_ambiguous_prefix_finds_nothing(tmp_path):
+    """A prefix that matches two records resolves to none."""
+    ledger = Ledger(tmp_path / "l.db")
+    for eid in ("ab1", "ab2"):
+        ledger.begin({"id": eid, "commit": "c", "created_at": "t"}, "o")
+    assert ledger.get("ab") is None and ledger.get("ab2")["id"] == "ab2"
