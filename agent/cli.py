@@ -184,7 +184,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         table.add_row(rec["id"], rec["status"], rec["commit"][:12], f"{value:.6f}" if isinstance(value, float) else "-",
                       str(rec.get("image_id") or "-")[7:19], f"{d.get('seal', 0):.3f}", f"{d.get('run', 0):.1f}",
                       str(len(rec.get("drift") or [])), rec.get("description") or "")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @main.command()

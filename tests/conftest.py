@@ -1,0 +1,83 @@
+"""Shared fixtures: the real Docker engine, the offline base image, and scaffolded workspaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SEALAB = str(Path(sys.executable).with_name("sealab"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The real Docker engine; in CI its absence fails the run instead of skipping tests."""
+    from executor.docker_engine import Engine
+    from executor.errors import EngineUnavailable
+
+    try:
+        return Engine.connect()
+    except EngineUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but no Docker engine: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def base_image(engine):
+    """The offline base image (built once; reused while its recipe is unchanged)."""
+    from executor.base import build_base
+
+    return build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
+
+
+def sealab(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = False,
+           timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `sealab` console script."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([SEALAB, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sealab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def sealab_json(*args: str, cwd: Path, env: dict | None = None, ok_codes=(0,)):
+    proc = sealab(*args, "--json", cwd=cwd, env=env)
+    assert proc.returncode in ok_codes, f"exit {proc.returncode}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def make_workspace(tmp_path, base_image):
+    """A factory for scaffolded workspaces using the session's base, with a short training budget."""
+    from agent.gitops import commit_file, set_constant
+    from executor.ledger import Ledger
+    from executor.workspace import init
+
+    def make(name: str = "ws", budget: float = 2, grace: float = 40, **resources) -> Path:
+        ws = init(tmp_path / name)
+        Ledger(ws.ledger_path).set_base(base_image)
+        toml = (ws.root / "sealab.toml").read_text()
+        toml = set_constant(toml, "train_seconds", f"{budget:g}")
+        toml = set_constant(toml, "grace_seconds", f"{grace:g}")
+        for key, value in resources.items():
+            toml = set_constant(toml, key, str(value))
+        commit_file(ws.repo, "sealab.toml", toml, "test settings")
+        return ws.root
+
+    return make
+
+
+def commit_train(root: Path, source: str, message: str = "change train.py") -> str:
+    """Commit a new train.py in the workspace at `root`."""
+    import git
+
+    from agent.gitops import commit_file
+
+    return commit_file(git.Repo(root), "train.py", source, message)

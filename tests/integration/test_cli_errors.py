@@ -1,0 +1,65 @@
+"""Bad input gives one line on stderr and a meaningful non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import git
+import pytest
+
+from tests.conftest import sealab
+
+
+def assert_one_line_error(proc, code, fragment):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_non_git_directory(tmp_path):
+    """A directory that is not a git repository is refused."""
+    assert_one_line_error(sealab("-C", str(tmp_path), "status"), 2, "is not a git repository")
+
+
+def test_git_repository_without_sealab_toml(tmp_path):
+    """A git repository that is not a workspace is refused."""
+    git.Repo.init(tmp_path)
+    assert_one_line_error(sealab("-C", str(tmp_path), "results"), 2, "not a sealab workspace")
+
+
+def test_init_into_non_empty_directory(tmp_path):
+    """init never overwrites an existing directory's content."""
+    (tmp_path / "keep.txt").write_text("mine")
+    assert_one_line_error(sealab("init", str(tmp_path)), 2, "not empty")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.docker
+def test_unknown_commit(tmp_path, engine):
+    """An unknown commit is named in the error."""
+    sealab("init", str(tmp_path / "ws"), check=True)
+    assert_one_line_error(sealab("exec", "deadbeef", cwd=tmp_path / "ws"), 2, "deadbeef: no such commit")
+
+
+@pytest.mark.docker
+def test_malformed_committed_config(tmp_path, engine):
+    """A committed sealab.toml that is not valid TOML is refused before anything runs."""
+    from agent.gitops import commit_file
+
+    sealab("init", str(tmp_path / "ws"), check=True)
+    commit_file(git.Repo(tmp_path / "ws"), "sealab.toml", "[budget\ntrain_seconds = 1\n", "broken settings")
+    assert_one_line_error(sealab("exec", cwd=tmp_path / "ws"), 2, "not valid TOML")
+    assert_one_line_error(sealab("base", cwd=tmp_path / "ws"), 2, "not valid TOML")
+
+
+def test_unreachable_daemon(tmp_path):
+    """With no engine at DOCKER_HOST, exec says so and exits 3."""
+    sealab("init", str(tmp_path / "ws"), check=True)
+    proc = sealab("exec", cwd=tmp_path / "ws", env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"})
+    assert_one_line_error(proc, 3, "Docker engine unavailable")
+
+
+@pytest.mark.docker
+def test_exec_without_base(tmp_path, engine):
+    """exec before any base was built says to run `sealab base`."""
+    sealab("init", str(tmp_path / "ws"), check=True)
+    assert_one_line_error(sealab("exec", cwd=tmp_path / "ws"), 3, "run `sealab base` first")

@@ -1,0 +1,233 @@
+"""`sealab exec` against the real engine: the linter case, identity, forgery, hardening, deadlines, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import git
+import pytest
+
+from tests.conftest import SEALAB, commit_train, sealab, sealab_json
+
+pytestmark = pytest.mark.docker
+
+SECRET = "sk-ant-test-secret-should-never-be-seen"
+
+
+def record_of(root, experiment_id):
+    return next(r for r in sealab_json("status", cwd=root) if r["id"] == experiment_id)
+
+
+def test_linter_drift_runs_the_commit(make_workspace):
+    """A working-tree edit after the commit is reported as drift; the container runs the committed value."""
+    root = make_workspace()
+    head = git.Repo(root).head.commit.hexsha
+    train = (root / "train.py").read_text()
+    assert "SCALAR_LR = 0.5" in train
+    (root / "train.py").write_text(train.replace("SCALAR_LR = 0.5", "SCALAR_LR = 0.3"))
+    proc = sealab("exec", "--json", cwd=root, env={"ANTHROPIC_API_KEY": SECRET})
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["status"] == "ok" and record["commit"] == head
+    assert record["metrics"]["hyperparameters"]["SCALAR_LR"] == 0.5
+    assert 0 < record["metrics"]["val_bpb"] < 20
+    changes = [c for d in record["drift"] for c in d["changes"]]
+    assert "SCALAR_LR = 0.5 -> 0.3" in changes and record["drift"][0]["path"] == "train.py"
+    assert "drift" in proc.stderr and "SCALAR_LR = 0.5 -> 0.3" in proc.stderr
+    assert set(record["durations"]) == {"seal", "verify", "run", "total"}
+    # The API key of the orchestrator reaches neither the ledger nor the logs.
+    state = root / ".sealab"
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_same_commit_same_image_id(make_workspace, engine):
+    """Sealing a commit twice, and again after deleting the image, gives one ID; a changed byte another."""
+    root = make_workspace()
+    first = sealab_json("seal", cwd=root)
+    assert sealab_json("seal", cwd=root)["image_id"] == first["image_id"]
+    engine.remove_image(first["tag"])
+    assert engine.image_id(first["image_id"]) is None
+    again = sealab_json("seal", cwd=root)
+    assert again["image_id"] == first["image_id"] and engine.image_id(first["image_id"]) == first["image_id"]
+    assert again["labels"]["org.opencontainers.image.revision"] == git.Repo(root).head.commit.hexsha
+    train = (root / "train.py").read_text()
+    commit_train(root, train + "\n")
+    assert sealab_json("seal", cwd=root)["image_id"] != first["image_id"]
+
+
+def test_forged_image_is_rejected(make_workspace, engine):
+    """An image carrying the sealed name and labels but other content is refused; nothing starts."""
+    from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
+    from executor.types import sha256_hex
+
+    root = make_workspace()
+    sealed = sealab_json("seal", cwd=root)
+    base = engine.api.inspect_image(sealed["labels"]["sealab.base"])
+    forged_layer = layer_tar([Entry("/workspace/train.py", b"print('forged')\n"),
+                              Entry("/workspace/prepare.py", b"print('forged')\n")])
+    config = image_config(base_diff_ids=base["RootFS"]["Layers"], layer_digest="sha256:" + sha256_hex(forged_layer),
+                          env=base["Config"]["Env"], cmd=["python3", "/workspace/prepare.py"], labels=sealed["labels"])
+    engine.client.images.load(load_archive(config, forged_layer, base["RootFS"]["Layers"], sealed["tag"]))
+    assert engine.image_id(sealed["tag"]) == image_id(config) != sealed["image_id"]
+    proc = sealab("exec", "--json", cwd=root)
+    assert proc.returncode == 4, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["status"] == "rejected"
+    assert sealed["image_id"] in record["reason"] and image_id(config) in record["reason"]
+    assert "run" not in record["durations"]
+    assert not (root / ".sealab" / "outputs" / record["id"] / "result.json").exists()
+    assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
+    # verify reports the forged name too
+    report = sealab_json("verify", "--all", cwd=root, ok_codes=(1,))
+    assert any(m["field"].startswith("engine image sealab/exp:") for m in report["mismatches"])
+
+
+PROBE = '''
+import json, os, socket
+
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+def write(path):
+    def go():
+        with open(path, "w") as fh:
+            fh.write("x")
+    return go
+
+def udp_connect():  # connect() on UDP sends nothing; without a route it fails at once
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("192.0.2.1", 9))
+
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+report = {
+    "write_code": attempt(write("/workspace/train.py")),
+    "write_data": attempt(write("/opt/sealab/data/train.bin")),
+    "write_root": attempt(write("/evil")),
+    "write_tmp": attempt(write("/tmp/fine")),
+    "write_out": attempt(write("/out/fine")),
+    "network": attempt(udp_connect),
+    "interfaces": sorted(os.listdir("/sys/class/net")),
+    "env": dict(os.environ),
+    "uid": os.getuid(),
+    "cap_eff": status["CapEff"].strip(),
+    "no_new_privs": status["NoNewPrivs"].strip(),
+}
+json.dump(report, open("/out/probe.json", "w"))
+
+def train(h):
+    raise SystemExit(3)
+'''
+
+
+def test_container_is_hardened(make_workspace):
+    """Code, data and / are read-only, there is no network, no capability, no root, and no host secret."""
+    root = make_workspace()
+    commit_train(root, PROBE, "probe the sandbox")
+    record = sealab_json("exec", cwd=root, env={"ANTHROPIC_API_KEY": SECRET}, ok_codes=(1,))
+    assert record["status"] == "crash" and record["exit_code"] == 3
+    probe = json.loads((root / ".sealab" / "outputs" / record["id"] / "probe.json").read_text())
+    for key in ("write_code", "write_data", "write_root"):
+        assert "Read-only file system" in probe[key], (key, probe[key])
+    assert probe["write_tmp"] == "allowed" and probe["write_out"] == "allowed"
+    assert "Network is unreachable" in probe["network"] and probe["interfaces"] == ["lo"]
+    assert "ANTHROPIC_API_KEY" not in probe["env"] and SECRET not in json.dumps(probe["env"])
+    assert probe["uid"] == 1000 and probe["cap_eff"] == "0000000000000000" and probe["no_new_privs"] == "1"
+
+
+FORK_BOMB = '''
+import json, os, time
+children, error = 0, None
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+        children += 1
+except OSError as exc:
+    error = str(exc)
+json.dump({"children": children, "error": error}, open("/out/fork.json", "w"))
+time.sleep(600)
+
+def train(h):
+    pass
+'''
+
+
+def test_fork_bomb_is_stopped(make_workspace, engine):
+    """A fork bomb hits the pids limit, is killed at the deadline, and leaves no container behind."""
+    root = make_workspace(budget=1, grace=8, pids=64)
+    commit_train(root, FORK_BOMB, "fork bomb")
+    record = sealab_json("exec", cwd=root, ok_codes=(1,))
+    assert record["status"] == "timeout"
+    fork = json.loads((root / ".sealab" / "outputs" / record["id"] / "fork.json").read_text())
+    assert fork["children"] < 64 and "Resource temporarily unavailable" in fork["error"]
+    assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
+
+
+def test_memory_hog_is_oom(make_workspace):
+    """Allocating past the memory limit ends as `oom`."""
+    root = make_workspace(memory_mb=400)
+    commit_train(root, "hog = b'x' * (2 * 1024 ** 3)\n\ndef train(h):\n    pass\n", "memory hog")
+    record = sealab_json("exec", cwd=root, ok_codes=(1,))
+    assert record["status"] == "oom", record["reason"]
+
+
+def test_endless_loop_times_out_at_budget_plus_grace(make_workspace):
+    """An endless loop is killed from outside at budget + grace and recorded as `timeout`."""
+    root = make_workspace(budget=1, grace=4)
+    commit_train(root, "while True:\n    pass\n", "endless loop")
+    record = sealab_json("exec", cwd=root, ok_codes=(1,))
+    assert record["status"] == "timeout"
+    assert 5.0 <= record["durations"]["run"] < 12.0
+
+
+def test_kill_9_leaves_an_interrupted_record(make_workspace, engine):
+    """kill -9 of `sealab exec` mid-run: the next command shows the record `interrupted`, its container gone."""
+    root = make_workspace(budget=1, grace=300)
+    commit_train(root, "import time\ntime.sleep(600)\n\ndef train(h):\n    pass\n", "sleeps")
+    proc = subprocess.Popen([SEALAB, "exec"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    containers = []
+    while time.monotonic() < deadline and not containers:
+        time.sleep(0.2)
+        containers = [c for c in engine.api.containers(filters={"label": "sealab.experiment"})
+                      if c["Labels"].get("sealab.commit") == git.Repo(root).head.commit.hexsha]
+    assert containers, "the experiment container never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows = sqlite3.connect(root / ".sealab" / "ledger.db").execute("SELECT status FROM experiments").fetchall()
+    assert rows == [("running",)]
+    records = sealab_json("status", cwd=root)
+    assert [r["status"] for r in records] == ["interrupted"]
+    assert engine.api.containers(all=True, filters={"id": containers[0]["Id"]}) == []
+    assert "interrupted" in sealab("status", cwd=root).stdout  # still there, not duplicated
+    assert len(sealab_json("status", cwd=root)) == 1
+
+
+def test_results_and_verify(make_workspace):
+    """results prints autoresearch's columns then provenance; verify passes, and catches an edited record."""
+    root = make_workspace()
+    record = sealab_json("exec", cwd=root)
+    tsv = sealab("results", cwd=root, check=True).stdout.splitlines()
+    assert tsv[0].split("\t")[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    row = dict(zip(tsv[0].split("\t"), tsv[1].split("\t")))
+    assert row["commit"] == record["commit"][:7] and row["image_id"] == record["image_id"]
+    assert float(row["val_bpb"]) == pytest.approx(record["metrics"]["val_bpb"], abs=1e-6)
+    assert sealab_json("verify", "--all", cwd=root) == {"checked": 1, "mismatches": []}
+    db = sqlite3.connect(root / ".sealab" / "ledger.db")
+    forged = {**record, "image_id": "sha256:" + "0" * 64}
+    db.execute("UPDATE experiments SET record = ? WHERE id = ?", (json.dumps(forged), record["id"]))
+    db.commit()
+    report = sealab_json("verify", record["id"], cwd=root, ok_codes=(1,))
+    assert report["checked"] == 1 and report["mismatches"][0]["field"] == "image_id"
+    assert report["mismatches"][0]["expected"] == record["image_id"]
