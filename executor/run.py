@@ -201,14 +201,13 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger) -> dict[str
             result = read_result(out_dir)
             outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
                                facts.blob_of(TRAIN_PATH), base.data_digest)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EngineUnavailable) as exc:
         _abandon(engine, container)
-        ledger.finish(eid, status=Status.INTERRUPTED.value, reason="stopped by the user", image_id=image_id,
-                      durations=durations)
-        raise
-    except EngineUnavailable as exc:
-        _abandon(engine, container)
-        ledger.finish(eid, status=Status.INFRA_ERROR.value, reason=str(exc), image_id=image_id, durations=durations)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
+        reason = "stopped by the user" if interrupted else str(exc)
+        ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations)
+        log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         raise
     if container is not None:
         engine.remove(container)
