@@ -40,6 +40,12 @@ def test_linter_drift_runs_the_commit(make_workspace):
     assert "SCALAR_LR = 0.5 -> 0.3" in changes and record["drift"][0]["path"] == "train.py"
     assert "drift" in proc.stderr and "SCALAR_LR = 0.5 -> 0.3" in proc.stderr
     assert set(record["durations"]) == {"seal", "verify", "run", "total"}
+    # One canonical JSON log line for the experiment, bound to its id, commit and image.
+    events = [json.loads(line) for line in (root / ".sealab" / "logs" / "sealab.jsonl").read_text().splitlines()]
+    finished = [e for e in events if e["event"] == "experiment.finished"]
+    assert len(finished) == 1 and finished[0]["experiment_id"] == record["id"]
+    assert finished[0]["commit"] == head[:12] and record["image_id"].startswith(finished[0]["image"])
+    assert finished[0]["status"] == "ok" and finished[0]["metric"] == record["metrics"]["val_bpb"]
     # The API key of the orchestrator reaches neither the ledger nor the logs.
     state = root / ".sealab"
     for path in state.rglob("*"):
@@ -231,3 +237,23 @@ def test_results_and_verify(make_workspace):
     report = sealab_json("verify", record["id"], cwd=root, ok_codes=(1,))
     assert report["checked"] == 1 and report["mismatches"][0]["field"] == "image_id"
     assert report["mismatches"][0]["expected"] == record["image_id"]
+
+
+def test_image_deleted_between_verify_and_start(make_workspace, engine):
+    """If the verified image disappears before the container is created, nothing runs: `rejected`."""
+    from executor.docker_engine import Engine
+    from executor.ledger import Ledger
+    from executor.run import execute
+    from executor.workspace import Workspace
+
+    class DeletesFirst(Engine):
+        def create(self, image_id, **kwargs):
+            self.remove_image(image_id)
+            return super().create(image_id, **kwargs)
+
+    root = make_workspace()
+    ws = Workspace.open(root)
+    record = execute(ws, "HEAD", DeletesFirst(engine.client), Ledger(ws.ledger_path))
+    assert record["status"] == "rejected" and "gone from the engine" in record["reason"]
+    assert "run" not in record["durations"]
+    assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
