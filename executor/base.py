@@ -1,0 +1,439 @@
+"""`sealab base`: build the base environment image offline, or reuse it when its recipe is unchanged.
+
+    with RichProgress() as progress:
+        base = build_base(engine_client, source=None, wheels_dir=Path("/opt/wheels"),
+                          cache_dir=default_cache_dir(), progress=progress)   # -> BaseImage
+
+Steps, each reported as progress(step, detail):
+  source           --from IMAGE: that image, which must be present locally
+  wheels           the torch wheel from wheels_dir plus its dependencies (and numpy, so that torch
+                   imports without a warning): from wheels_dir when all are there, otherwise
+                   downloaded once with pip into cache_dir/wheels and reused after
+  rootfs / import  no --from: a reproducible Debian bookworm python3 tree (executor.rootfs, cached
+                   under cache_dir/rootfs), imported once as sealab/rootfs:bookworm
+  recipe           sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the wheels;
+                   an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
+  build            one call per line of the classic builder's output (network none)
+  data             the data manifest read out of the image without running it
+  done             the image ID
+Only executor.docker_build talks to Docker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Self
+
+from executor import docker_build, rootfs
+from executor.errors import BaseImageError
+from executor.types import BaseImage, canonical_json, sha256_hex
+
+Progress = Callable[[str, str], None]
+
+_HERE = Path(__file__).resolve().parent
+# A built wheel carries the recipe as executor/Dockerfile.train (pyproject force-include); a source
+# checkout has it at the repository's top level.
+DOCKERFILE = next((p for p in (_HERE / "Dockerfile.train", _HERE.parent / "Dockerfile.train") if p.is_file()),
+                  _HERE.parent / "Dockerfile.train")
+PREPARE_DATA = _HERE / "scaffold" / "prepare_data.py"
+CONTEXT_DOCKERFILE = "Dockerfile.train"
+CONTEXT_PREPARE_DATA = "executor/scaffold/prepare_data.py"  # the paths Dockerfile.train COPYs from
+CONTEXT_WHEELS = "wheels"
+
+ROOTFS_IMAGE = "sealab/rootfs:bookworm"
+BASE_TAG = "sealab/base:latest"
+OFFLINE_SOURCE = "offline:bookworm"
+LABEL_RECIPE = "sealab.recipe"
+LABEL_SOURCE = "sealab.source"
+LABEL_ROOTFS = "sealab.rootfs"
+DATA_MANIFEST = "/opt/sealab/data/manifest.json"
+ROOTFS_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
+
+# The interpreter the wheels are for: Debian bookworm's python3 (3.11) on x86_64.
+PYTHON_VERSION = "3.11"
+PLATFORM = "manylinux_2_28_x86_64"
+EXTRA_REQUIREMENTS = ("numpy",)  # not a torch dependency, but without it `import torch` warns
+RECIPE_VERSION = "sealab-base/1"  # bump when the meaning of the recipe inputs changes
+
+
+def _quiet(step: str, detail: str) -> None:
+    pass
+
+
+def default_cache_dir() -> Path:
+    """$SEALAB_CACHE_DIR, else $XDG_CACHE_HOME/sealab, else ~/.cache/sealab."""
+    if os.environ.get("SEALAB_CACHE_DIR"):
+        return Path(os.environ["SEALAB_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sealab"
+
+
+# -- the recipe ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Wheel:
+    """One wheel that goes into the build context."""
+
+    name: str  # the file name, which pip needs intact
+    path: Path
+    sha256: str  # hex
+
+
+def recipe_hash(dockerfile: bytes, prepare_data: bytes, base_id: str, wheels: Iterable[tuple[str, str]]) -> str:
+    """"sha256:<hex>" over everything that decides the base image; pure.
+
+    `wheels` is (file name, sha256 hex) pairs, in any order; `base_id` is the FROM image's ID.
+    """
+    return "sha256:" + sha256_hex(canonical_json({
+        "version": RECIPE_VERSION,
+        "dockerfile": sha256_hex(dockerfile),
+        "prepare_data": sha256_hex(prepare_data),
+        "base": base_id,
+        "wheels": sorted([name, digest] for name, digest in wheels),
+    }))
+
+
+# -- wheels -------------------------------------------------------------------------------------------
+
+def _version_key(filename: str) -> tuple:
+    version = filename.split("-")[1] if filename.count("-") >= 2 else ""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.+]", version))
+
+
+def _torch_wheels(wheels_dir: Path) -> list[Path]:
+    tag = "cp" + PYTHON_VERSION.replace(".", "")
+    return sorted((p for p in wheels_dir.glob("torch-*.whl") if f"-{tag}-" in p.name and "x86_64" in p.name),
+                  key=lambda p: _version_key(p.name))
+
+
+class _HashCache:
+    """sha256 of files, remembered by (path, size, mtime, inode) so a warm run does not reread 200 MB."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data: dict[str, list] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        st = file.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        known = self.data.get(str(file))
+        if known and known[:3] == stamp:
+            return known[3]
+        h = hashlib.sha256()
+        with file.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        self.data[str(file)] = [*stamp, h.hexdigest()]
+        self.dirty = True
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}")
+            tmp.write_text(json.dumps(self.data, sort_keys=True))
+            tmp.replace(self.path)
+
+
+def _pip_download(dest: Path, wheels_dir: Path, requirements: Sequence[str], *, offline: bool,
+                  progress: Progress) -> tuple[bool, str]:
+    argv = [sys.executable, "-m", "pip", "download", "--dest", str(dest), "--only-binary=:all:",
+            "--python-version", PYTHON_VERSION, "--platform", PLATFORM, "--implementation", "cp",
+            "--find-links", str(wheels_dir), "--progress-bar", "off", "--disable-pip-version-check",
+            "--retries", "2", "--timeout", "60"]
+    if offline:
+        argv.append("--no-index")
+    argv.extend(requirements)
+    progress("wheels", ("resolving offline from " if offline else "downloading with pip, beside ")
+             + f"{wheels_dir}: {' '.join(Path(r).name for r in requirements)}")
+    proc = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    return proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def gather_wheels(wheels_dir: Path, cache_dir: Path, *, require_torch: bool = True,
+                  extras: Sequence[str] = EXTRA_REQUIREMENTS, progress: Progress = _quiet) -> list[Wheel]:
+    """The wheels of the build: the newest cp311 x86_64 torch wheel in `wheels_dir` and its dependencies.
+
+    Dependencies (and `extras`) are taken from `wheels_dir` when all are there; otherwise pip
+    downloads them once into cache_dir/wheels/<key>/ (key: the listing of wheels_dir and the target)
+    and later calls reuse that. `extras` that cannot be had are left out, with a progress note.
+    With no torch wheel: [] when `require_torch` is false (a --from base may bring torch).
+
+    Raises:
+        BaseImageError: no torch wheel (and one is required), or pip cannot resolve torch's dependencies.
+    """
+    wheels_dir = wheels_dir.resolve()
+    torch_wheels = _torch_wheels(wheels_dir) if wheels_dir.is_dir() else []
+    if not torch_wheels:
+        if require_torch:
+            raise BaseImageError(f"no torch wheel for cp{PYTHON_VERSION.replace('.', '')} x86_64 in {wheels_dir}; "
+                                 "put one there (--wheels DIR) or use --from an image that has torch")
+        progress("wheels", f"no torch wheel in {wheels_dir}: relying on the base's own torch")
+        return []
+    torch_wheel = torch_wheels[-1]
+    listing = sorted([p.name, p.stat().st_size] for p in wheels_dir.glob("*.whl"))
+    key = sha256_hex(canonical_json({"dir": str(wheels_dir), "listing": listing, "torch": torch_wheel.name,
+                                     "extras": list(extras), "python": PYTHON_VERSION, "platform": PLATFORM}))
+    store = cache_dir / "wheels" / key[:16]
+    resolved_file = store / "resolved.json"
+    hashes = _HashCache(cache_dir / "wheels" / "sha256.json")
+
+    def located(names: Iterable[str]) -> list[Path] | None:
+        paths = []
+        for name in names:
+            for candidate in (store / name, wheels_dir / name):
+                if candidate.is_file():
+                    paths.append(candidate)
+                    break
+            else:
+                return None
+        return paths
+
+    paths = None
+    if resolved_file.is_file():
+        paths = located(json.loads(resolved_file.read_text()))
+        if paths is not None:
+            progress("wheels", f"{len(paths)} wheels, resolved before ({store})")
+    if paths is None:
+        paths = _resolve(store, wheels_dir, torch_wheel, extras, progress)
+    wheels = [Wheel(p.name, p, hashes.sha256(p)) for p in paths]
+    hashes.save()
+    return wheels
+
+
+def _resolve(store: Path, wheels_dir: Path, torch_wheel: Path, extras: Sequence[str],
+             progress: Progress) -> list[Path]:
+    store.parent.mkdir(parents=True, exist_ok=True)
+    attempts = [(True, tuple(extras)), (False, tuple(extras))]
+    if extras:
+        attempts += [(True, ()), (False, ())]
+    log = ""
+    for offline, wanted in attempts:
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=store.parent))
+        try:
+            ok, log = _pip_download(tmp, wheels_dir, [str(torch_wheel), *wanted], offline=offline, progress=progress)
+            if not ok:
+                continue
+            if tuple(wanted) != tuple(extras):
+                progress("wheels", f"could not get {', '.join(extras)}; building without (torch will warn)")
+            names = sorted(p.name for p in tmp.glob("*.whl"))
+            for name in names:  # keep only what wheels_dir lacks; no second copy of torch
+                original = wheels_dir / name
+                if original.is_file() and original.stat().st_size == (tmp / name).stat().st_size:
+                    (tmp / name).unlink()
+            (tmp / "resolved.json").write_text(json.dumps(names, indent=1) + "\n")
+            shutil.rmtree(store, ignore_errors=True)
+            tmp.replace(store)
+            fetched = sorted(p.name for p in store.glob("*.whl"))
+            progress("wheels", f"{len(names)} wheels: {len(names) - len(fetched)} from {wheels_dir}, "
+                               f"{len(fetched)} downloaded into {store}")
+            return [store / n if (store / n).is_file() else wheels_dir / n for n in names]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise BaseImageError(f"pip could not gather torch's dependencies for {torch_wheel.name}", log)
+
+
+# -- the FROM image -----------------------------------------------------------------------------------
+
+def _offline_rootfs(api: Any, cache_dir: Path, sources: Path, progress: Progress) -> str:
+    key = rootfs.rootfs_key(sources=sources)
+    info = docker_build.inspect(api, ROOTFS_IMAGE)
+    if info is not None and ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_ROOTFS) == key:
+        progress("rootfs", f"reusing {ROOTFS_IMAGE} ({info['Id'][:19]})")
+        return info["Id"]
+    started = time.monotonic()
+    tar, key = rootfs.ensure_rootfs(cache_dir, sources=sources, progress=lambda line: progress("rootfs", line))
+    progress("import", f"importing {tar.name} ({tar.stat().st_size / 1e6:.0f} MB, "
+                       f"made in {time.monotonic() - started:.1f} s) as {ROOTFS_IMAGE}")
+    changes = [f"ENV {e}" for e in ROOTFS_ENV] + ['CMD ["python3"]', f"LABEL {LABEL_ROOTFS}={key}"]
+    return docker_build.import_rootfs(api, tar, name=ROOTFS_IMAGE, changes=changes)
+
+
+def _from_image(api: Any, source: str, progress: Progress) -> str:
+    info = docker_build.inspect(api, source)
+    if info is None and "@sha256:" in source:
+        progress("source", f"{source} is not present; trying to pull it by digest")
+        if docker_build.pull_digest(api, source):
+            info = docker_build.inspect(api, source)
+    if info is None:
+        raise BaseImageError(f"image {source} is not present locally; docker pull it first")
+    progress("source", f"building on {source} ({info['Id'][:19]})")
+    return info["Id"]
+
+
+# -- the build ----------------------------------------------------------------------------------------
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(rootfs.SOURCE_DATE_EPOCH)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_context(out: IO[bytes], dockerfile: bytes, prepare_data: bytes, wheels: Sequence[Wheel]) -> None:
+    """The build context tar, laid out like the repository so Dockerfile.train also builds by hand."""
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = int(rootfs.SOURCE_DATE_EPOCH)
+        info.mode = 0o644
+        return info
+
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, CONTEXT_DOCKERFILE, dockerfile)
+        for d in ("executor", "executor/scaffold", CONTEXT_WHEELS):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(rootfs.SOURCE_DATE_EPOCH)
+            tar.addfile(info)
+        _add_bytes(tar, CONTEXT_PREPARE_DATA, prepare_data)
+        for wheel in sorted(wheels, key=lambda w: w.name):
+            tar.add(wheel.path, arcname=f"{CONTEXT_WHEELS}/{wheel.name}", recursive=False, filter=normalise)
+
+
+def build_base(engine_client: Any = None, *, source: str | None = None, wheels_dir: Path = Path("/opt/wheels"),
+               cache_dir: Path | None = None, progress: Progress | None = None, rebuild: bool = False,
+               extras: Sequence[str] = EXTRA_REQUIREMENTS, sources: Path = rootfs.SOURCES,
+               dockerfile: Path = DOCKERFILE, prepare_data: Path = PREPARE_DATA, tag: str = BASE_TAG) -> BaseImage:
+    """Build the base environment image, or reuse the one with the same recipe; describe it.
+
+    Args:
+        engine_client: None (DOCKER_HOST / the default socket), a docker.APIClient, a
+            docker.DockerClient, or an executor.docker_engine.Engine; the only positional argument.
+        source: None for the offline Debian bookworm root file system, or an image reference
+            (name, ID or repo@sha256:) that is present locally, e.g. a CUDA PyTorch image; if it
+            already imports torch, the wheels are not installed.
+        wheels_dir: holds the torch wheel (cp311, x86_64) and optionally its dependencies.
+        cache_dir: root file system tars, downloaded wheels, wheel hashes (default_cache_dir()).
+        progress: called as progress(step, detail); see the module docstring. RichProgress()
+            renders it on a terminal; None is silent.
+        rebuild: build even when an image with this recipe exists, without the builder's cache.
+        extras: requirements added beside torch (numpy by default); left out if unobtainable.
+        sources: the deb822 apt sources file mmdebstrap uses as its mirror (host's by default).
+        dockerfile, prepare_data, tag: the recipe files and the name given to the result.
+
+    Raises:
+        BaseImageError: missing inputs, mmdebstrap or pip failure, a failed build (log_tail has
+            the end of the build log), or an image without the data manifest.
+        EngineUnavailable: the Docker engine cannot be reached.
+    """
+    progress = progress or _quiet
+    cache_dir = cache_dir or default_cache_dir()
+    started = time.monotonic()
+    try:
+        dockerfile_bytes = dockerfile.read_bytes()
+        prepare_bytes = prepare_data.read_bytes()
+    except OSError as exc:
+        raise BaseImageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    api = docker_build.connect(engine_client)
+
+    if source is not None:  # a missing image is the cheapest failure: check it first
+        base_id, source_label = _from_image(api, source, progress), source
+    wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras, progress=progress)
+    if source is None:  # after the wheels, so that a missing wheel fails before a 20 s mmdebstrap
+        base_id, source_label = _offline_rootfs(api, cache_dir, sources, progress), OFFLINE_SOURCE
+    recipe = recipe_hash(dockerfile_bytes, prepare_bytes, base_id, ((w.name, w.sha256) for w in wheels))
+
+    labels = {LABEL_RECIPE: recipe, LABEL_SOURCE: source_label}
+    image_id = None if rebuild else docker_build.find_built(api, {LABEL_RECIPE: recipe, LABEL_SOURCE: None})
+    if image_id is not None:
+        progress("recipe", f"{recipe[:23]} unchanged: reusing {image_id[:19]}")
+        docker_build.tag(api, image_id, tag)
+    else:
+        progress("recipe", f"{recipe[:23]}: building ({len(wheels)} wheels, "
+                           f"{sum(w.path.stat().st_size for w in wheels) / 1e6:.0f} MB)")
+        build_started = time.monotonic()
+        with tempfile.TemporaryFile(prefix="sealab-context-", dir=_tmp_dir(cache_dir)) as context:
+            write_context(context, dockerfile_bytes, prepare_bytes, wheels)
+            context.seek(0)
+            image_id = docker_build.build(
+                api, context, dockerfile=CONTEXT_DOCKERFILE, tag=tag, buildargs={"BASE": base_id},
+                labels=labels, nocache=rebuild,
+                on_line=lambda line: progress("build", line),
+            )
+        progress("recipe", f"built {image_id[:19]} in {time.monotonic() - build_started:.1f} s")
+
+    manifest = docker_build.read_file(api, image_id, DATA_MANIFEST)
+    data_digest = "sha256:" + sha256_hex(manifest)
+    progress("data", f"{DATA_MANIFEST}: {data_digest[:23]}")
+    info = docker_build.inspect(api, image_id)
+    if info is None:
+        raise BaseImageError(f"the base image {image_id} vanished while it was being described")
+    config = info.get("Config") or {}
+    base = BaseImage(
+        image_id=info["Id"],
+        diff_ids=tuple(info["RootFS"]["Layers"]),
+        env=tuple(config.get("Env") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        recipe=recipe,
+        data_digest=data_digest,
+        source=source_label,
+        architecture=info.get("Architecture") or "amd64",
+        os=info.get("Os") or "linux",
+    )
+    progress("done", f"{base.image_id} ({info.get('Size', 0) / 1e6:.0f} MB, {len(base.diff_ids)} layers) "
+                     f"in {time.monotonic() - started:.1f} s")
+    return base
+
+
+def _tmp_dir(cache_dir: Path) -> Path:
+    path = cache_dir / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- a terminal renderer ------------------------------------------------------------------------------
+
+class RichProgress:
+    """A progress callback that renders on a terminal with rich.
+
+    Step changes and summaries print as lines; the builder's and mmdebstrap's chatter shows in a
+    transient status line (all of it printed dimmed with verbose=True). Use as a context manager
+    so the status line is cleared at the end.
+    """
+
+    def __init__(self, console: Any = None, *, verbose: bool = False) -> None:
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.verbose = verbose
+        self._status: Any = None
+
+    def __enter__(self) -> Self:
+        self._status = self.console.status("sealab base", spinner="dots")
+        self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+            self._status = None
+
+    def __call__(self, step: str, detail: str) -> None:
+        from rich.markup import escape
+
+        chatter = step in ("build", "rootfs") and not detail.startswith(("Step ", "reusing", "cached"))
+        if chatter:
+            if self.verbose:
+                self.console.print(f"[dim]{escape(detail)}[/]", highlight=False)
+            if self._status is not None:
+                self._status.update(f"[bold]{step}[/] [dim]{escape(detail[:100])}[/]")
+            return
+        style = "green" if step == "done" else "cyan"
+        self.console.print(f"[bold {style}]{step:>7}[/] {escape(detail)}", highlight=False)
+        if self._status is not None:
+            self._status.update(f"[bold]{step}[/] {escape(detail[:100])}")
