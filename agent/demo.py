@@ -10,17 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from agent.gitops import commit_file, set_constant
 from agent.progress import build_base_with_progress
 from agent.report import results_tsv
 from executor import logs
 from executor.docker_engine import Engine
+from executor.drift import describe
 from executor.ledger import Ledger
 from executor.run import execute, recover
 from executor.workspace import Workspace, init
 
-VARIANTS = (("MATRIX_LR", None), ("MATRIX_LR", "0.002"), ("MATRIX_LR", "0.008"))
+VARIANTS = (("MATRIX_LR", "0.004"), ("MATRIX_LR", "0.002"), ("MATRIX_LR", "0.008"))  # baseline first
 
 
 def run_demo(directory: Path, budget: float, console: Console) -> None:
@@ -44,8 +46,9 @@ def run_demo(directory: Path, budget: float, console: Console) -> None:
     records = []
     for i, (name, value) in enumerate(VARIANTS):
         train = (ws.root / "train.py").read_text()
-        if value is not None:
-            commit_file(repo, "train.py", set_constant(train, name, value), f"{name} = {value}")
+        changed = set_constant(train, name, value)
+        if changed != train:
+            commit_file(repo, "train.py", changed, f"{name} = {value}")
         if i == len(VARIANTS) - 1:  # the incident: a linter edits the working tree after the commit
             linted = set_constant((ws.root / "train.py").read_text(), "SCALAR_LR", "0.3")
             (ws.root / "train.py").write_text(linted)
@@ -53,13 +56,19 @@ def run_demo(directory: Path, budget: float, console: Console) -> None:
         with console.status(f"running {repo.head.commit.hexsha[:12]} ({repo.head.commit.summary})"):
             record = execute(ws, "HEAD", engine, ledger)
         records.append(record)
-        value_ = (record.get("metrics") or {}).get("val_bpb")
-        ran_lr = (record.get("metrics") or {}).get("hyperparameters", {}).get("SCALAR_LR")
-        console.print(f"   {record['status']:<8} {record['commit'][:12]} {record['description']:<28} "
-                      f"val_bpb {value_ if value_ is None else f'{value_:.4f}'}  image {record['image_id'][:19]}"
-                      f"  drift {len(record['drift'])}  SCALAR_LR ran {ran_lr}")
+        val = (record.get("metrics") or {}).get("val_bpb")
+        console.print(f"   {record['status']:<8} {record['commit'][:12]}  {record['description']:<28} "
+                      f"val_bpb {'-' if val is None else f'{val:.4f}'}")
     repo.git.checkout("--", "train.py")  # undo the "linter"
-    console.print("[bold]4.[/] results (sealab results):")
+    console.print("[bold]4.[/] results")
+    table = Table("experiment", "commit", "description", "status", "val_bpb", "image", "drift", "SCALAR_LR ran")
+    for r in records:
+        metrics = r.get("metrics") or {}
+        table.add_row(r["id"], r["commit"][:12], r["description"], r["status"],
+                      f"{metrics['val_bpb']:.4f}" if "val_bpb" in metrics else "-", str(r["image_id"])[:19],
+                      "; ".join(describe(r["drift"])) or "-", str(metrics.get("hyperparameters", {}).get("SCALAR_LR")))
+    console.print(table)
+    console.print(f"results.tsv (`sealab -C {directory} results`):")
     print(results_tsv(ledger.records()), end="")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
