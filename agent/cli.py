@@ -22,7 +22,7 @@ from executor.errors import EngineUnavailable, SealabError
 from executor.types import Status
 
 EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 class SealabGroup(click.Group):
