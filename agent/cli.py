@@ -8,6 +8,7 @@ base unavailable · 4 identity mismatch or rejected · 5 ledger problem · 70 in
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from executor import logs
@@ -47,6 +49,10 @@ class SealabGroup(click.Group):
             ctx.exit(70)
 
 
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # so a stopped run is recorded `interrupted` and its container removed
+
+
 @click.group(cls=SealabGroup)
 @click.option("-C", "--workspace", "workspace", type=click.Path(path_type=Path), default=Path("."),
               help="Workspace directory (default: the current directory).")
@@ -54,6 +60,7 @@ class SealabGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, workspace: Path) -> None:
     """Run ML experiments sealed from git commits in read-only, content-addressed containers."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     ctx.obj = workspace
 
 
@@ -157,13 +164,13 @@ def exec_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
 def _print_record(rec: dict[str, Any]) -> None:
     metric = rec["run_spec"]["metric"]
     value = (rec.get("metrics") or {}).get(metric)
-    shown = f"{metric} {value:.6f}" if isinstance(value, float) else rec.get("reason") or ""
+    shown = f"{metric} {value:.6f}" if isinstance(value, float) else escape(rec.get("reason") or "")
     colour = "green" if rec["status"] == "ok" else "red"
     err.print(f"[{colour}]{rec['status']}[/] experiment {rec['id']} commit {rec['commit'][:12]} "
               f"image {str(rec['image_id'])[:19]}  {shown}")
     for entry in rec.get("drift") or []:
         for change in entry["changes"]:
-            err.print(f"[yellow]drift (not run): {entry['path']}: {change}[/]")
+            err.print(f"[yellow]drift (not run): {escape(entry['path'])}: {escape(change)}[/]")
 
 
 @main.command()

@@ -106,14 +106,18 @@ def check_container(engine: Engine, container: str, sealed: Sealed) -> None:
 
 
 def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
-             spec: RunSpec, train_blob: str | None, data_digest: str) -> Outcome:
-    """Turn how a container ended and what the harness wrote into a status (pure)."""
+             spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "") -> Outcome:
+    """Turn how a container ended and what the harness wrote into a status (pure).
+
+    `last_line` (the log's last line, e.g. the exception) is quoted in a crash's reason.
+    """
     if timed_out:
         return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
     if oom:
         return Outcome(Status.OOM, f"killed by the memory limit ({spec.resources.memory_mb} MB)", exit_code=exit_code)
     if exit_code != 0:
-        return Outcome(Status.CRASH, f"exit code {exit_code}", exit_code=exit_code)
+        said = f": {last_line[:200]}" if last_line else ""
+        return Outcome(Status.CRASH, f"exit code {exit_code}{said}", exit_code=exit_code)
     if result is None:
         return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}", exit_code=exit_code)
     value = result.get(spec.metric)
@@ -130,6 +134,12 @@ def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | N
     metrics = {k: result[k] for k in keys if k in result}
     metrics["hyperparameters"] = result.get("hyperparameters", {})
     return Outcome(Status.OK, None, metrics, exit_code)
+
+
+def last_line(output: bytes) -> str:
+    """The last non-empty line a run printed (untrusted text: stored and shown, never interpreted)."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def read_result(out_dir: Path) -> dict | None:
@@ -196,11 +206,12 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger) -> dict[str
             engine.start(container)
             end = engine.wait(container, spec.deadline_s)
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_bytes(engine.logs(container))
+            output = engine.logs(container)
+            log_path.write_bytes(output)
             durations["run"] = time.monotonic() - t
             result = read_result(out_dir)
             outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
-                               facts.blob_of(TRAIN_PATH), base.data_digest)
+                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(output))
     except (KeyboardInterrupt, EngineUnavailable) as exc:
         _abandon(engine, container)
         interrupted = isinstance(exc, KeyboardInterrupt)

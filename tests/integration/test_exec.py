@@ -197,27 +197,45 @@ def test_endless_loop_times_out_at_budget_plus_grace(make_workspace):
     assert 5.0 <= record["durations"]["run"] < 12.0
 
 
+def start_sleeping_exec(root, engine):
+    """Start `sealab exec` on a train.py that sleeps; return the process once its container runs."""
+    commit_train(root, "import time\ntime.sleep(600)\n\ndef train(h):\n    pass\n", "sleeps")
+    head = git.Repo(root).head.commit.hexsha
+    proc = subprocess.Popen([SEALAB, "exec"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = [c for c in engine.api.containers(filters={"label": "sealab.experiment"})
+                   if c["Labels"].get("sealab.commit") == head]
+        if running:
+            return proc, running[0]["Id"]
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the experiment container never started")
+
+
 def test_kill_9_leaves_an_interrupted_record(make_workspace, engine):
     """kill -9 of `sealab exec` mid-run: the next command shows the record `interrupted`, its container gone."""
     root = make_workspace(budget=1, grace=300)
-    commit_train(root, "import time\ntime.sleep(600)\n\ndef train(h):\n    pass\n", "sleeps")
-    proc = subprocess.Popen([SEALAB, "exec"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    containers = []
-    while time.monotonic() < deadline and not containers:
-        time.sleep(0.2)
-        containers = [c for c in engine.api.containers(filters={"label": "sealab.experiment"})
-                      if c["Labels"].get("sealab.commit") == git.Repo(root).head.commit.hexsha]
-    assert containers, "the experiment container never started"
+    proc, container = start_sleeping_exec(root, engine)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rows = sqlite3.connect(root / ".sealab" / "ledger.db").execute("SELECT status FROM experiments").fetchall()
     assert rows == [("running",)]
     records = sealab_json("status", cwd=root)
-    assert [r["status"] for r in records] == ["interrupted"]
-    assert engine.api.containers(all=True, filters={"id": containers[0]["Id"]}) == []
-    assert "interrupted" in sealab("status", cwd=root).stdout  # still there, not duplicated
-    assert len(sealab_json("status", cwd=root)) == 1
+    assert [r["status"] for r in records] == ["interrupted"] and "died" in records[0]["reason"]
+    assert engine.api.containers(all=True, filters={"id": container}) == []
+    assert [r["status"] for r in sealab_json("status", cwd=root)] == ["interrupted"]  # not duplicated
+
+
+def test_sigterm_records_interrupted_at_once(make_workspace, engine):
+    """SIGTERM to `sealab exec` stops the container and records `interrupted` before exiting 130."""
+    root = make_workspace(budget=1, grace=300)
+    proc, container = start_sleeping_exec(root, engine)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    rows = sqlite3.connect(root / ".sealab" / "ledger.db").execute("SELECT status FROM experiments").fetchall()
+    assert rows == [("interrupted",)]
+    assert engine.api.containers(all=True, filters={"id": container}) == []
 
 
 def test_results_and_verify(make_workspace):
@@ -257,3 +275,14 @@ def test_image_deleted_between_verify_and_start(make_workspace, engine):
     assert record["status"] == "rejected" and "gone from the engine" in record["reason"]
     assert "run" not in record["durations"]
     assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
+
+
+def test_broken_train_py_is_a_crash_with_its_error(make_workspace):
+    """A train.py that does not parse is recorded as a crash naming the error; exit 1, one readable line."""
+    root = make_workspace()
+    commit_train(root, "def train(h)\n    return None\n", "syntax error")
+    proc = sealab("exec", cwd=root)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    record = sealab_json("status", cwd=root)[-1]
+    assert record["status"] == "crash" and "SyntaxError" in record["reason"]
+    assert "SyntaxError" in (root / record["log_path"]).read_text()

@@ -45,3 +45,9 @@ def test_content_that_differs_from_the_commit_is_rejected():
     """If the harness saw another train.py or other data than sealed, the result is not believed."""
     assert status(result={**GOOD, "train_py_blob": "other"}).status is Status.REJECTED
     assert status(result={**GOOD, "data_digest": "other"}).status is Status.REJECTED
+
+
+def test_crash_reason_quotes_the_last_line():
+    """A crash says how the run ended in its own words (the log's last line), truncated."""
+    outcome = classify(1, False, False, None, SPEC, "t", "d", "SyntaxError: invalid syntax" + "x" * 500)
+    assert outcome.reason.startswith("exit code 1: SyntaxError: invalid syntax") and len(outcome.reason) < 230
