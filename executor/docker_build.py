@@ -1,8 +1,9 @@
 """Docker adapter for the base image: import a root file system, build, find, inspect, read a file.
 
-The only module of the base-image code that imports docker. Everything talks to the engine through
-docker-py's low-level APIClient. Engine and transport failures become EngineUnavailable in
-`engine_errors` and nowhere else; a failed import or build becomes BaseImageError.
+The base-image half of the Docker adapter (docker_engine.py holds the experiment half). Everything
+talks to the engine through docker-py's low-level APIClient, and every docker error is translated
+by docker_engine.engine_errors: engine failures become EngineUnavailable, a failed import or build
+BaseImageError.
 """
 
 from __future__ import annotations
@@ -13,44 +14,18 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import docker
 import requests
 
-from executor.errors import BaseImageError, EngineUnavailable
+from executor.docker_engine import engine_errors
+from executor.errors import BaseImageError
 
 BUILD_TAIL_LINES = 60
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the classic builder colours stderr lines
-
-
-@contextlib.contextmanager
-def engine_errors(doing: str, *, image_errors: bool = False) -> Iterator[None]:
-    """Translate docker-py and transport errors (one choke point).
-
-    An API error while importing or building (`image_errors=True`) is the image's fault and becomes
-    BaseImageError; every other docker or requests error becomes EngineUnavailable.
-    """
-    try:
-        yield
-    except docker.errors.BuildError as exc:
-        raise BaseImageError(f"{doing}: {exc.msg}", _log_text(exc.build_log)) from exc
-    except docker.errors.APIError as exc:
-        problem = f"{doing}: {exc.explanation or exc}"
-        if image_errors:
-            raise BaseImageError(problem) from exc
-        raise EngineUnavailable(problem[:300]) from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EngineUnavailable(f"{doing}: {first}"[:300]) from exc
-
-
-def _log_text(log: Any) -> str:
-    lines = [str(rec.get("stream") or rec.get("error") or "") if isinstance(rec, dict) else str(rec)
-             for rec in log or ()]
-    return "".join(lines)[-8000:]
 
 
 def connect(engine: Any = None, *, timeout: int = 300) -> docker.APIClient:

@@ -1,6 +1,7 @@
 """Docker adapter for experiment images and containers: load, inspect, create, start, wait, collect.
 
-It never pulls, never uses `containers.run`, and never refers to an image by tag when creating a
+The base image's builds live beside it in docker_build.py; both translate errors only through
+`engine_errors` here. It never pulls, never uses `containers.run`, and never refers to an image by tag when creating a
 container: the caller passes the image ID it verified. Docker and requests errors become
 EngineUnavailable here and nowhere else.
 """
@@ -11,13 +12,13 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import docker
 import requests
 from docker.types import DeviceRequest
 
-from executor.errors import EngineUnavailable, IdentityMismatch
+from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
 from executor.types import Resources
 
 CONTAINER_USER = "1000:1000"
@@ -27,13 +28,32 @@ LABEL_EXPERIMENT = "sealab.experiment"
 
 
 @contextlib.contextmanager
-def engine_errors() -> Iterator[None]:
-    """Translate docker-py and transport errors into EngineUnavailable (one choke point)."""
+def engine_errors(doing: str = "", *, image_errors: bool = False) -> Iterator[None]:
+    """Translate docker-py, transport and socket errors into sealab errors: the one choke point.
+
+    An API error while importing or building an image (`image_errors=True`) is the image's fault and
+    becomes BaseImageError; every other error of the engine becomes EngineUnavailable.
+    """
+    prefix = f"{doing}: " if doing else ""
     try:
         yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except docker.errors.BuildError as exc:
+        raise BaseImageError(f"{prefix}{exc.msg}", build_log_text(exc.build_log)) from exc
+    except docker.errors.APIError as exc:
+        problem = f"{prefix}{exc.explanation or exc}"
+        if image_errors:
+            raise BaseImageError(problem) from exc
         raise EngineUnavailable(problem[:300]) from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineUnavailable(f"{prefix}{first}"[:300]) from exc
+
+
+def build_log_text(log: Any) -> str:
+    """The last 8 kB of a classic-builder log (a list of stream/error records)."""
+    lines = [str(rec.get("stream") or rec.get("error") or "") if isinstance(rec, dict) else str(rec)
+             for rec in log or ()]
+    return "".join(lines)[-8000:]
 
 
 @dataclass(frozen=True, slots=True)

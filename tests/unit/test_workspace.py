@@ -29,7 +29,7 @@ def test_open_finds_the_workspace_from_a_subdirectory(tmp_path):
 
 def test_git_source_reads_objects_not_the_working_tree(tmp_path):
     """resolve() returns the committed bytes even when the file on disk differs."""
-    ws = init(tmp_path / "ws")
+    init(tmp_path / "ws")
     (tmp_path / "ws" / "train.py").write_text("changed on disk\n")
     data = next(f.data for f in resolve(git.Repo(tmp_path / "ws"), "HEAD").files if f.path == "train.py")
     assert b"SCALAR_LR = 0.5" in data
