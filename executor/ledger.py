@@ -16,7 +16,7 @@ from typing import Any
 from executor.errors import LedgerError
 from executor.types import BaseImage, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_KEYS = (
     "id", "commit", "parent", "tree", "description", "image_id", "base_image_id", "data_digest",
     "run_spec", "status", "reason", "metrics", "peak_memory_mb", "exit_code", "durations", "drift",
@@ -36,6 +36,20 @@ CREATE TABLE experiments (
     updated_at TEXT NOT NULL
 );
 """
+# Schema version N → N+1. A research run's state, and what happened besides experiments
+# (proposals rejected or parked by policy, drift events), each one row per transaction.
+_MIGRATIONS = {
+    1: """
+CREATE TABLE runs (tag TEXT PRIMARY KEY, state TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_tag TEXT,
+    kind TEXT NOT NULL,
+    record TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+""",
+}
 
 
 def now() -> str:
@@ -55,13 +69,20 @@ class Ledger:
             with self._tx():  # IMMEDIATE: two first commands cannot both create the schema
                 version = self.db.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        self.db.execute(statement)
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    self._script(_SCHEMA)
+                    version = 1
+                while version < SCHEMA_VERSION:
+                    self._script(_MIGRATIONS[version])
+                    version += 1
+                    self.db.execute(f"PRAGMA user_version={version}")
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"{path}: schema version {version} is newer than this sealab ({SCHEMA_VERSION}); upgrade sealab")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+
+    def _script(self, sql: str) -> None:
+        for statement in filter(str.strip, sql.split(";")):
+            self.db.execute(statement)
 
     def close(self) -> None:
         self.db.close()
@@ -121,6 +142,34 @@ class Ledger:
     def running(self) -> list[tuple[str, str]]:
         """(id, owner) of every record still marked running."""
         return list(self._query("SELECT id, owner FROM experiments WHERE status = ?", (Status.RUNNING.value,)))
+
+    def annotate(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
+        """Add keys (e.g. the loop's decision) to a finished record, keeping its status."""
+        record = self.get(experiment_id)
+        if record is None:
+            raise LedgerError(f"no experiment {experiment_id} in {self.path}")
+        return self.finish(experiment_id, **{**updates, "status": record["status"]})
+
+    # -- research runs ------------------------------------------------------------------------------
+    def save_run(self, tag: str, state: dict[str, Any]) -> None:
+        with self._tx():
+            self.db.execute("INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(tag) DO UPDATE SET state = excluded.state, "
+                            "updated_at = excluded.updated_at", (tag, json.dumps(state), now(), now()))
+
+    def run_state(self, tag: str) -> dict[str, Any] | None:
+        row = self._query("SELECT state FROM runs WHERE tag = ?", (tag,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def add_event(self, run_tag: str | None, kind: str, record: dict[str, Any]) -> None:
+        """Record something that is not an experiment: a rejected or parked proposal, a drift event."""
+        with self._tx():
+            self.db.execute("INSERT INTO events (run_tag, kind, record, created_at) VALUES (?, ?, ?, ?)",
+                            (run_tag, kind, json.dumps(record), now()))
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        rows = self._query("SELECT run_tag, kind, record, created_at FROM events ORDER BY seq").fetchall()
+        return [{"run_tag": t, "kind": k, "created_at": c, **json.loads(r)} for t, k, r, c in rows
+                if kind is None or k == kind]
 
     def _query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:

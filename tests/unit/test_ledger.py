@@ -58,3 +58,20 @@ def test_ambiguous_prefix_finds_nothing(tmp_path):
     for eid in ("ab1", "ab2"):
         ledger.begin({"id": eid, "commit": "c", "created_at": "t"}, "o")
     assert ledger.get("ab") is None and ledger.get("ab2")["id"] == "ab2"
+
+
+def test_version_1_ledger_is_migrated_in_place(tmp_path):
+    """A schema-1 file gains the run and event tables and keeps its records."""
+    from executor.ledger import _SCHEMA
+
+    db = sqlite3.connect(tmp_path / "l.db")
+    db.executescript(_SCHEMA + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO experiments (id, status, owner, record, created_at, updated_at) VALUES "
+               "('e1', 'ok', NULL, '{\"id\": \"e1\", \"status\": \"ok\"}', 't', 't')")
+    db.commit()
+    db.close()
+    ledger = Ledger(tmp_path / "l.db")
+    assert ledger.get("e1")["status"] == "ok"
+    ledger.add_event("tag", "drift", {"path": "train.py"})
+    assert ledger.events("drift")[0]["path"] == "train.py"
+    assert sqlite3.connect(tmp_path / "l.db").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
