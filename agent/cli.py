@@ -22,6 +22,7 @@ from rich.table import Table
 from executor import logs
 from executor.errors import EngineUnavailable, SealabError
 from executor.types import Status
+from policies import PolicyError
 
 EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -33,7 +34,7 @@ class SealabGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SealabError as exc:
+        except (SealabError, PolicyError) as exc:
             click.echo(f"sealab: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -232,6 +233,50 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
             click.echo(f"MISMATCH {m['id']} {m['field']}: expected {m['expected']}, found {m['actual']}")
         click.echo(f"checked {report['checked']} record(s), {len(report['mismatches'])} mismatch(es)")
     ctx.exit(1 if report["mismatches"] else 0)
+
+
+@main.command("run")
+@click.option("--experiments", type=click.IntRange(min=0), help="Stop after N experiments (besides the baseline).")
+@click.option("--hours", type=click.FloatRange(min=0), help="Stop after H hours.")
+@click.option("--proposer", type=click.Choice(["claude", "offline"]),
+              help="Who proposes changes (default: claude when ANTHROPIC_API_KEY is set, else offline).")
+@click.option("--tag", help="Run tag; the branch is sealab/<tag> (default: the start time).")
+@click.option("--resume", is_flag=True, help="Continue the run TAG (default: the latest) after a crash or kill.")
+@click.option("--model", default=None, help="Model name for the claude proposer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the offline proposer.")
+@click.pass_context
+def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, proposer: str | None, tag: str | None,
+            resume: bool, model: str | None, seed: int) -> None:
+    """The overnight loop: propose, gate, commit, run sealed, keep or discard, record."""
+    import os
+
+    from agent.loop import Loop, default_tag
+    from agent.progress import LoopDisplay
+    from policies import load_policy
+
+    ws, ledger, eng = _open(ctx)
+    policy = load_policy(ws.config().policy)
+    proposer = proposer or ("claude" if os.environ.get("ANTHROPIC_API_KEY") else "offline")
+    if proposer == "claude":
+        from agent.claude import ClaudeProposer
+
+        chosen = ClaudeProposer(**({"model": model} if model else {}))
+    else:
+        from agent.offline import OfflineProposer
+
+        chosen = OfflineProposer(seed=seed)
+    with LoopDisplay(err, total=experiments) as display:
+        loop = Loop(ws, eng, ledger, policy, chosen, on_event=display.event)
+        if resume:
+            tag = tag or ledger.latest_run_tag()
+            if tag is None:
+                raise click.UsageError("nothing to resume: no run recorded in this workspace")
+            state = loop.resume(tag)
+        else:
+            state = loop.start(tag or default_tag())
+        state = loop.run(state, experiments=experiments, hours=hours)
+    click.echo(f"run {state.tag}: {state.experiments} experiment(s), best {state.best_value:.6f} at "
+               f"{state.best_commit[:12]} on branch {state.branch}; stopped: {state.stop_reason}")
 
 
 @main.command()

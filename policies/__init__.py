@@ -1,16 +1,42 @@
-"""Declarative policies (TOML files beside this module) that gate what the research loop may run."""
+"""Declarative policies (TOML files beside this module) that gate what the research loop may run.
+
+Pure decision code: the standard library and `executor.types` only; no I/O but reading a policy file.
+`default.toml` documents the schema; `strict.toml` tightens it. See `policies.rules` for the API.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from policies.rules import (
+    ALLOW,
+    CONFIG_PATH,
+    POLICY_DIR,
+    Acceptance,
+    DiffLimit,
+    Forbidden,
+    Gates,
+    Policy,
+    PolicyError,
+    RunLimits,
+    Scope,
+    Stop,
+    Verdict,
+    added_lines,
+    changed_lines,
+    check_proposal,
+    check_run_spec,
+    decide,
+    load_policy,
+    noise_floor,
+    parse_policy,
+    policy_digest,
+    policy_path,
+    raised_limits,
+    should_stop,
+)
 
-POLICY_DIR = Path(__file__).parent
-
-
-def policy_path(name: str) -> Path:
-    """The file of policy `name`; raises FileNotFoundError naming the known policies."""
-    path = POLICY_DIR / f"{name}.toml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in POLICY_DIR.glob("*.toml")))
-        raise FileNotFoundError(f"no policy {name!r} (known: {known})")
-    return path
+__all__ = [
+    "ALLOW", "CONFIG_PATH", "POLICY_DIR", "Acceptance", "DiffLimit", "Forbidden", "Gates", "Policy",
+    "PolicyError", "RunLimits", "Scope", "Stop", "Verdict", "added_lines", "changed_lines",
+    "check_proposal", "check_run_spec", "decide", "load_policy", "noise_floor", "parse_policy",
+    "policy_digest", "policy_path", "raised_limits", "should_stop",
+]
