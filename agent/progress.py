@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from executor.base import RichProgress, build_base
 from executor.docker_engine import Engine
@@ -15,3 +17,35 @@ def build_base_with_progress(engine: Engine, *, source: str | None, wheels: Path
     """Build or reuse the base image, showing each step and the builder's output as it goes."""
     with RichProgress(console) as progress:
         return build_base(source=source, wheels_dir=wheels, engine_client=engine, progress=progress)
+
+
+class LoopDisplay:
+    """The loop's progress: a live status line on a terminal (experiment n of N, elapsed, ETA, best,
+    last event) above the printed events; plain lines otherwise."""
+
+    def __init__(self, console: Console, total: int | None) -> None:
+        self.console, self.total = console, total
+        self.started = time.monotonic()
+        self._status = None
+
+    def __enter__(self) -> LoopDisplay:
+        if self.console.is_terminal:
+            self._status = self.console.status("starting")
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def event(self, line: str, state) -> None:
+        elapsed = time.monotonic() - self.started
+        done = state.experiments
+        eta = ""
+        if self.total and done:
+            eta = f" · ETA {(elapsed / done) * max(0, self.total - done) / 60:.1f} min"
+        best = f"best {state.best_value:.6f} @ {state.best_commit[:12]}" if state.best_value is not None else "baseline"
+        summary = f"experiment {done}{f' of {self.total}' if self.total else ''} · {elapsed / 60:.1f} min{eta} · {best}"
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {escape(line)}  ({summary})", markup=True)
+        if self._status is not None:
+            self._status.update(f"{summary} · last: {escape(line)[:60]}")

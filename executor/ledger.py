@@ -156,6 +156,10 @@ class Ledger:
             self.db.execute("INSERT INTO runs VALUES (?, ?, ?, ?) ON CONFLICT(tag) DO UPDATE SET state = excluded.state, "
                             "updated_at = excluded.updated_at", (tag, json.dumps(state), now(), now()))
 
+    def latest_run_tag(self) -> str | None:
+        row = self._query("SELECT tag FROM runs ORDER BY updated_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
     def run_state(self, tag: str) -> dict[str, Any] | None:
         row = self._query("SELECT state FROM runs WHERE tag = ?", (tag,)).fetchone()
         return json.loads(row[0]) if row else None

@@ -13,7 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -150,8 +150,11 @@ def read_result(out_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger) -> dict[str, Any]:
+def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
+            on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run commit `ref` of the workspace sealed, and return its finished ledger record.
+
+    `on_record(experiment_id)` is called once the record exists (as `running`), before anything starts.
 
     Raises:
         SourceError, ConfigError: bad commit or committed sealab.toml (nothing is recorded).
@@ -176,6 +179,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger) -> dict[str
         "base_image_id": base.image_id, "data_digest": base.data_digest, "run_spec": spec.to_dict(),
         "drift": drift, "log_path": str(log_path.relative_to(ws.root)), "created_at": now(), "durations": {},
     }, owner.token())
+    if on_record is not None:
+        on_record(eid)
     durations: dict[str, float] = {}
     container: str | None = None
     image_id: str | None = None

@@ -1,0 +1,309 @@
+"""The research loop behind `sealab run`.
+
+    baseline ×k → loop: stop? → drift guard → propose → policy gate → commit (CAS) → execute (sealed)
+                        → keep (branch stays on the new commit) | discard (refs/sealab/discarded/<id>, CAS back)
+                        → drift guard → record
+
+The agent only ever sees the best commit's content read from git objects. Every ref move is a
+compare-and-swap; the run's state is saved after every step, so `--resume` continues exactly there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import git
+
+from agent import gitops
+from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
+from executor import config, git_source
+from executor.docker_engine import Engine
+from executor.drift import describe, summarize
+from executor.errors import SealabError
+from executor.ledger import Ledger
+from executor.run import execute
+from executor.types import RunSpec, Status
+from executor.workspace import Workspace
+from policies import check_proposal, decide, noise_floor, should_stop
+
+
+class LoopStopped(SealabError):
+    exit_code = 4
+
+
+@dataclass
+class RunState:
+    """Everything `--resume` needs; saved in the ledger after every step."""
+
+    tag: str
+    branch: str
+    start_commit: str
+    best_commit: str
+    best_value: float | None = None
+    threshold: float | None = None
+    baseline: list[float] = field(default_factory=list)
+    experiments: int = 0
+    consecutive_crashes: int = 0
+    since_improvement: int = 0
+    cost_usd: float = 0.0
+    elapsed_s: float = 0.0
+    drift_events: int = 0
+    stop_reason: str | None = None
+    pending: dict[str, Any] | None = None  # a commit made but not yet decided: {"commit", "experiment"}
+
+
+@dataclass
+class Loop:
+    ws: Workspace
+    engine: Engine
+    ledger: Ledger
+    policy: Any
+    proposer: Any
+    drift_action: str = "restore"
+    on_event: Callable[[str, RunState], None] = lambda line, state: None
+
+    @property
+    def repo(self) -> git.Repo:
+        return self.ws.repo
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def start(self, tag: str) -> RunState:
+        """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
+        if self.ledger.run_state(tag) is not None:
+            raise LoopStopped(f"a run tagged {tag!r} exists; use --resume or another --tag")
+        if self.repo.is_dirty():
+            raise LoopStopped("the working tree has uncommitted changes; commit or stash them before `sealab run`")
+        head = self.repo.head.commit.hexsha
+        branch = f"sealab/{tag}"
+        gitops.cas(self.repo, f"refs/heads/{branch}", head, gitops.ZERO)
+        state = RunState(tag=tag, branch=branch, start_commit=head, best_commit=head)
+        self._save(state)
+        gitops.restore(self.repo, branch, head)
+        return state
+
+    def resume(self, tag: str) -> RunState:
+        data = self.ledger.run_state(tag)
+        if data is None:
+            raise LoopStopped(f"no run tagged {tag!r} to resume")
+        state = RunState(**data)
+        state.stop_reason = None
+        tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+        if tip not in (state.best_commit, (state.pending or {}).get("commit")):
+            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, which this run never made; "
+                              "someone moved it, so sealab will not continue on it")
+        self._guard(state, "resume", tip)
+        if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
+            record = self.ledger.get(state.pending["experiment"]) if state.pending.get("experiment") else None
+            if record is not None and record["status"] not in (Status.RUNNING.value, Status.INTERRUPTED.value):
+                self._decide(state, record)
+            else:
+                self._discard(state, state.pending["commit"], state.pending.get("experiment") or
+                              "unrun-" + state.pending["commit"][:12])
+                state.pending = None
+                self._save(state)
+        gitops.restore(self.repo, state.branch, state.best_commit)
+        return state
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, state: RunState, *, experiments: int | None, hours: float | None) -> RunState:
+        started = time.monotonic() - state.elapsed_s
+        spec = self._spec(state.best_commit)
+        while len(state.baseline) < self.policy.acceptance.noise_runs:
+            record = self._execute(state, "baseline")
+            value = self._metric(record)
+            if value is None:
+                raise LoopStopped(f"the baseline run {record['id']} ended {record['status']}: {record['reason']}")
+            state.baseline.append(value)
+            state.best_value = min(state.baseline) if spec.direction == "minimize" else max(state.baseline)
+            state.threshold = noise_floor(self.policy, state.baseline)
+            self._save(state)
+            self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)
+        while True:
+            state.elapsed_s = time.monotonic() - started
+            reason = should_stop(self.policy, experiments=state.experiments, hours=state.elapsed_s / 3600,
+                                 cost_usd=state.cost_usd, consecutive_crashes=state.consecutive_crashes,
+                                 since_improvement=state.since_improvement, max_experiments=experiments,
+                                 max_hours=hours)
+            if reason:
+                state.stop_reason = reason
+                self._save(state)
+                self.on_event(f"stopped: {reason}", state)
+                return state
+            self._step(state, spec)
+
+    def _step(self, state: RunState, spec: RunSpec) -> None:
+        self._guard(state, "before proposal")
+        context = self._context(state, spec)
+        try:
+            proposal = self.proposer.propose(context)
+        except ProposalFailed as exc:
+            state.cost_usd += exc.usage.cost_usd
+            state.experiments += 1
+            state.since_improvement += 1
+            self.ledger.add_event(state.tag, "proposal_failed", {"reason": exc.reason, "best_commit": state.best_commit})
+            self.on_event(f"proposal failed: {exc.reason}", state)
+            self._save(state)
+            return
+        except ModelUnavailable as exc:
+            raise LoopStopped(f"the model is unavailable: {exc}") from None
+        state.cost_usd += proposal.usage.cost_usd
+        changes = {path: (self._read(state.best_commit, path), content) for path, content in proposal.files.items()}
+        changes = {p: c for p, c in changes.items() if c[0] != c[1]}
+        proposed_spec = self._proposed_spec(changes)
+        verdict = check_proposal(self.policy, changes, current_spec=spec, proposed_spec=proposed_spec)
+        if not changes or verdict.action != "allow":
+            kind = "rejected" if not changes or verdict.action == "reject" else "parked"
+            rule, why = (verdict.rule, verdict.reason) if changes else ("empty", "the proposal changes nothing")
+            self.ledger.add_event(state.tag, kind, {
+                "description": proposal.description, "rule": rule, "reason": why, "proposer": proposal.proposer,
+                "best_commit": state.best_commit, "patch": _patch(changes), "usage": asdict(proposal.usage)})
+            state.experiments += 1
+            state.since_improvement += 1
+            self._save(state)
+            self.on_event(f"{kind}: {proposal.description} ({rule}: {why})", state)
+            return
+        self._guard(state, "before commit")  # every reset of the work tree is preceded by a drift check
+        commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
+        state.pending = {"commit": commit, "experiment": None}
+        self._save(state)  # before the branch moves, so that --resume knows this commit
+        gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
+        gitops.restore(self.repo, state.branch, commit)
+        record = self._execute(state, None, proposal)
+        self._guard(state, "after run")
+        self._decide(state, record)
+
+    def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> dict[str, Any]:
+        commit = state.pending["commit"] if state.pending else state.best_commit
+        record = execute(self.ws, commit, self.engine, self.ledger,
+                         on_record=lambda eid: self._note_pending(state, eid))
+        extra = {"run_tag": state.tag}
+        if decision:
+            extra["decision"] = decision
+        if proposal is not None:
+            extra["proposal"] = {"proposer": proposal.proposer, "description": proposal.description,
+                                 "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest}
+        return self.ledger.annotate(record["id"], **extra)
+
+    def _note_pending(self, state: RunState, experiment_id: str) -> None:
+        if state.pending:
+            state.pending["experiment"] = experiment_id
+            self._save(state)
+
+    def _decide(self, state: RunState, record: dict[str, Any]) -> None:
+        value, commit = self._metric(record), record["commit"]
+        spec = RunSpec.from_dict(record["run_spec"])
+        state.experiments += 1
+        crashed = record["status"] in (Status.CRASH.value, Status.TIMEOUT.value, Status.OOM.value)
+        state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
+        if value is not None:
+            decision, why = decide(self.policy, direction=spec.direction, best=state.best_value, candidate=value,
+                                   threshold=state.threshold)
+        else:
+            decision, why = "discard", f"status {record['status']}"
+        if decision == "keep":
+            state.best_commit, state.best_value, state.since_improvement = commit, value, 0
+        else:
+            state.since_improvement += 1
+            self._discard(state, commit, record["id"])
+        state.pending = None
+        self.ledger.annotate(record["id"], decision=decision, decision_reason=why)
+        self._save(state)
+        shown = f"{value:.6f}" if value is not None else record["status"]
+        self.on_event(f"{decision}: {record['description']} → {shown} (best {state.best_value:.6f})", state)
+
+    def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
+        """Keep the discarded commit reachable, and move the branch back to the best one (CAS)."""
+        keep = f"refs/sealab/discarded/{experiment_id}"
+        if gitops.ref_value(self.repo, keep) != commit:  # idempotent: a resumed run may redo this step
+            gitops.cas(self.repo, keep, commit, gitops.ZERO)
+        if gitops.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
+            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, commit)
+        gitops.restore(self.repo, state.branch, state.best_commit)
+
+    # -- drift guard --------------------------------------------------------------------------------
+    def _guard(self, state: RunState, where: str, tip: str | None = None) -> None:
+        """Any difference between the work tree/index and the branch's commit is drift: record it, then
+        restore the tree (default) or halt. The agent never sees or builds on drifted content."""
+        tip = tip or (state.pending["commit"] if state.pending else state.best_commit)
+        moved = [] if self._on_branch(state) else [{"path": "HEAD", "changes": [f"HEAD is not {state.branch}"],
+                                                     "patch": ""}]
+        diff, _untracked = git_source.working_diff(self.repo, tip)
+        entries = moved + summarize(diff, [])
+        if not entries:
+            return
+        state.drift_events += 1
+        patch_dir = self.ws.state / "drift"
+        patch_dir.mkdir(parents=True, exist_ok=True)
+        patch = patch_dir / f"{state.tag}-{state.drift_events:04d}.patch"
+        patch.write_text("".join(e["patch"] for e in entries))
+        self.ledger.add_event(state.tag, "drift", {
+            "where": where, "commit": tip, "changes": describe(entries), "patch_path": str(patch.relative_to(self.ws.root)),
+            "action": self.drift_action})
+        self._save(state)
+        self.on_event(f"drift {where}: {'; '.join(describe(entries))}", state)
+        if self.drift_action == "halt":
+            raise LoopStopped(f"drift {where} ({'; '.join(describe(entries))}); halted per policy, patch in {patch}")
+        gitops.restore(self.repo, state.branch, tip)
+
+    def _on_branch(self, state: RunState) -> bool:
+        try:
+            return self.repo.active_branch.name == state.branch
+        except TypeError:  # detached HEAD
+            return False
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _context(self, state: RunState, spec: RunSpec) -> ProposalContext:
+        history = [{"commit": r["commit"], "description": r.get("description"), "status": r["status"],
+                    "decision": r.get("decision"), "metric": self._metric(r)}
+                   for r in self.ledger.records() if r.get("run_tag") == state.tag]
+        last = next((r for r in reversed(self.ledger.records()) if r.get("run_tag") == state.tag), None)
+        tail = ""
+        if last and last.get("log_path") and (self.ws.root / last["log_path"]).exists():
+            tail = "\n".join((self.ws.root / last["log_path"]).read_text(errors="replace").splitlines()[-50:])
+        best = state.best_commit
+        return ProposalContext(
+            program=self._read(best, "program.md") or "", train_source=self._read(best, "train.py") or "",
+            read_file=lambda path: self._read(best, path), history=history, last_log_tail=tail,
+            metric=spec.metric, direction=spec.direction, experiment_index=state.experiments)
+
+    def _read(self, commit: str, path: str) -> str | None:
+        """A file of `commit`, from git objects (never the work tree)."""
+        try:
+            return (self.repo.commit(commit).tree / path).data_stream.read().decode(errors="replace")
+        except KeyError:
+            return None
+
+    def _spec(self, commit: str) -> RunSpec:
+        return config.parse(self._read(commit, config.CONFIG_NAME) or "", f"sealab.toml at {commit[:12]}").run_spec
+
+    def _proposed_spec(self, changes: dict[str, tuple[str | None, str | None]]) -> RunSpec | None:
+        if config.CONFIG_NAME not in changes or changes[config.CONFIG_NAME][1] is None:
+            return None
+        try:
+            return config.parse(changes[config.CONFIG_NAME][1]).run_spec
+        except SealabError:
+            return None
+
+    @staticmethod
+    def _metric(record: dict[str, Any]) -> float | None:
+        if record["status"] != Status.OK.value:
+            return None
+        return (record.get("metrics") or {}).get(record["run_spec"]["metric"])
+
+    def _save(self, state: RunState) -> None:
+        self.ledger.save_run(state.tag, asdict(state))
+
+
+def _patch(changes: dict[str, tuple[str | None, str | None]]) -> str:
+    import difflib
+
+    return "".join("".join(difflib.unified_diff((old or "").splitlines(True), (new or "").splitlines(True),
+                                                f"a/{path}", f"b/{path}")) for path, (old, new) in changes.items())
+
+
+def default_tag() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+

@@ -1,0 +1,161 @@
+"""`sealab run` against the real engine: keep/discard with CAS refs, the drift guard under a linter, resume."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import git
+import pytest
+
+from tests.conftest import SEALAB, sealab, sealab_json
+
+pytestmark = pytest.mark.docker
+
+FAST_POLICY = """
+[acceptance]
+min_delta = 0.0001
+noise_runs = 2
+z = 1.0
+reason = "tests: a short baseline"
+"""
+
+
+def fast_workspace(make_workspace):
+    """A workspace whose committed policy measures the baseline twice (the shipped default does 3)."""
+    from agent.gitops import commit_file
+
+    root = make_workspace(budget=2, grace=40)
+    repo = git.Repo(root)
+    base = (root.parent.parent / "policy.toml")
+    shipped = open(__import__("policies").policy_path("default")).read()
+    base.write_text(re.sub(r"\[acceptance\][^\[]*", FAST_POLICY.strip() + "\n\n", shipped, count=1))
+    toml = (root / "sealab.toml").read_text().replace('name = "default"', f'name = "{base}"')
+    commit_file(repo, "sealab.toml", toml, "fast policy")
+    return root
+
+
+def constants(source: str) -> dict:
+    tree = ast.parse(source)
+    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name) and t.id.isupper()}
+
+
+def check_run_consistency(root, tag):
+    """Branch, refs and ledger agree; every experiment ran exactly its commit's train.py."""
+    repo = git.Repo(root)
+    records = [r for r in sealab_json("status", cwd=root) if r.get("run_tag") == tag]
+    state_tip = repo.git.rev_parse(f"sealab/{tag}")
+    kept = [r for r in records if r.get("decision") == "keep"]
+    best = kept[-1]["commit"] if kept else records[0]["commit"]
+    assert state_tip == best
+    for r in records:
+        if r.get("decision") == "discard":
+            assert repo.git.rev_parse(f"refs/sealab/discarded/{r['id']}") == r["commit"]
+        if r["status"] == "ok":
+            committed = (repo.commit(r["commit"]).tree / "train.py").data_stream.read().decode()
+            ran = r["metrics"]["hyperparameters"]
+            assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in constants(committed).items()
+                    if k in ran} == ran
+    assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []
+    return records
+
+
+def test_offline_run_keeps_discards_and_preserves(make_workspace):
+    """An offline run measures the baseline, then keeps or discards each proposal with CAS refs."""
+    root = fast_workspace(make_workspace)
+    repo = git.Repo(root)
+    main_before = repo.git.rev_parse("main")
+    proc = sealab("run", "--experiments", "3", "--tag", "t1", "--proposer", "offline", cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert repo.git.rev_parse("main") == main_before and repo.active_branch.name == "sealab/t1"
+    records = check_run_consistency(root, "t1")
+    assert [r.get("decision") for r in records[:2]] == ["baseline", "baseline"]
+    assert len(records) == 5 and all(r.get("decision") in ("keep", "discard") for r in records[2:])
+    assert "best" in proc.stdout and "sealab/t1" in proc.stdout
+
+
+def test_linter_during_run_never_reaches_a_commit(make_workspace):
+    """A process rewriting train.py's constants during a run: every run executes its commit, every
+    mutation is a drift event, and no commit on the branch contains the linter's value."""
+    root = fast_workspace(make_workspace)
+    stop = threading.Event()
+    mutations = []
+
+    def linter():
+        rng = random.Random(7)
+        while not stop.wait(rng.uniform(0.5, 3.0)):
+            path = root / "train.py"
+            text = path.read_text()
+            new = re.sub(r"^SCALAR_LR = [0-9.e-]+", "SCALAR_LR = 0.123", text, count=1, flags=re.M)
+            if new != text:
+                path.write_text(new)
+                mutations.append(time.monotonic())
+
+    thread = threading.Thread(target=linter, daemon=True)
+    thread.start()
+    try:
+        proc = sealab("run", "--experiments", "6", "--tag", "lint", "--proposer", "offline", cwd=root, timeout=900)
+    finally:
+        stop.set()
+        thread.join()
+    assert proc.returncode in (0, 4), proc.stderr
+    records = check_run_consistency(root, "lint")
+    repo = git.Repo(root)
+    for commit in repo.iter_commits("sealab/lint"):
+        assert "SCALAR_LR = 0.123" not in (commit.tree / "train.py").data_stream.read().decode()
+    for r in records:
+        assert r["metrics"].get("hyperparameters", {}).get("SCALAR_LR") != 0.123
+    from executor.ledger import Ledger
+
+    drift = Ledger(root / ".sealab" / "ledger.db").events("drift")
+    assert mutations and drift, (len(mutations), len(drift))
+    assert all((root / d["patch_path"]).exists() for d in drift)
+    assert any("SCALAR_LR" in c and "0.123" in c for d in drift for c in d["changes"])
+
+
+def test_kill_9_then_resume(make_workspace, engine):
+    """kill -9 during `sealab run`, then `--resume`: nothing lost or run twice; branch, refs, ledger agree."""
+    root = fast_workspace(make_workspace)
+    proc = subprocess.Popen([SEALAB, "run", "--experiments", "3", "--tag", "k", "--proposer", "offline"], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    db = root / ".sealab" / "ledger.db"
+    while time.monotonic() < deadline:  # wait for the first proposal's experiment to be running
+        time.sleep(0.3)
+        if db.exists():
+            rows = [json.loads(r) for r in sealab_json_rows(db)]
+            if any(r["status"] == "running" and r.get("run_tag") is None and len(rows) >= 3 for r in rows):
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = sealab("run", "--resume", "--tag", "k", "--experiments", "3", cwd=root, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [r for r in sealab_json("status", cwd=root)]
+    interrupted = [r for r in records if r["status"] == "interrupted"]
+    assert len(interrupted) == 1
+    repo = git.Repo(root)
+    assert repo.git.rev_parse(f"refs/sealab/discarded/{interrupted[0]['id']}") == interrupted[0]["commit"]
+    finished = [r for r in records if r["status"] != "interrupted" and r.get("decision") not in (None, "baseline")]
+    commits = [r["commit"] for r in finished]
+    assert len(commits) == len(set(commits))  # nothing run twice
+    check_run_consistency(root, "k")
+
+
+def sealab_json_rows(db):
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT record FROM experiments ORDER BY seq")]
+    except sqlite3.Error:
+        return []
+    finally:
+        con.close()
