@@ -159,3 +159,52 @@ def sealab_json_rows(db):
         return []
     finally:
         con.close()
+
+
+KEY = "sk-ant-loop-test-SECRET-0123456789"
+
+
+def test_claude_proposer_in_the_loop(make_workspace, tmp_path):
+    """Through the real SDK and our Messages-API server: an edit becomes a commit and an experiment after
+    a retried 529; an edit to prepare.py is parked and never built; a malformed tool call is recorded
+    and the loop goes on; the API key appears nowhere in the ledger, the logs or the outputs."""
+    from executor.ledger import Ledger
+    from fake_messages_api import FakeMessagesAPI, error_reply, text_reply, tool_use_reply, usage
+
+    root = fast_workspace(make_workspace)
+    script = [
+        error_reply(529),
+        tool_use_reply([("edit_train_py", {"old": "SCALAR_LR = 0.5", "new": "SCALAR_LR = 0.6"})], usage(2000, 40)),
+        tool_use_reply([("submit", {"description": "SCALAR_LR 0.5 -> 0.6"})], usage(2100, 10)),
+        tool_use_reply([("edit_train_py", {"path": "prepare.py", "old": "EVAL_BYTES = 65536",
+                                           "new": "EVAL_BYTES = 1024"})], usage(2000, 40)),
+        tool_use_reply([("submit", {"description": "evaluate on fewer bytes"})], usage(2100, 10)),
+        tool_use_reply([("run_command", {"cmd": "cat /etc/passwd"})], usage(2000, 40)),
+        *[text_reply("I cannot do more.", usage(2100, 10))] * 7,  # never a valid submit: 8 turns, then it fails
+    ]
+    with FakeMessagesAPI(script) as api:
+        proc = sealab("run", "--experiments", "3", "--tag", "c", "--proposer", "claude", cwd=root, timeout=600,
+                      env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.base_url})
+        requests = list(api.requests)
+    assert proc.returncode == 0, proc.stderr
+    assert len(requests) == len(script)  # the 529 was retried by the SDK, every reply consumed
+    ledger = Ledger(root / ".sealab" / "ledger.db")
+    records = [r for r in ledger.records() if r.get("run_tag") == "c"]
+    assert [r["decision"] for r in records][:2] == ["baseline", "baseline"] and len(records) == 3
+    edited = records[2]
+    assert edited["proposal"]["proposer"].startswith("claude:") and edited["proposal"]["usage"]["cost_usd"] > 0
+    assert edited["metrics"]["hyperparameters"]["SCALAR_LR"] == 0.6
+    [parked] = ledger.events("parked")
+    assert parked["rule"] == "gates.protected_paths" and "prepare.py" in parked["patch"]
+    [failed] = ledger.events("proposal_failed")
+    assert "run_command" in failed["reason"] or "without calling a tool" in failed["reason"]
+    repo = git.Repo(root)
+    harness = (repo.commit("main").tree / "prepare.py").hexsha
+    for ref in ["sealab/c", *[r.path for r in repo.refs if r.path.startswith("refs/sealab/")]]:
+        for commit in repo.iter_commits(ref):
+            assert (commit.tree / "prepare.py").hexsha == harness  # the harness edit was never built
+    assert ledger.run_state("c")["cost_usd"] > 0
+    for path in (root / ".sealab").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in proc.stdout + proc.stderr
