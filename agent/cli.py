@@ -94,13 +94,28 @@ def _emit_json(value: Any) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-def init(directory: Path) -> None:
-    """Scaffold a research workspace in DIRECTORY (a new git repository)."""
+@click.option("--adopt", is_flag=True,
+              help="Turn an existing autoresearch checkout in DIRECTORY into a workspace (adds and commits sealab.toml only).")
+def init(directory: Path, adopt: bool) -> None:
+    """Scaffold a research workspace in DIRECTORY (a new git repository), or --adopt an autoresearch checkout."""
+    from executor.workspace import adopt as adopt_workspace
     from executor.workspace import init as init_workspace
 
-    ws = init_workspace(directory)
-    head = ws.repo.head.commit.hexsha
-    click.echo(f"initialised sealab workspace {ws.root} at commit {head[:12]}")
+    if not adopt:
+        ws = init_workspace(directory)
+        head = ws.repo.head.commit.hexsha
+        click.echo(f"initialised sealab workspace {ws.root} at commit {head[:12]}")
+        click.echo(f"next: cd {directory} && sealab base && sealab exec")
+        return
+    ws = adopt_workspace(directory)
+    head = ws.repo.head.commit
+    branch = "detached HEAD" if ws.repo.head.is_detached else f"branch {ws.repo.active_branch.name}"
+    history = f"on top of {head.parents[0].hexsha[:12]}" if head.parents else "as the first commit of a new repository"
+    committed = "sealab.toml" if head.parents else "train.py, prepare.py, program.md and sealab.toml"
+    click.echo(f"adopted {ws.root} as a sealab workspace: committed {committed} at {head.hexsha[:12]} "
+               f"({branch}, {history}); .sealab/ excluded via .git/info/exclude")
+    click.echo("warning: metric_source = \"summary\": the metric is read from the `---` summary block printed by "
+               "train.py, i.e. REPORTED BY EDITABLE CODE and less trustworthy than a protected harness's result.json")
     click.echo(f"next: cd {directory} && sealab base && sealab exec")
 
 
@@ -203,6 +218,24 @@ def results(ctx: click.Context) -> None:
 
     _, ledger, _ = _open(ctx, engine=False)
     click.echo(results_tsv(ledger.records()), nl=False)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory (default: .sealab/report/ in the workspace).")
+@click.option("--tag", help="Run tag to report on (default: the latest run).")
+@click.pass_context
+def report(ctx: click.Context, out: Path | None, tag: str | None) -> None:
+    """Write an HTML report (report.html) and a progress chart (progress.png) of a research run."""
+    from agent.html_report import write_report
+
+    ws, ledger, _ = _open(ctx, engine=False)
+    if tag is not None and ledger.run_state(tag) is None:
+        raise click.BadParameter(f"no run tagged {tag!r} in the ledger", param_hint="--tag")
+    page, chart = write_report(ledger, out if out is not None else ws.state / "report", tag=tag,
+                               repo=ws.repo, root=ws.root)
+    click.echo(page)
+    click.echo(chart)
 
 
 @main.command()

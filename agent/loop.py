@@ -10,6 +10,7 @@ compare-and-swap; the run's state is saved after every step, so `--resume` conti
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -116,7 +117,7 @@ class Loop:
             if value is None:
                 raise LoopStopped(f"the baseline run {record['id']} ended {record['status']}: {record['reason']}")
             state.baseline.append(value)
-            state.best_value = min(state.baseline) if spec.direction == "minimize" else max(state.baseline)
+            state.best_value = statistics.fmean(state.baseline)  # the mean: one lucky baseline run sets no bar
             state.threshold = noise_floor(self.policy, state.baseline)
             self._save(state)
             self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)

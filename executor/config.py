@@ -19,6 +19,7 @@ class Config:
     policy: str = "default"
     wheels: str = "/opt/wheels"
     base_from: str | None = None
+    metric_source: str = "result.json"  # "summary": printed by editable code (adopted autoresearch repos)
 
 
 _NUMBER = (int, float)
@@ -29,7 +30,9 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "resources": {f.name: ((int,) if f.type == "int" else _NUMBER, f.name) for f in fields(Resources)},
     "policy": {"name": (str, "policy")},
     "base": {"wheels": (str, "wheels"), "from": (str, "base_from")},
+    "harness": {"metric_source": (str, "metric_source")},
 }
+METRIC_SOURCES = ("result.json", "summary")
 
 
 def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
@@ -66,6 +69,8 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
         raise ConfigError(source, "budget.train_seconds must be positive")
     if resources.get("memory_mb", 1024) < 64 or resources.get("pids", 64) < 16:
         raise ConfigError(source, "resources.memory_mb must be >= 64 and resources.pids >= 16")
+    if other.get("metric_source", METRIC_SOURCES[0]) not in METRIC_SOURCES:
+        raise ConfigError(source, f"harness.metric_source must be 'result.json' or 'summary', not {other['metric_source']!r}")
     run_spec = RunSpec(**spec, resources=Resources(**resources))
     return Config(run_spec=run_spec, **other)
 

@@ -1,0 +1,287 @@
+"""`sealab report`: one self-contained HTML page and a progress chart of a research run.
+
+Everything read from the ledger (descriptions, diffs, reasons, patches) was written by or because of
+the agent and is untrusted: every such string goes through `html.escape` before it reaches the page.
+The page has no script; its only external reference is the chart, `progress.png`, next to it.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import git
+
+from executor.ledger import Ledger
+
+CHART_NAME = "progress.png"
+PAGE_NAME = "report.html"
+CHART_SIZE_PX = (1200, 500)  # width, height
+_KEPT = ("keep", "baseline")
+
+
+def running_best(values: Sequence[float | None], decisions: Sequence[str | None], direction: str) -> list[float | None]:
+    """For each experiment, the best metric among the kept (or baseline) ones so far; None before the first."""
+    better = min if direction == "minimize" else max
+    best: float | None = None
+    out: list[float | None] = []
+    for value, decision in zip(values, decisions, strict=True):
+        if decision in _KEPT and value is not None:
+            best = value if best is None else better(best, value)
+        out.append(best)
+    return out
+
+
+def metric_of(record: dict[str, Any]) -> float | None:
+    """The record's own metric value when it ended ok, else None."""
+    if record.get("status") != "ok":
+        return None
+    metric = (record.get("run_spec") or {}).get("metric", "val_bpb")
+    value = (record.get("metrics") or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass
+class ReportData:
+    tag: str | None
+    state: dict[str, Any] | None
+    records: list[dict[str, Any]]
+    events: dict[str, list[dict[str, Any]]]
+    metric: str
+    direction: str
+
+
+def collect(ledger: Ledger, tag: str | None = None) -> ReportData:
+    """Read one run's records and events (default: the latest run; all records when there is none)."""
+    tag = tag or ledger.latest_run_tag()
+    state = ledger.run_state(tag) if tag else None
+    records = [r for r in ledger.records() if tag is None or r.get("run_tag") == tag]
+    events = {kind: [e for e in ledger.events(kind) if tag is None or e.get("run_tag") == tag]
+              for kind in ("drift", "rejected", "parked", "proposal_failed")}
+    spec = next((r["run_spec"] for r in records if r.get("run_spec")), {}) or {}
+    return ReportData(tag, state, records, events, spec.get("metric", "val_bpb"), spec.get("direction", "minimize"))
+
+
+def write_chart(data: ReportData, path: Path) -> Path:
+    """The metric per experiment: discarded/crashed grey, kept green, the running best as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    values = [metric_of(r) for r in data.records]
+    decisions = [r.get("decision") for r in data.records]
+    best = running_best(values, decisions, data.direction)
+    xs = list(range(1, len(values) + 1))
+    fig = Figure(figsize=(CHART_SIZE_PX[0] / 100, CHART_SIZE_PX[1] / 100), dpi=100)
+    ax = fig.add_subplot()
+    kept = [(x, v) for x, v, d in zip(xs, values, decisions) if v is not None and d in _KEPT]
+    other = [(x, v) for x, v, d in zip(xs, values, decisions) if v is not None and d not in _KEPT]
+    failed = [x for x, v in zip(xs, values) if v is None]
+    if other:
+        ax.scatter(*zip(*other), color="#c8c8c8", s=28, label="discarded", zorder=2)
+    if kept:
+        ax.scatter(*zip(*kept), color="#2ca02c", s=40, label="kept", zorder=3)
+    if failed:  # no metric: a grey cross at the bottom edge
+        ax.scatter(failed, [0.03] * len(failed), marker="x", color="#a0a0a0", s=30, label="crashed / no metric",
+                   transform=ax.get_xaxis_transform(), zorder=2, clip_on=False)
+    steps = [(x, b) for x, b in zip(xs, best) if b is not None]
+    if steps:
+        sx, sy = zip(*steps)
+        ax.step([*sx, xs[-1] + 0.5], [*sy, sy[-1]], where="post", color="#2ca02c", linewidth=1.5, alpha=0.8,
+                label="running best", zorder=1)
+    arrow = "lower is better" if data.direction == "minimize" else "higher is better"
+    ax.set_title(f"sealab run {data.tag or '(all records)'}: {data.metric} ({arrow})")
+    ax.set_xlabel("experiment #")
+    ax.set_ylabel(data.metric)
+    ax.grid(True, alpha=0.3)
+    if xs:
+        ax.set_xlim(0.5, xs[-1] + 0.5)
+        ax.legend(loc="best", fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no experiments yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+# -- the page ---------------------------------------------------------------------------------------
+def e(value: Any) -> str:
+    """Escape anything for HTML text or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _short(sha: Any, n: int = 12) -> str:
+    return e(str(sha)[:n]) if sha else ""
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.6f}" if value is not None else "—"
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1240px;
+     color:#1d1d1f;background:#fafafa;padding:0 16px}
+h1{font-size:22px;margin:0 0 12px} h2{font-size:17px;margin:0 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:12px 16px;margin-bottom:16px}
+table{border-collapse:collapse;width:100%;font-size:13px} th,td{border-bottom:1px solid #eee;padding:4px 6px;
+     text-align:left;vertical-align:top} th{background:#f3f3f3}
+td.num{text-align:right;font-variant-numeric:tabular-nums} code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}
+pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:8px;overflow-x:auto;white-space:pre-wrap;
+     word-break:break-word;max-height:480px}
+.keep{color:#1a7f37;font-weight:600} .discard{color:#888} .baseline{color:#0550ae} .bad{color:#cf222e}
+h3{font-size:14px;margin:12px 0 4px} dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:0} dt{color:#666} dd{margin:0}
+img{max-width:100%;height:auto} .empty{color:#888;font-style:italic}
+"""
+
+
+def _summary(data: ReportData, branch: str | None) -> str:
+    state = data.state or {}
+    values = [metric_of(r) for r in data.records]
+    decisions = [r.get("decision") for r in data.records]
+    best = running_best(values, decisions, data.direction)
+    best_value = state.get("best_value", best[-1] if best else None)
+    best_commit = state.get("best_commit")
+    if best_commit is None:
+        kept = [r for r, v, d in zip(data.records, values, decisions) if d in _KEPT and v == best_value]
+        best_commit = kept[-1]["commit"] if kept else None
+    cost = state.get("cost_usd")
+    if cost is None:
+        cost = sum(((r.get("proposal") or {}).get("usage") or {}).get("cost_usd") or 0 for r in data.records)
+    counts = {d: decisions.count(d) for d in ("baseline", "keep", "discard")}
+    rows = [
+        ("tag", e(data.tag or "(no run: all records)")),
+        ("branch", f"<code>{e(branch)}</code>" if branch else "—"),
+        ("metric", f"{e(data.metric)} ({e(data.direction)})"),
+        ("experiments", f"{len(data.records)} run ({counts['baseline']} baseline, {counts['keep']} kept, "
+                        f"{counts['discard']} discarded); {len(data.events['rejected'])} rejected, "
+                        f"{len(data.events['parked'])} parked, {len(data.events['proposal_failed'])} failed proposals"),
+        ("best", f"{e(_fmt(best_value))} at <code>{_short(best_commit)}</code>"),
+        ("noise threshold", e(_fmt(state.get("threshold")))),
+        ("cost so far", f"${float(cost or 0):.4f}"),
+        ("drift events", str(len(data.events["drift"]))),
+        ("stop reason", e(state.get("stop_reason") or "—")),
+    ]
+    body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    return f'<section id="summary"><h2>Summary</h2><dl>{body}</dl></section>'
+
+
+def _experiments(data: ReportData) -> str:
+    if not data.records:
+        return '<section id="experiments"><h2>Experiments</h2><p class="empty">none</p></section>'
+    rows = []
+    for n, r in enumerate(data.records, 1):
+        decision = r.get("decision") or ""
+        cls = decision if decision in ("keep", "discard", "baseline") else ""
+        status_cls = "" if r.get("status") == "ok" else "bad"
+        description = (r.get("proposal") or {}).get("description") or r.get("description")
+        rows.append(
+            f"<tr><td class=num>{n}</td><td><code>{e(r.get('id'))}</code></td>"
+            f'<td class="{status_cls}">{e(r.get("status"))}</td>'
+            f'<td class="{cls}" title="{e(r.get("decision_reason"))}">{e(decision)}</td>'
+            f"<td class=num>{e(_fmt(metric_of(r)))}</td><td><code>{_short(r.get('commit'))}</code></td>"
+            f"<td><code>{_short(r.get('image_id'), 19)}</code></td><td>{e(description)}</td></tr>")
+    head = ("<tr><th>#</th><th>id</th><th>status</th><th>decision</th><th>metric</th><th>commit</th>"
+            "<th>image ID</th><th>description</th></tr>")
+    return (f'<section id="experiments"><h2>Experiments</h2><table><thead>{head}</thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></section>")
+
+
+def _kept(data: ReportData, repo: git.Repo | None) -> str:
+    parts = []
+    for r in data.records:
+        if r.get("decision") != "keep":
+            continue
+        parent, commit = r.get("parent"), r.get("commit")
+        try:
+            diff = repo.git.diff(parent, commit) if repo is not None and parent and commit else "(no parent recorded)"
+        except git.GitCommandError as exc:
+            diff = f"(cannot diff {parent} {commit}: {exc.stderr.strip() if exc.stderr else exc})"
+        description = (r.get("proposal") or {}).get("description") or r.get("description")
+        parts.append(
+            f"<article><h3>{e(r.get('id'))}: {e(_fmt(metric_of(r)))} — {e(description)}</h3>"
+            f"<p><code>{_short(parent)}</code> → <code>{_short(commit)}</code>; {e(r.get('decision_reason'))}</p>"
+            f"<pre>{e(diff)}</pre></article>")
+    body = "".join(parts) or '<p class="empty">no kept changes yet</p>'
+    return f'<section id="kept"><h2>Kept changes</h2>{body}</section>'
+
+
+def _drift(data: ReportData, root: Path | None) -> str:
+    parts = []
+    for ev in data.events["drift"]:
+        changes = "".join(f"<li>{e(c)}</li>" for c in ev.get("changes") or [])
+        patch = _read_patch(root, ev.get("patch_path"))
+        parts.append(
+            f"<article><h3>{e(ev.get('created_at'))}: {e(ev.get('where'))} (action {e(ev.get('action'))})</h3>"
+            f"<p>at <code>{_short(ev.get('commit'))}</code>, patch <code>{e(ev.get('patch_path'))}</code></p>"
+            f"<ul>{changes}</ul>{f'<pre>{e(patch)}</pre>' if patch else ''}</article>")
+    body = "".join(parts) or '<p class="empty">no drift</p>'
+    return f'<section id="drift"><h2>Drift events</h2>{body}</section>'
+
+
+def _read_patch(root: Path | None, rel: Any) -> str | None:
+    """A drift patch file, only when it lies inside the workspace."""
+    if root is None or not rel:
+        return None
+    try:
+        path = (root / str(rel)).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            return None
+        return path.read_text(errors="replace")[:200_000]
+    except OSError:
+        return None
+
+
+def _review(data: ReportData) -> str:
+    parts = []
+    for kind in ("parked", "rejected"):
+        for ev in data.events[kind]:
+            cost = (ev.get("usage") or {}).get("cost_usd")
+            parts.append(
+                f'<article class="{kind}"><h3>{e(kind)}: {e(ev.get("description"))}</h3><dl>'
+                f"<dt>rule</dt><dd><code>{e(ev.get('rule'))}</code></dd><dt>reason</dt><dd>{e(ev.get('reason'))}</dd>"
+                f"<dt>proposer</dt><dd>{e(ev.get('proposer'))}</dd>"
+                f"<dt>on</dt><dd><code>{_short(ev.get('best_commit'))}</code> at {e(ev.get('created_at'))}</dd>"
+                f"<dt>cost</dt><dd>{e(f'${cost:.4f}' if isinstance(cost, (int, float)) else '—')}</dd></dl>"
+                f"<pre>{e(ev.get('patch') or '(empty patch)')}</pre></article>")
+    body = "".join(parts) or '<p class="empty">nothing awaiting review</p>'
+    return f'<section id="review"><h2>Rejected and parked proposals</h2>{body}</section>'
+
+
+def _failures(data: ReportData) -> str:
+    rows = "".join(f"<tr><td>{e(ev.get('created_at'))}</td><td><code>{_short(ev.get('best_commit'))}</code></td>"
+                   f"<td>{e(ev.get('reason'))}</td></tr>" for ev in data.events["proposal_failed"])
+    body = (f"<table><thead><tr><th>when</th><th>on</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
+            if rows else '<p class="empty">no proposal failures</p>')
+    return f'<section id="failures"><h2>Proposal failures</h2>{body}</section>'
+
+
+def render_html(data: ReportData, repo: git.Repo | None = None, root: Path | None = None) -> str:
+    """The page; the chart is referenced as `progress.png` next to it."""
+    branch = (data.state or {}).get("branch")
+    title = f"sealab report — {data.tag or 'all records'}"
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src 'self' file:; "
+        "style-src 'unsafe-inline'\">",
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        _summary(data, branch),
+        f'<section id="chart"><h2>Progress</h2><img src="{CHART_NAME}" alt="{e(data.metric)} per experiment" '
+        f'width="{CHART_SIZE_PX[0]}" height="{CHART_SIZE_PX[1]}"></section>',
+        _experiments(data), _kept(data, repo), _drift(data, root), _review(data), _failures(data),
+        "</body></html>", ""])
+
+
+def write_report(ledger: Ledger, out: Path, *, tag: str | None = None, repo: git.Repo | None = None,
+                 root: Path | None = None) -> tuple[Path, Path]:
+    """Write `out/report.html` and `out/progress.png`; return both paths."""
+    data = collect(ledger, tag)
+    out.mkdir(parents=True, exist_ok=True)
+    chart = write_chart(data, out / CHART_NAME)
+    page = out / PAGE_NAME
+    page.write_text(render_html(data, repo, root), encoding="utf-8")
+    return page, chart
