@@ -299,7 +299,7 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
 
         chosen = OfflineProposer(seed=seed)
     with LoopDisplay(err, total=experiments) as display:
-        loop = Loop(ws, eng, ledger, policy, chosen, on_event=display.event)
+        loop = Loop(ws, eng, ledger, policy, chosen, drift_action=policy.drift.action, on_event=display.event)
         if resume:
             tag = tag or ledger.latest_run_tag()
             if tag is None:
@@ -315,11 +315,12 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("demo-workspace"))
 @click.option("--budget", type=float, default=20.0, show_default=True, help="Training seconds per experiment.")
-def demo(directory: Path, budget: float) -> None:
-    """Scaffold a workspace, build the offline base, run 3 sealed experiments, print the results."""
+@click.option("--experiments", type=click.IntRange(min=1), default=8, show_default=True)
+def demo(directory: Path, budget: float, experiments: int) -> None:
+    """Scaffold a workspace, build the offline base, run the research loop under a linter, write the report."""
     from agent.demo import run_demo
 
-    run_demo(directory, budget, console=err)
+    run_demo(directory, budget, experiments, console=err)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class Loop:
                                  since_improvement=state.since_improvement, max_experiments=experiments,
                                  max_hours=hours)
             if reason:
+                self._guard(state, "end")
                 state.stop_reason = reason
                 self._save(state)
                 self.on_event(f"stopped: {reason}", state)
@@ -177,8 +178,9 @@ class Loop:
 
     def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> dict[str, Any]:
         commit = state.pending["commit"] if state.pending else state.best_commit
-        record = execute(self.ws, commit, self.engine, self.ledger,
-                         on_record=lambda eid: self._note_pending(state, eid))
+        record = execute(self.ws, commit, self.engine, self.ledger,  # the executor re-checks the scope itself
+                         on_record=lambda eid: self._note_pending(state, eid),
+                         editable=self.policy.scope.editable if state.pending else None)
         extra = {"run_tag": state.tag}
         if decision:
             extra["decision"] = decision
@@ -247,6 +249,10 @@ class Loop:
         if self.drift_action == "halt":
             raise LoopStopped(f"drift {where} ({'; '.join(describe(entries))}); halted per policy, patch in {patch}")
         gitops.restore(self.repo, state.branch, tip)
+
+    def check_drift(self, state: RunState, where: str) -> None:
+        """Run the drift guard now (e.g. once the loop has stopped)."""
+        self._guard(state, where)
 
     def _on_branch(self, state: RunState) -> bool:
         try:

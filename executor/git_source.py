@@ -78,6 +78,13 @@ def resolve(repo: git.Repo, ref: str) -> CommitFacts:
     return CommitFacts(commit.hexsha, parent, commit.tree.hexsha, subject, tuple(sorted(files, key=lambda f: f.path)))
 
 
+def changed_paths(repo: git.Repo, facts: CommitFacts) -> list[str]:
+    """The paths a commit changes against its first parent (every path for a root commit)."""
+    if facts.parent is None:
+        return [f.path for f in facts.files]
+    return repo.git.diff("--name-only", "--no-renames", facts.parent, facts.sha).splitlines()
+
+
 def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
     """The unified diff of the working tree and index against `sha`, and the untracked files."""
     diff = repo.git.diff(sha, "--no-color", "--no-ext-diff", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/")

@@ -3,6 +3,10 @@
 Compare-and-swap between decision and execution: the image ID is recomputed from the commit and
 checked against the image by name, by labels, and against the created container, before `start`.
 Any mismatch means nothing runs and the record says `rejected`, naming expected and actual.
+
+The metric is read from the harness's result.json. Only a workspace whose committed sealab.toml says
+`[harness] metric_source = "summary"` (an adopted autoresearch checkout) falls back, when there is no
+result.json, to the `---` summary its train.py printed; such metrics carry `metric_source: summary`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -23,6 +28,7 @@ from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
 from executor.ledger import Ledger, now
 from executor.seal import TRAIN_PATH, Sealed, seal
+from executor.summary import parse_summary
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
 
@@ -106,10 +112,13 @@ def check_container(engine: Engine, container: str, sealed: Sealed) -> None:
 
 
 def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
-             spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "") -> Outcome:
+             spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "",
+             trusted: bool = True) -> Outcome:
     """Turn how a container ended and what the harness wrote into a status (pure).
 
     `last_line` (the log's last line, e.g. the exception) is quoted in a crash's reason.
+    `trusted=False`: the result was printed by editable code (see `summary_result`), so it cannot
+    carry the train.py blob and data digest that sealab's harness reports; those checks are skipped.
     """
     if timed_out:
         return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
@@ -119,20 +128,23 @@ def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | N
         said = f": {last_line[:200]}" if last_line else ""
         return Outcome(Status.CRASH, f"exit code {exit_code}{said}", exit_code=exit_code)
     if result is None:
-        return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}", exit_code=exit_code)
+        printed = "" if trusted else " and printed no --- summary"
+        return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}{printed}", exit_code=exit_code)
     value = result.get(spec.metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return Outcome(Status.CRASH, f"metric {spec.metric} missing or not finite: {value!r}", exit_code=exit_code)
-    if result.get("train_py_blob") != train_blob:
+    if trusted and result.get("train_py_blob") != train_blob:
         return Outcome(Status.REJECTED, f"the container ran train.py blob {result.get('train_py_blob')}, "
                        f"the commit has {train_blob}", exit_code=exit_code)
-    if result.get("data_digest") != data_digest:
+    if trusted and result.get("data_digest") != data_digest:
         return Outcome(Status.REJECTED, f"the container read data {result.get('data_digest')}, "
                        f"the base has {data_digest}", exit_code=exit_code)
     keys = (spec.metric, "training_seconds", "total_seconds", "steps", "tokens", "tokens_per_s", "num_params",
             "mfu_percent", "device")
     metrics = {k: result[k] for k in keys if k in result}
     metrics["hyperparameters"] = result.get("hyperparameters", {})
+    if not trusted:
+        metrics["metric_source"] = "summary"
     return Outcome(Status.OK, None, metrics, exit_code)
 
 
@@ -150,11 +162,24 @@ def read_result(out_dir: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def summary_result(output: bytes, metric: str) -> dict | None:
+    """A result built from the `---` summary a run printed (REPORTED BY EDITABLE CODE), or None."""
+    block = parse_summary(output.decode(errors="replace"))
+    if block is None:
+        return None
+    result = {metric: block.get(metric), "peak_memory_mb": block.get("peak_vram_mb") or block.get("peak_memory_mb"),
+              "training_seconds": block.get("training_seconds"), "total_seconds": block.get("total_seconds"),
+              "steps": block.get("num_steps"), "metric_source": "summary"}
+    return {k: v for k, v in result.items() if v is not None}
+
+
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
-            on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
+            on_record: Callable[[str], None] | None = None, editable: Sequence[str] | None = None) -> dict[str, Any]:
     """Run commit `ref` of the workspace sealed, and return its finished ledger record.
 
     `on_record(experiment_id)` is called once the record exists (as `running`), before anything starts.
+    `editable` (glob patterns): the commit may change only these paths against its parent, as read
+    from git here, whatever the caller claims; otherwise it is `rejected` and nothing is loaded.
 
     Raises:
         SourceError, ConfigError: bad commit or committed sealab.toml (nothing is recorded).
@@ -166,9 +191,12 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), None)
     if toml is None:
         raise BaseImageError(f"commit {facts.sha[:12]} has no {config.CONFIG_NAME}")
-    spec = config.parse(toml, f"{config.CONFIG_NAME} at {facts.sha[:12]}").run_spec
+    settings = config.parse(toml, f"{config.CONFIG_NAME} at {facts.sha[:12]}")
+    spec = settings.run_spec
     base = current_base(ledger, engine)
     drift = summarize(*git_source.working_diff(ws.repo, facts.sha))
+    out_of_scope = [] if editable is None else [
+        path for path in git_source.changed_paths(ws.repo, facts) if not any(fnmatchcase(path, g) for g in editable)]
     eid = new_id()
     log = structlog.get_logger().bind(experiment_id=eid, commit=facts.sha[:12])
     for line in describe(drift):
@@ -191,6 +219,9 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         image_id = sealed.image_id
         log = log.bind(image=image_id[:19])
         try:
+            if out_of_scope:
+                raise IdentityMismatch("paths changed by the commit", "only " + ", ".join(editable or ()),
+                                       ", ".join(out_of_scope))
             ensure_image(engine, sealed)
             durations["seal"] = time.monotonic() - t
             t = time.monotonic()
@@ -215,8 +246,11 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             log_path.write_bytes(output)
             durations["run"] = time.monotonic() - t
             result = read_result(out_dir)
+            trusted = result is not None or settings.metric_source != "summary"
+            if not trusted:
+                result = summary_result(output, spec.metric)
             outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
-                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(output))
+                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(output), trusted)
     except (KeyboardInterrupt, EngineUnavailable) as exc:
         _abandon(engine, container)
         interrupted = isinstance(exc, KeyboardInterrupt)

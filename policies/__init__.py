@@ -12,6 +12,7 @@ from policies.rules import (
     POLICY_DIR,
     Acceptance,
     DiffLimit,
+    Drift,
     Forbidden,
     Gates,
     Policy,
@@ -35,7 +36,8 @@ from policies.rules import (
 )
 
 __all__ = [
-    "ALLOW", "CONFIG_PATH", "POLICY_DIR", "Acceptance", "DiffLimit", "Forbidden", "Gates", "Policy",
+    "ALLOW", "CONFIG_PATH", "POLICY_DIR", "Acceptance", "DiffLimit",
+    "Drift", "Forbidden", "Gates", "Policy",
     "PolicyError", "RunLimits", "Scope", "Stop", "Verdict", "added_lines", "changed_lines",
     "check_proposal", "check_run_spec", "decide", "load_policy", "noise_floor", "parse_policy",
     "policy_digest", "policy_path", "raised_limits", "should_stop",

@@ -119,6 +119,12 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Drift:
+    reason: str
+    action: str = "restore"  # "restore": put the tree back to the commit and go on; "halt": stop the run
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     path: str
@@ -130,13 +136,14 @@ class Policy:
     acceptance: Acceptance
     stop: Stop
     gates: Gates
+    drift: Drift
 
     def rules(self) -> tuple[tuple[str, str], ...]:
         """Every rule as (name, reason), in file order of sections; forbidden entries are numbered."""
         out = [("scope", self.scope.reason), ("diff", self.diff.reason)]
         out += [(f"forbidden[{i}]", f.reason) for i, f in enumerate(self.forbidden)]
         out += [("run", self.run.reason), ("acceptance", self.acceptance.reason),
-                ("stop", self.stop.reason), ("gates", self.gates.reason)]
+                ("stop", self.stop.reason), ("gates", self.gates.reason), ("drift", self.drift.reason)]
         return tuple(out)
 
 
@@ -157,6 +164,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
     "stop": {"max_experiments": (_INT, False), "max_hours": (_NUM, False), "max_cost_usd": (_NUM, False),
              "max_consecutive_crashes": (_INT, False), "plateau": (_INT, False), "reason": (_STR, True)},
     "gates": {"protected_paths": (_BOOL, False), "raise_limits": (_BOOL, False), "reason": (_STR, True)},
+    "drift": {"action": (_STR, False), "reason": (_STR, True)},
 }
 # limits that must be > 0 (the rest must be >= 0)
 _POSITIVE = {"max_budget_s", "max_memory_mb", "max_pids", "noise_runs", "max_experiments", "max_hours",
@@ -266,9 +274,12 @@ def parse_policy(data: bytes | str, *, source: str = "<policy>", name: str = "po
     acceptance = Acceptance(**table("[acceptance]", "acceptance", raw["acceptance"]))
     stop = Stop(**table("[stop]", "stop", raw["stop"]))
     gates = Gates(**table("[gates]", "gates", raw["gates"]))
+    drift = Drift(**table("[drift]", "drift", raw["drift"]))
+    if drift.action not in ("restore", "halt"):
+        raise fail(f"[drift].action must be 'restore' or 'halt', not {drift.action!r}")
     return Policy(name=name, path=source, digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
                   scope=scope, diff=diff, forbidden=tuple(forbidden), run=run, acceptance=acceptance,
-                  stop=stop, gates=gates)
+                  stop=stop, gates=gates, drift=drift)
 
 
 def policy_digest(policy: Policy) -> str:

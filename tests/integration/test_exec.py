@@ -286,3 +286,43 @@ def test_broken_train_py_is_a_crash_with_its_error(make_workspace):
     record = sealab_json("status", cwd=root)[-1]
     assert record["status"] == "crash" and "SyntaxError" in record["reason"]
     assert "SyntaxError" in (root / record["log_path"]).read_text()
+
+
+def test_adopted_summary_metric_is_flagged(make_workspace):
+    """A printed `---` summary is believed only when sealab.toml says metric_source = "summary", and flagged."""
+    from agent.gitops import commit_file
+
+    root = make_workspace()
+    repo = git.Repo(root)
+    commit_file(repo, "prepare.py", "print('training...')\nprint('---')\nprint('val_bpb:          1.500000')\n"
+                "print('peak_vram_mb:     12.5')\nprint('num_steps:        7')\n", "a harness that only prints")
+    commit_train(root, "# train.py of an adopted checkout\n", "any train.py")
+    # The default metric source: a printed number is never believed.
+    record = sealab_json("exec", cwd=root, ok_codes=(1,))
+    assert record["status"] == "crash" and "result.json" in record["reason"]
+    toml = (root / "sealab.toml").read_text() + '\n[harness]\nmetric_source = "summary"\n'
+    commit_file(repo, "sealab.toml", toml, "adopted: the metric is printed by train.py")
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok" and record["metrics"]["val_bpb"] == 1.5
+    assert record["metrics"]["metric_source"] == "summary" and record["metrics"]["steps"] == 7
+    assert record["peak_memory_mb"] == 12.5
+
+
+def test_executor_rechecks_the_scope_from_the_commit(make_workspace, engine):
+    """Given the editable paths, the executor reads what a commit changed from git and refuses the rest:
+    `rejected`, the image never loaded, nothing started."""
+    from agent.gitops import commit_file
+    from executor.ledger import Ledger
+    from executor.run import execute
+    from executor.workspace import Workspace
+
+    root = make_workspace()
+    repo = git.Repo(root)
+    harness = (root / "prepare.py").read_text()
+    commit_file(repo, "prepare.py", harness.replace("EVAL_BYTES = 65536", "EVAL_BYTES = 1024"), "sneaky eval")
+    ws = Workspace.open(root)
+    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"])
+    assert record["status"] == "rejected" and "prepare.py" in record["reason"]
+    assert engine.image_id(record["image_id"]) is None and "run" not in record["durations"]
+    commit_train(root, (root / "train.py").read_text() + "\n", "a train.py change")
+    assert execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"])["status"] == "ok"

@@ -106,7 +106,7 @@ def test_linter_during_run_never_reaches_a_commit(make_workspace):
     finally:
         stop.set()
         thread.join()
-    assert proc.returncode in (0, 4), proc.stderr
+    assert proc.returncode == 0, proc.stderr
     records = check_run_consistency(root, "lint")
     repo = git.Repo(root)
     for commit in repo.iter_commits("sealab/lint"):
@@ -119,6 +119,9 @@ def test_linter_during_run_never_reaches_a_commit(make_workspace):
     assert mutations and drift, (len(mutations), len(drift))
     assert all((root / d["patch_path"]).exists() for d in drift)
     assert any("SCALAR_LR" in c and "0.123" in c for d in drift for c in d["changes"])
+    page = (root / sealab("report", cwd=root, check=True).stdout.split()[0]).read_text()
+    drift_section = page[page.index('id="drift"'):page.index('id="review"')]
+    assert drift_section.count("SCALAR_LR") >= len(drift)
 
 
 def test_kill_9_then_resume(make_workspace, engine):
@@ -166,8 +169,9 @@ KEY = "sk-ant-loop-test-SECRET-0123456789"
 
 def test_claude_proposer_in_the_loop(make_workspace, tmp_path):
     """Through the real SDK and our Messages-API server: an edit becomes a commit and an experiment after
-    a retried 529; an edit to prepare.py is parked and never built; a malformed tool call is recorded
-    and the loop goes on; the API key appears nowhere in the ledger, the logs or the outputs."""
+    a retried 529; an edit to prepare.py and a raised time budget are parked, listed in the report and
+    never built; a malformed tool call is recorded and the loop goes on; the API key appears nowhere in
+    the ledger, the logs or the outputs."""
     from executor.ledger import Ledger
     from fake_messages_api import FakeMessagesAPI, error_reply, text_reply, tool_use_reply, usage
 
@@ -179,11 +183,14 @@ def test_claude_proposer_in_the_loop(make_workspace, tmp_path):
         tool_use_reply([("edit_train_py", {"path": "prepare.py", "old": "EVAL_BYTES = 65536",
                                            "new": "EVAL_BYTES = 1024"})], usage(2000, 40)),
         tool_use_reply([("submit", {"description": "evaluate on fewer bytes"})], usage(2100, 10)),
+        tool_use_reply([("edit_train_py", {"path": "sealab.toml", "old": "train_seconds = 2",
+                                           "new": "train_seconds = 3600"})], usage(2000, 40)),
+        tool_use_reply([("submit", {"description": "train for an hour"})], usage(2100, 10)),
         tool_use_reply([("run_command", {"cmd": "cat /etc/passwd"})], usage(2000, 40)),
         *[text_reply("I cannot do more.", usage(2100, 10))] * 7,  # never a valid submit: 8 turns, then it fails
     ]
     with FakeMessagesAPI(script) as api:
-        proc = sealab("run", "--experiments", "3", "--tag", "c", "--proposer", "claude", cwd=root, timeout=600,
+        proc = sealab("run", "--experiments", "4", "--tag", "c", "--proposer", "claude", cwd=root, timeout=600,
                       env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.base_url})
         requests = list(api.requests)
     assert proc.returncode == 0, proc.stderr
@@ -194,8 +201,13 @@ def test_claude_proposer_in_the_loop(make_workspace, tmp_path):
     edited = records[2]
     assert edited["proposal"]["proposer"].startswith("claude:") and edited["proposal"]["usage"]["cost_usd"] > 0
     assert edited["metrics"]["hyperparameters"]["SCALAR_LR"] == 0.6
-    [parked] = ledger.events("parked")
-    assert parked["rule"] == "gates.protected_paths" and "prepare.py" in parked["patch"]
+    harness_edit, budget_raise = ledger.events("parked")
+    assert harness_edit["rule"] == "gates.protected_paths" and "prepare.py" in harness_edit["patch"]
+    assert budget_raise["rule"] == "gates.raise_limits" and "budget_s" in budget_raise["reason"]
+    assert ledger.run_state("c")["best_commit"] in (records[0]["commit"], edited["commit"])
+    page = (root / sealab("report", cwd=root, check=True).stdout.split()[0]).read_text()
+    review = page[page.index('id="review"'):]
+    assert "evaluate on fewer bytes" in review and "train for an hour" in review
     [failed] = ledger.events("proposal_failed")
     assert "run_command" in failed["reason"] or "without calling a tool" in failed["reason"]
     repo = git.Repo(root)

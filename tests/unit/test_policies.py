@@ -406,3 +406,11 @@ def test_should_stop_smaller_limit_wins(strict):
     assert stop(strict, hours=12.0).startswith("stop.max_hours")
     assert stop(strict, cost_usd=25.0).startswith("stop.max_cost_usd")
     assert stop(strict, consecutive_crashes=3).startswith("stop.max_consecutive_crashes")
+
+
+def test_drift_action_is_restore_or_halt():
+    """The shipped policies restore (default) or halt (strict) on drift; anything else fails to load."""
+    assert load_policy("default").drift.action == "restore" and load_policy("strict").drift.action == "halt"
+    text = (POLICY_DIR / "default.toml").read_text().replace('action = "restore"', 'action = "ignore"')
+    with pytest.raises(PolicyError, match="restore"):
+        parse_policy(text, source="p.toml")
