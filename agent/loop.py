@@ -113,6 +113,7 @@ class Loop:
         spec = self._spec(state.best_commit)
         while len(state.baseline) < self.policy.acceptance.noise_runs:
             record = self._execute(state, "baseline")
+            self._guard(state, "after baseline run")
             value = self._metric(record)
             if value is None:
                 raise LoopStopped(f"the baseline run {record['id']} ended {record['status']}: {record['reason']}")
