@@ -8,6 +8,7 @@ The page has no script; its only external reference is the chart, `progress.png`
 from __future__ import annotations
 
 import html
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,14 +23,18 @@ CHART_SIZE_PX = (1200, 500)  # width, height
 _KEPT = ("keep", "baseline")
 
 
-def running_best(values: Sequence[float | None], decisions: Sequence[str | None], direction: str) -> list[float | None]:
-    """For each experiment, the best metric among the kept (or baseline) ones so far; None before the first."""
-    better = min if direction == "minimize" else max
+def running_best(values: Sequence[float | None], decisions: Sequence[str | None]) -> list[float | None]:
+    """For each experiment, the bar the loop compared against: the mean of the baseline runs until the
+    first kept change, then the last kept value (a keep is better by construction); None before any."""
+    baseline: list[float] = []
     best: float | None = None
     out: list[float | None] = []
     for value, decision in zip(values, decisions, strict=True):
-        if decision in _KEPT and value is not None:
-            best = value if best is None else better(best, value)
+        if value is not None and decision == "baseline":
+            baseline.append(value)
+            best = statistics.fmean(baseline)
+        elif value is not None and decision == "keep":
+            best = value
         out.append(best)
     return out
 
@@ -73,7 +78,7 @@ def write_chart(data: ReportData, path: Path) -> Path:
 
     values = [metric_of(r) for r in data.records]
     decisions = [r.get("decision") for r in data.records]
-    best = running_best(values, decisions, data.direction)
+    best = running_best(values, decisions)
     xs = list(range(1, len(values) + 1))
     fig = Figure(figsize=(CHART_SIZE_PX[0] / 100, CHART_SIZE_PX[1] / 100), dpi=100)
     ax = fig.add_subplot()
@@ -142,7 +147,7 @@ def _summary(data: ReportData, branch: str | None) -> str:
     state = data.state or {}
     values = [metric_of(r) for r in data.records]
     decisions = [r.get("decision") for r in data.records]
-    best = running_best(values, decisions, data.direction)
+    best = running_best(values, decisions)
     best_value = state.get("best_value", best[-1] if best else None)
     best_commit = state.get("best_commit")
     if best_commit is None:

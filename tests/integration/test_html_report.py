@@ -23,23 +23,24 @@ GREEN = (0x2C, 0xA0, 0x2C)
 
 
 # -- running_best (pure) ----------------------------------------------------------------------------
-def test_running_best_minimize_counts_only_kept_and_baseline():
-    """Minimizing, the running best moves only on baseline/keep values and ignores discards and crashes."""
-    values = [1.0, 0.9, 0.8, None, 0.95, 0.85]
-    decisions = ["baseline", "keep", "discard", "discard", "keep", "keep"]
-    assert running_best(values, decisions, "minimize") == [1.0, 0.9, 0.9, 0.9, 0.9, 0.85]
+def test_running_best_is_the_loops_bar():
+    """The running best is the mean of the baseline runs, then each kept value; discards and crashes
+    never move it."""
+    values = [1.0, 0.8, 0.95, None, 0.85, 0.7]
+    decisions = ["baseline", "baseline", "discard", "discard", "keep", "keep"]
+    assert running_best(values, decisions) == [1.0, 0.9, 0.9, 0.9, 0.85, 0.7]
 
 
-def test_running_best_maximize_and_leading_none():
-    """Maximizing, the series is None until the first kept value, then the maximum of kept values."""
-    values = [None, 0.5, 0.7, 0.6, 0.9]
+def test_running_best_leading_none_and_maximize():
+    """The series is None until the first baseline value; a kept value replaces the bar in either direction."""
+    values = [None, 0.5, 0.7, 0.9, 0.6]
     decisions = ["discard", "discard", "baseline", "keep", "discard"]
-    assert running_best(values, decisions, "maximize") == [None, None, 0.7, 0.7, 0.7]
+    assert running_best(values, decisions) == [None, None, 0.7, 0.9, 0.9]
 
 
 def test_running_best_empty():
     """No experiments give an empty series."""
-    assert running_best([], [], "minimize") == []
+    assert running_best([], []) == []
 
 
 # -- a workspace with a synthetic run -----------------------------------------------------------------
