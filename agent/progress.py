@@ -4,13 +4,51 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from executor.base import RichProgress, build_base
+from executor.base import build_base
 from executor.docker_engine import Engine
 from executor.types import BaseImage
+
+
+class RichProgress:
+    """A progress callback that renders on a terminal with rich.
+
+    Step changes and summaries print as lines; the builder's and mmdebstrap's chatter shows in a
+    transient status line (all of it printed dimmed with verbose=True). Use as a context manager
+    so the status line is cleared at the end.
+    """
+
+    def __init__(self, console: Any = None, *, verbose: bool = False) -> None:
+        self.console = console or Console(stderr=True)
+        self.verbose = verbose
+        self._status: Any = None
+
+    def __enter__(self) -> RichProgress:
+        self._status = self.console.status("sealab base", spinner="dots")
+        self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+            self._status = None
+
+    def __call__(self, step: str, detail: str) -> None:
+        chatter = step in ("build", "rootfs") and not detail.startswith(("Step ", "reusing", "cached"))
+        if chatter:
+            if self.verbose:
+                self.console.print(f"[dim]{escape(detail)}[/]", highlight=False)
+            if self._status is not None:
+                self._status.update(f"[bold]{step}[/] [dim]{escape(detail[:100])}[/]")
+            return
+        style = "green" if step == "done" else "cyan"
+        self.console.print(f"[bold {style}]{step:>7}[/] {escape(detail)}", highlight=False)
+        if self._status is not None:
+            self._status.update(f"[bold]{step}[/] {escape(detail[:100])}")
 
 
 def build_base_with_progress(engine: Engine, *, source: str | None, wheels: Path, console: Console) -> BaseImage:

@@ -1,8 +1,8 @@
 """`sealab base`: build the base environment image offline, or reuse it when its recipe is unchanged.
 
-    with RichProgress() as progress:
-        base = build_base(engine_client, source=None, wheels_dir=Path("/opt/wheels"),
-                          cache_dir=default_cache_dir(), progress=progress)   # -> BaseImage
+    base = build_base(engine_client, source=None, wheels_dir=Path("/opt/wheels"),
+                      cache_dir=default_cache_dir(), progress=callback)   # -> BaseImage
+    (agent.progress.RichProgress renders the callback on a terminal)
 
 Steps, each reported as progress(step, detail):
   source           --from IMAGE: that image, which must be present locally
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from executor import docker_build, rootfs
 from executor.errors import BaseImageError
@@ -319,7 +319,7 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
             already imports torch, the wheels are not installed.
         wheels_dir: holds the torch wheel (cp311, x86_64) and optionally its dependencies.
         cache_dir: root file system tars, downloaded wheels, wheel hashes (default_cache_dir()).
-        progress: called as progress(step, detail); see the module docstring. RichProgress()
+        progress: called as progress(step, detail); see the module docstring. agent.progress.RichProgress()
             renders it on a terminal; None is silent.
         rebuild: build even when an image with this recipe exists, without the builder's cache.
         extras: requirements added beside torch (numpy by default); left out if unobtainable.
@@ -394,46 +394,3 @@ def _tmp_dir(cache_dir: Path) -> Path:
     path = cache_dir / "tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-# -- a terminal renderer ------------------------------------------------------------------------------
-
-class RichProgress:
-    """A progress callback that renders on a terminal with rich.
-
-    Step changes and summaries print as lines; the builder's and mmdebstrap's chatter shows in a
-    transient status line (all of it printed dimmed with verbose=True). Use as a context manager
-    so the status line is cleared at the end.
-    """
-
-    def __init__(self, console: Any = None, *, verbose: bool = False) -> None:
-        from rich.console import Console
-
-        self.console = console or Console(stderr=True)
-        self.verbose = verbose
-        self._status: Any = None
-
-    def __enter__(self) -> Self:
-        self._status = self.console.status("sealab base", spinner="dots")
-        self._status.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._status is not None:
-            self._status.__exit__(*exc)
-            self._status = None
-
-    def __call__(self, step: str, detail: str) -> None:
-        from rich.markup import escape
-
-        chatter = step in ("build", "rootfs") and not detail.startswith(("Step ", "reusing", "cached"))
-        if chatter:
-            if self.verbose:
-                self.console.print(f"[dim]{escape(detail)}[/]", highlight=False)
-            if self._status is not None:
-                self._status.update(f"[bold]{step}[/] [dim]{escape(detail[:100])}[/]")
-            return
-        style = "green" if step == "done" else "cyan"
-        self.console.print(f"[bold {style}]{step:>7}[/] {escape(detail)}", highlight=False)
-        if self._status is not None:
-            self._status.update(f"[bold]{step}[/] {escape(detail[:100])}")
