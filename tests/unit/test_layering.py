@@ -1,0 +1,43 @@
+"""Dependencies go one way: agent → executor, policies; policies → executor.types; executor → nothing of ours."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+@pytest.mark.parametrize("package, allowed", [
+    ("executor", ("executor",)),
+    ("policies", ("policies", "executor.types")),
+])
+def test_trusted_side_imports_nothing_upstream(package, allowed):
+    """The executor imports nothing from agent/ or policies/; policies import only executor.types of ours."""
+    ours = ("executor", "agent", "policies")
+    for path, names in imports(package).items():
+        for name in names:
+            if name.split(".")[0] in ours:
+                assert name == allowed[0] or name.startswith(allowed[0] + ".") or name in allowed[1:], (path, name)
+
+
+def test_one_module_per_outside_library():
+    """Only agent/llm.py imports anthropic, and only the two Docker adapter modules import docker."""
+    everything = {**imports("executor"), **imports("agent"), **imports("policies")}
+    users = {lib: sorted(p for p, names in everything.items() if any(n.split(".")[0] == lib for n in names))
+             for lib in ("anthropic", "docker")}
+    assert users["anthropic"] == ["agent/llm.py"]
+    assert users["docker"] == ["executor/docker_build.py", "executor/docker_engine.py"]
