@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -79,9 +80,16 @@ class LoopDisplay:
     def event(self, line: str, state) -> None:
         elapsed = time.monotonic() - self.started
         done = state.experiments
-        eta = ""
-        if self.total and done:
-            eta = f" · ETA {(elapsed / done) * max(0, self.total - done) / 60:.1f} min"
+        eta_s = (elapsed / done) * max(0, self.total - done) if self.total and done else None
+        if not self.console.is_terminal:  # plain structured lines for logs and pipes
+            fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": line, "experiment": done,
+                      "of": self.total, "elapsed_s": round(elapsed), "eta_s": None if eta_s is None else round(eta_s),
+                      "best": state.best_value, "best_commit": state.best_commit[:12]}
+            self.console.print(" ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()
+                                        if v is not None),
+                               markup=False, highlight=False, soft_wrap=True)
+            return
+        eta = f" · ETA {eta_s / 60:.1f} min" if eta_s is not None else ""
         best = f"best {state.best_value:.6f} @ {state.best_commit[:12]}" if state.best_value is not None else "baseline"
         summary = f"experiment {done}{f' of {self.total}' if self.total else ''} · {elapsed / 60:.1f} min{eta} · {best}"
         self.console.print(f"[{time.strftime('%H:%M:%S')}] {escape(line)}  ({summary})", markup=True)
