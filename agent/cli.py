@@ -258,12 +258,13 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
         if found is None:
             raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
         records = [found]
-    report = verify_records(ws.repo, ledger, eng, records)
+    report = verify_records(ws.repo, ledger, eng, records, whole_ledger=check_all)
     if as_json:
         _emit_json(report)
     else:
         for m in report["mismatches"]:
-            click.echo(f"MISMATCH {m['id']} {m['field']}: expected {m['expected']}, found {m['actual']}")
+            row = f" (row {m['row']})" if m.get("row") is not None else ""
+            click.echo(f"MISMATCH {m['id']}{row} {m['field']}: expected {m['expected']}, found {m['actual']}")
         click.echo(f"checked {report['checked']} record(s), {len(report['mismatches'])} mismatch(es)")
     ctx.exit(1 if report["mismatches"] else 0)
 

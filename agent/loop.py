@@ -27,7 +27,7 @@ from executor.ledger import Ledger
 from executor.run import execute
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
-from policies import check_proposal, decide, noise_floor, should_stop
+from policies import check_proposal, check_run_spec, decide, noise_floor, should_stop
 
 
 class LoopStopped(SealabError):
@@ -111,6 +111,9 @@ class Loop:
     def run(self, state: RunState, *, experiments: int | None, hours: float | None) -> RunState:
         started = time.monotonic() - state.elapsed_s
         spec = self._spec(state.best_commit)
+        allowed = check_run_spec(self.policy, spec)
+        if allowed.action != "allow":
+            raise LoopStopped(f"the committed sealab.toml breaks the policy ({allowed.rule}: {allowed.reason})")
         while len(state.baseline) < self.policy.acceptance.noise_runs:
             record = self._execute(state, "baseline")
             self._guard(state, "after baseline run")

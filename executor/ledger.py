@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from executor.errors import LedgerError
-from executor.types import BaseImage, Status
+from executor.types import BaseImage, Status, canonical_json, sha256_hex
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECORD_KEYS = (
     "id", "commit", "parent", "tree", "description", "image_id", "base_image_id", "data_digest",
     "run_spec", "status", "reason", "metrics", "peak_memory_mb", "exit_code", "durations", "drift",
@@ -49,7 +49,27 @@ CREATE TABLE events (
     created_at TEXT NOT NULL
 );
 """,
+    # Every write of an experiment record appends a link: hash = sha256(prev:id:sha256(record)).
+    # An edited, deleted, inserted or reordered record no longer matches the chain (see chain_problems).
+    2: """
+CREATE TABLE chain (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment_id TEXT NOT NULL,
+    record_sha256 TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+""",
 }
+GENESIS = "0" * 64
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    return sha256_hex(canonical_json(record))
+
+
+def link_hash(prev: str, experiment_id: str, digest: str) -> str:
+    return sha256_hex(f"{prev}:{experiment_id}:{digest}".encode())
 
 
 def now() -> str:
@@ -73,6 +93,9 @@ class Ledger:
                     version = 1
                 while version < SCHEMA_VERSION:
                     self._script(_MIGRATIONS[version])
+                    if version == 2:  # chain the records written before the chain existed, in order
+                        for eid, text in self.db.execute("SELECT id, record FROM experiments ORDER BY seq").fetchall():
+                            self._link(eid, json.loads(text))
                     version += 1
                     self.db.execute(f"PRAGMA user_version={version}")
             if version > SCHEMA_VERSION:
@@ -115,6 +138,7 @@ class Ledger:
                 "INSERT INTO experiments (id, status, owner, record, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (record["id"], record["status"], owner, json.dumps(record), record["created_at"], now()),
             )
+            self._link(record["id"], record)
 
     def finish(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
         """Merge `updates` (which include the final status) into a record and release its owner."""
@@ -125,7 +149,55 @@ class Ledger:
             record = {**json.loads(row[0]), **updates}
             self.db.execute("UPDATE experiments SET status = ?, owner = NULL, record = ?, updated_at = ? WHERE id = ?",
                             (record["status"], json.dumps(record), now(), experiment_id))
+            self._link(experiment_id, record)
         return record
+
+    def _link(self, experiment_id: str, record: dict[str, Any]) -> None:
+        """Append the chain link of a record's new content (inside the caller's transaction)."""
+        row = self.db.execute("SELECT hash FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
+        prev, digest = row[0] if row else GENESIS, record_digest(record)
+        self.db.execute("INSERT INTO chain (experiment_id, record_sha256, prev, hash) VALUES (?, ?, ?, ?)",
+                        (experiment_id, digest, prev, link_hash(prev, experiment_id, digest)))
+
+    def chain_problems(self) -> list[dict[str, Any]]:
+        """Every way the records disagree with their hash chain: `{"id", "row", "field", "expected", "actual"}`.
+
+        Catches a record edited, deleted or inserted outside sealab, records reordered, and a chain link
+        edited. (Someone who rewrites records and recomputes the whole chain is caught only by comparing
+        with a copy of the chain's last hash kept elsewhere, e.g. an exported provenance record.)
+        """
+        problems: list[dict[str, Any]] = []
+
+        def report(eid: Any, row: Any, field: str, expected: Any, actual: Any) -> None:
+            problems.append({"id": eid, "row": row, "field": field, "expected": expected, "actual": actual})
+
+        latest: dict[str, str] = {}
+        first_seen: list[str] = []
+        prev = GENESIS
+        for seq, eid, digest, link_prev, link in self._query(
+                "SELECT seq, experiment_id, record_sha256, prev, hash FROM chain ORDER BY seq"):
+            if link_prev != prev or link != link_hash(link_prev, eid, digest):
+                report(eid, seq, "chain link", link_hash(prev, eid, digest), link)
+            prev = link
+            latest[eid] = digest
+            if eid not in first_seen:
+                first_seen.append(eid)
+        rows = self._query("SELECT seq, id, record FROM experiments ORDER BY seq").fetchall()
+        for seq, eid, text in rows:
+            if eid not in latest:
+                report(eid, seq, "record", "a record written by sealab", "a record the chain has never seen")
+            elif record_digest(json.loads(text)) != latest[eid]:
+                report(eid, seq, "record", latest[eid], record_digest(json.loads(text)))
+        present = [eid for _, eid, _ in rows]
+        for eid in first_seen:
+            if eid not in present:
+                report(eid, None, "record", "present", "deleted")
+        chained_order = [eid for eid in first_seen if eid in present]
+        listed_order = [eid for eid in present if eid in latest]
+        if chained_order != listed_order:
+            moved = next(i for i, (a, b) in enumerate(zip(chained_order, listed_order)) if a != b)
+            report(listed_order[moved], moved + 1, "order", chained_order[moved], listed_order[moved])
+        return problems
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self._query("SELECT record FROM experiments ORDER BY seq")]

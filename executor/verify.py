@@ -14,9 +14,15 @@ from executor.seal import seal
 from executor.types import RunSpec, Status
 
 
-def verify(repo: git.Repo, ledger: Ledger, engine: Engine | None, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """`{"checked": N, "mismatches": [{"id", "field", "expected", "actual"}]}` over `records`."""
+def verify(repo: git.Repo, ledger: Ledger, engine: Engine | None, records: Iterable[dict[str, Any]],
+           *, whole_ledger: bool = False) -> dict[str, Any]:
+    """`{"checked": N, "mismatches": [{"id", "field", "expected", "actual"}]}` over `records`.
+
+    The ledger's hash chain is checked too: for the given records, or whole (deleted and reordered
+    records included, with their `row`) when `whole_ledger`.
+    """
     checked, mismatches = 0, []
+    records = list(records)
 
     def report(rec: dict[str, Any], field: str, expected: Any, actual: Any) -> None:
         mismatches.append({"id": rec["id"], "field": field, "expected": expected, "actual": actual})
@@ -53,4 +59,6 @@ def verify(repo: git.Repo, ledger: Ledger, engine: Engine | None, records: Itera
         named = engine.image_id(sealed.tag)
         if named not in (None, sealed.image_id):
             report(rec, f"engine image {sealed.tag}", sealed.image_id, named)
+    wanted = {rec["id"] for rec in records}
+    mismatches += [p for p in ledger.chain_problems() if whole_ledger or p["id"] in wanted]
     return {"checked": checked, "mismatches": mismatches}

@@ -255,6 +255,12 @@ def test_results_and_verify(make_workspace):
     report = sealab_json("verify", record["id"], cwd=root, ok_codes=(1,))
     assert report["checked"] == 1 and report["mismatches"][0]["field"] == "image_id"
     assert report["mismatches"][0]["expected"] == record["image_id"]
+    # the edit is also caught by the hash chain, with its row, and shown in one line per mismatch
+    everything = sealab_json("verify", "--all", cwd=root, ok_codes=(1,))
+    assert {"id": record["id"], "row": 1, "field": "record"}.items() <= next(
+        m for m in everything["mismatches"] if m["field"] == "record").items()
+    lines = sealab("verify", "--all", cwd=root).stdout.splitlines()
+    assert any(line.startswith(f"MISMATCH {record['id']} (row 1) record") for line in lines)
 
 
 def test_image_deleted_between_verify_and_start(make_workspace, engine):

@@ -228,3 +228,32 @@ def test_claude_proposer_in_the_loop(make_workspace, tmp_path):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_drift_halt_stops_the_run(make_workspace):
+    """With the policy's drift action `halt`, a work-tree change stops the run (exit 4) and is recorded."""
+    from executor.ledger import Ledger
+
+    root = fast_workspace(make_workspace)
+    policy = root.parent.parent / "policy.toml"
+    policy.write_text(policy.read_text().replace('action = "restore"', 'action = "halt"'))
+    stop = threading.Event()
+
+    def linter():
+        stop.wait(3)  # once the run has started on a clean tree
+        while not stop.wait(0.3):
+            text = (root / "train.py").read_text()
+            if "SCALAR_LR = 0.5" in text:
+                (root / "train.py").write_text(text.replace("SCALAR_LR = 0.5", "SCALAR_LR = 0.123"))
+
+    thread = threading.Thread(target=linter, daemon=True)
+    thread.start()
+    try:
+        proc = sealab("run", "--experiments", "3", "--tag", "h", "--proposer", "offline", cwd=root, timeout=600)
+    finally:
+        stop.set()
+        thread.join()
+    assert proc.returncode == 4 and "halted per policy" in proc.stderr, proc.stderr
+    drift = Ledger(root / ".sealab" / "ledger.db").events("drift")
+    assert drift and drift[0]["action"] == "halt" and "SCALAR_LR = 0.5 -> 0.123" in drift[0]["changes"][0]
+    assert "SCALAR_LR = 0.123" in (root / "train.py").read_text()  # left as found, for a human to look at

@@ -75,3 +75,54 @@ def test_version_1_ledger_is_migrated_in_place(tmp_path):
     ledger.add_event("tag", "drift", {"path": "train.py"})
     assert ledger.events("drift")[0]["path"] == "train.py"
     assert sqlite3.connect(tmp_path / "l.db").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def chained(tmp_path, n=3):
+    ledger = Ledger(tmp_path / "l.db")
+    for i in range(n):
+        ledger.begin({"id": f"e{i}", "commit": "c", "created_at": "t"}, "o")
+        ledger.finish(f"e{i}", status="ok", metrics={"val_bpb": 1.0 + i})
+    return ledger, sqlite3.connect(tmp_path / "l.db")
+
+
+def test_untouched_chain_has_no_problems(tmp_path):
+    """Records written through the ledger agree with their hash chain."""
+    ledger, _ = chained(tmp_path)
+    ledger.annotate("e1", decision="keep")
+    assert ledger.chain_problems() == []
+
+
+def test_edited_record_is_reported_with_its_row(tmp_path):
+    """A record edited directly in the SQLite file is reported, naming its id and row."""
+    ledger, db = chained(tmp_path)
+    db.execute("UPDATE experiments SET record = replace(record, '2.0', '1.5') WHERE id = 'e1'")
+    db.commit()
+    [problem] = ledger.chain_problems()
+    assert problem["id"] == "e1" and problem["row"] == 2 and problem["field"] == "record"
+
+
+def test_deleted_and_inserted_records_are_reported(tmp_path):
+    """A deleted record and a record inserted behind sealab's back are both reported."""
+    ledger, db = chained(tmp_path)
+    db.execute("DELETE FROM experiments WHERE id = 'e0'")
+    db.execute("INSERT INTO experiments (id, status, owner, record, created_at, updated_at) "
+               "VALUES ('x', 'ok', NULL, '{\"id\": \"x\"}', 't', 't')")
+    db.commit()
+    found = {(p["id"], p["actual"]) for p in ledger.chain_problems()}
+    assert ("e0", "deleted") in found and ("x", "a record the chain has never seen") in found
+
+
+def test_reordered_records_are_reported(tmp_path):
+    """Swapping the order of two records is reported."""
+    ledger, db = chained(tmp_path)
+    db.execute("UPDATE experiments SET seq = 100 WHERE id = 'e0'")
+    db.commit()
+    assert [p["field"] for p in ledger.chain_problems()] == ["order"]
+
+
+def test_edited_chain_link_is_reported(tmp_path):
+    """Rewriting a link of the chain itself breaks the links after it."""
+    ledger, db = chained(tmp_path)
+    db.execute("UPDATE chain SET record_sha256 = 'f' || substr(record_sha256, 2) WHERE seq = 2")
+    db.commit()
+    assert any(p["field"] == "chain link" for p in ledger.chain_problems())
