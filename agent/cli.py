@@ -239,6 +239,27 @@ def report(ctx: click.Context, out: Path | None, tag: str | None) -> None:
 
 
 @main.command()
+@click.argument("ref", metavar="EXPERIMENT|IMAGE")
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="How many reruns.")
+@click.option("--tolerance", type=click.FloatRange(min=0), help="Allowed difference (default: the run's noise floor).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, as_json: bool) -> None:
+    """Re-run a recorded experiment from its sealed identity: exact, within-noise or diverged."""
+    from executor.reproduce import reproduce as run_reproduce
+
+    ws, ledger, eng = _open(ctx)
+    report = run_reproduce(ws, eng, ledger, ref, runs=runs, tolerance=tolerance)
+    if as_json:
+        _emit_json(report)
+    else:
+        shown = ", ".join("-" if v is None else f"{v:.6f}" for v in report["values"])
+        click.echo(f"{report['verdict']}: experiment {report['experiment']} recorded {report['metric']} "
+                   f"{report['recorded']:.6f}, reran {shown} (tolerance {report['tolerance']:g})")
+    ctx.exit(1 if report["verdict"] == "diverged" else 0)
+
+
+@main.command()
 @click.argument("experiment", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every record.")
 @click.option("--json", "as_json", is_flag=True)

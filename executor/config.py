@@ -25,7 +25,7 @@ class Config:
 _NUMBER = (int, float)
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "metric": {"name": (str, "name"), "direction": (str, "direction")},
-    "budget": {"train_seconds": (_NUMBER, "budget_s"), "grace_seconds": (_NUMBER, "grace_s")},
+    "budget": {"train_seconds": (_NUMBER, "budget_s"), "grace_seconds": (_NUMBER, "grace_s"), "steps": (int, "steps")},
     "run": {"seed": (int, "seed")},
     "resources": {f.name: ((int,) if f.type == "int" else _NUMBER, f.name) for f in fields(Resources)},
     "policy": {"name": (str, "policy")},
@@ -65,6 +65,8 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
             target["metric" if (section, key) == ("metric", "name") else name] = value
     if spec.get("direction", "minimize") not in ("minimize", "maximize"):
         raise ConfigError(source, f"metric.direction must be 'minimize' or 'maximize', not {spec['direction']!r}")
+    if spec.get("steps", 1) < 1:
+        raise ConfigError(source, "budget.steps must be at least 1")
     if spec.get("budget_s", 1) <= 0:
         raise ConfigError(source, "budget.train_seconds must be positive")
     if resources.get("memory_mb", 1024) < 64 or resources.get("pids", 64) < 16:
@@ -93,6 +95,7 @@ direction = "minimize"    # lower is better
 [budget]
 train_seconds = 60        # training time budget of one experiment, read by the harness
 grace_seconds = 60        # start-up + evaluation allowance: the container is killed at train + grace
+# steps = 200             # train a fixed number of steps instead (deterministic on a CPU: `sealab reproduce` is exact)
 
 [run]
 seed = 42

@@ -54,6 +54,7 @@ class RunSpec:
     grace_s: float = 60.0  # start-up + evaluation allowance; killed at budget + grace
     seed: int = 42
     metric: str = "val_bpb"
+    steps: int | None = None  # a fixed number of training steps instead of the clock (deterministic on a CPU)
     direction: str = "minimize"
     resources: Resources = field(default_factory=Resources)
 
@@ -61,9 +62,13 @@ class RunSpec:
         object.__setattr__(self, "budget_s", float(self.budget_s))
         object.__setattr__(self, "grace_s", float(self.grace_s))
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "steps", None if self.steps is None else int(self.steps))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["steps"] is None:
+            del data["steps"]  # so specs written before `steps` existed keep their digest
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:

@@ -120,8 +120,10 @@ def git_blob_sha1(data: bytes) -> str:
 # ---------------------------------------------------------------------------
 
 class Harness:
-    def __init__(self, train_tokens: torch.Tensor, device: str, budget_s: float, seed: int):
+    def __init__(self, train_tokens: torch.Tensor, device: str, budget_s: float, seed: int,
+                 steps: int | None = None):
         self.device = device
+        self.budget_steps = steps  # a fixed number of steps instead of the clock: deterministic on a CPU
         self.vocab_size = VOCAB_SIZE
         self.eval_seq_len = EVAL_SEQ_LEN
         self.budget_s = float(budget_s)
@@ -147,11 +149,16 @@ class Harness:
         return (self._t1 if self._t1 is not None else time.perf_counter()) - self._t0
 
     def time_left(self) -> float:
-        """Seconds of training budget left (never negative)."""
+        """Seconds of training budget left (never negative); with a step budget, the share of
+        budget_s that the remaining steps stand for, so it reaches 0 exactly at the last step."""
+        if self.budget_steps:
+            return self.budget_s * (1.0 - self.progress())
         return max(0.0, self.budget_s - self.elapsed())
 
     def progress(self) -> float:
         """Fraction of the training budget used, in [0, 1]."""
+        if self.budget_steps:
+            return min(1.0, self.steps / self.budget_steps)
         return min(1.0, self.elapsed() / self.budget_s) if self.budget_s > 0 else 1.0
 
     # --- training helpers --------------------------------------------------
@@ -302,6 +309,7 @@ def main() -> None:
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     budget_s = float(spec["budget_s"])
+    budget_steps = int(spec["steps"]) if spec.get("steps") else None
     seed = int(spec.get("seed", 42))
     cpus = float(spec.get("resources", {}).get("cpus", 1) or 1)
 
@@ -327,7 +335,7 @@ def main() -> None:
     with open(train_mod.__file__, "rb") as f:
         train_blob = git_blob_sha1(f.read())
 
-    h = Harness(train_tokens, device, budget_s, seed)
+    h = Harness(train_tokens, device, budget_s, seed, budget_steps)
     h.start()
     error = None
     try:

@@ -1,0 +1,92 @@
+"""`sealab reproduce`: rerun a recorded experiment from its identity and judge the numbers."""
+
+from __future__ import annotations
+
+import json
+
+import git
+import pytest
+
+from tests.conftest import commit_train, sealab, sealab_json
+
+pytestmark = pytest.mark.docker
+
+
+def step_budget_workspace(make_workspace, steps=20):
+    """A workspace whose committed spec trains a fixed number of steps (deterministic on a CPU)."""
+    from agent.gitops import commit_file
+
+    root = make_workspace(budget=60, grace=60)
+    toml = (root / "sealab.toml").read_text().replace("grace_seconds = 60", f"grace_seconds = 60\nsteps = {steps}", 1)
+    commit_file(git.Repo(root), "sealab.toml", toml, f"train {steps} steps")
+    return root
+
+
+def test_step_budget_reproduces_exactly(make_workspace):
+    """A step-budget CPU experiment rerun twice gives the recorded val_bpb to the last bit: `exact`."""
+    root = step_budget_workspace(make_workspace)
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok" and record["metrics"]["steps"] == 20
+    report = sealab_json("reproduce", record["id"], "--runs", "2", cwd=root)
+    assert report["verdict"] == "exact" and report["values"] == [record["metrics"]["val_bpb"]] * 2
+    reruns = [r for r in sealab_json("status", cwd=root) if r.get("reproduces") == record["id"]]
+    assert [r["id"] for r in reruns] == report["reruns"] and {r["image_id"] for r in reruns} == {record["image_id"]}
+    by_image = sealab_json("reproduce", record["image_id"], cwd=root)  # found by its image ID too
+    assert by_image["experiment"] in (record["id"], *report["reruns"]) and by_image["verdict"] == "exact"
+
+
+def test_changed_data_digest_is_refused(make_workspace, base_image):
+    """With a base whose data digest differs from the record's, reproduce refuses and runs nothing."""
+    from executor.ledger import Ledger
+    from executor.types import BaseImage
+
+    root = step_budget_workspace(make_workspace, steps=5)
+    record = sealab_json("exec", cwd=root)
+    ledger = Ledger(root / ".sealab" / "ledger.db")
+    ledger.set_base(BaseImage(**{**base_image.to_dict(), "data_digest": "sha256:" + "0" * 64}))
+    proc = sealab("reproduce", record["id"], cwd=root)
+    assert proc.returncode == 4 and "data_digest" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert len(sealab_json("status", cwd=root)) == 1
+
+
+NOISY = '''
+import time
+import torch
+import torch.nn as nn
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(256))
+        self.bias.data[0] = (time.time_ns() % 1000) / 100.0  # differs on every run
+
+    def forward(self, idx):
+        return self.bias.expand(*idx.shape, 256)
+
+
+def train(h):
+    h.step(0)
+    return Noisy()
+'''
+
+
+def test_time_dependent_metric_diverges(make_workspace):
+    """A train.py whose result depends on the clock is `diverged` at tolerance 0, and reproduce exits 1."""
+    root = make_workspace()
+    commit_train(root, NOISY, "noisy")
+    record = sealab_json("exec", cwd=root)
+    proc = sealab("reproduce", record["id"], "--tolerance", "0", "--json", cwd=root)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["verdict"] == "diverged" and report["values"][0] != report["recorded"]
+    assert sealab_json("reproduce", record["id"], "--tolerance", "100", cwd=root)["verdict"] == "within-noise"
+
+
+def test_unknown_or_failed_experiment(make_workspace):
+    """An unknown reference, or an experiment without a metric, is a one-line error."""
+    root = make_workspace()
+    commit_train(root, "def train(h):\n    raise SystemExit(2)\n", "crashes")
+    crashed = sealab_json("exec", cwd=root, ok_codes=(1,))
+    for ref, fragment in (("nope", "no experiment or image"), (crashed["id"], "no metric to reproduce")):
+        proc = sealab("reproduce", ref, cwd=root)
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
