@@ -260,6 +260,34 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
 
 
 @main.command()
+@click.argument("experiment")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), help="Write the statement to FILE.")
+@click.pass_context
+def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None:
+    """Print the in-toto / SLSA provenance statement of EXPERIMENT (or write it to -o FILE)."""
+    import policies
+    from executor.errors import WorkspaceError
+    from executor.provenance import latest_link, statement
+
+    ws, ledger, _ = _open(ctx, engine=False)
+    record = ledger.get(experiment)
+    if record is None:
+        raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
+    found = ledger.base(record["base_image_id"]) if record.get("base_image_id") else None
+    try:
+        digest = policies.policy_digest(policies.load_policy(ws.config().policy))
+    except Exception:  # provenance without the policy is still provenance
+        digest = None
+    stmt = statement(record, base=found.to_dict() if found else None, policy_digest=digest,
+                     chain_hash=latest_link(ledger, record["id"]))
+    text = json.dumps(stmt, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@main.command()
 @click.argument("experiment", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every record.")
 @click.option("--json", "as_json", is_flag=True)
