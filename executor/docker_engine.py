@@ -210,6 +210,88 @@ class Engine:
             self.remove(container)
         return found
 
+    # -- archives (sealab export / import) ----------------------------------------------------------
+    def save(self, images: list[str], fileobj: Any, chunk_size: int = 1 << 20) -> int:
+        """Stream one `docker save` tar of all `images` (IDs: the archive keeps them) into `fileobj`.
+
+        Saved together, layers the images share are stored once. Returns the number of bytes written.
+        """
+        written = 0
+        with engine_errors("saving images"):
+            res = self.api._get(self.api._url("/images/get"), params={"names": list(images)}, stream=True,
+                                timeout=None)
+            self.api._raise_for_status(res)
+            for chunk in res.iter_content(chunk_size, decode_unicode=False):
+                fileobj.write(chunk)
+                written += len(chunk)
+        return written
+
+    def load_stream(self, chunks: Any) -> list[str]:
+        """`docker load` a tar given as a file object or an iterable of byte chunks, without holding it in
+        memory; returns what the engine says it loaded (image IDs, or names for tagged images).
+
+        Raises:
+            BaseImageError: the engine rejected the archive.
+        """
+        loaded: list[str] = []
+        with engine_errors("loading images", image_errors=True):
+            res = self.api._post(self.api._url("/images/load"), data=chunks, params={"quiet": True}, stream=True,
+                                 timeout=None)
+            self.api._raise_for_status(res)
+            for line in self.api._stream_helper(res, decode=True):
+                if "errorDetail" in line or "error" in line:
+                    problem = (line.get("errorDetail") or {}).get("message") or line.get("error")
+                    raise BaseImageError(f"loading images: {problem}")
+                text = str(line.get("stream") or "").strip()
+                for prefix in ("Loaded image ID: ", "Loaded image: "):
+                    if text.startswith(prefix):
+                        loaded.append(text[len(prefix):])
+        return loaded
+
+    def child_images(self, image_id: str) -> list[str]:
+        """IDs of the images (intermediate ones included) whose parent is `image_id`."""
+        with engine_errors():
+            return sorted({img["Id"] for img in self.api.images(all=True) if img.get("ParentId") == image_id})
+
+    # -- registry (sealab push / reproduce by repo@sha256:…) ----------------------------------------
+    def push_image(self, repo: str, tag: str) -> tuple[str | None, str | None]:
+        """Push the local `repo:tag` to its registry: `(manifest digest, None)` or `(None, one-line error)`."""
+        digest: str | None = None
+        with engine_errors(f"pushing {repo}:{tag}"):
+            try:
+                for rec in self.api.push(repo, tag, stream=True, decode=True):
+                    if rec.get("error") or rec.get("errorDetail"):
+                        problem = (rec.get("errorDetail") or {}).get("message") or rec.get("error")
+                        return None, " ".join(str(problem).split())[:300]
+                    aux = rec.get("aux") or {}
+                    if aux.get("Digest"):
+                        digest = str(aux["Digest"])
+            except docker.errors.APIError as exc:
+                return None, " ".join(str(exc.explanation or exc).split())[:300]
+        return (digest, None) if digest else (None, "the engine reported no manifest digest")
+
+    def pull_by_digest(self, repo: str, digest: str) -> str | None:
+        """Pull `repo@digest` (by digest, never by tag): None, or a one-line error."""
+        if not digest.startswith("sha256:"):
+            return f"{digest}: not a sha256 digest"
+        with engine_errors(f"pulling {repo}@{digest}"):
+            try:
+                for rec in self.api.pull(repo, tag=digest, stream=True, decode=True):
+                    if rec.get("error") or rec.get("errorDetail"):
+                        problem = (rec.get("errorDetail") or {}).get("message") or rec.get("error")
+                        return " ".join(str(problem).split())[:300]
+            except docker.errors.APIError as exc:
+                return " ".join(str(exc.explanation or exc).split())[:300]
+        return None
+
+    def repo_digests(self, image: str) -> list[str]:
+        """The `repo@sha256:…` references the engine knows for `image` (empty when it is absent)."""
+        with engine_errors():
+            try:
+                return list(self.api.inspect_image(image).get("RepoDigests") or [])
+            except docker.errors.ImageNotFound:
+                return []
+
 
 def prepare_out_dir(path: Path) -> None:
     """Create the one writable directory of a run, writable by the container's uid 1000 only."""
