@@ -288,6 +288,56 @@ def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None
 
 
 @main.command()
+@click.argument("experiment")
+@click.option("--registry", required=True, metavar="HOST[:PORT]/REPO", help="Where to push, e.g. 127.0.0.1:5000/sealab.")
+@click.option("--json", "as_json", is_flag=True, help="Print the annotated record as JSON.")
+@click.pass_context
+def push(ctx: click.Context, experiment: str, registry: str, as_json: bool) -> None:
+    """Push EXPERIMENT's image to a registry; record and print its REPO@sha256:… (reproducible by digest)."""
+    from executor.registry import push_experiment
+
+    _, ledger, eng = _open(ctx)
+    record = push_experiment(eng, ledger, experiment, registry)
+    if as_json:
+        _emit_json(record)
+    else:
+        click.echo(record["registry_digest"])
+
+
+@main.command()
+@click.argument("experiments", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The archive to write (a tar).")
+@click.pass_context
+def export(ctx: click.Context, experiments: tuple[str, ...], output: Path) -> None:
+    """Write EXPERIMENTS (IDs or prefixes) into one tar: their images and base (by ID), records and bases."""
+    from executor.archive import export_archive
+
+    _, ledger, eng = _open(ctx)
+    result = export_archive(ledger, eng, list(experiments), output, progress=lambda line: click.echo(line, err=True))
+    click.echo(f"{result['path']}  {result['size']} bytes ({result['size'] / 1e9:.2f} GB): "
+               f"{len(result['experiments'])} experiment(s), {len(result['images'])} image(s)")
+
+
+@main.command("import")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_cmd(ctx: click.Context, archive: Path) -> None:
+    """Import an archive written by `sealab export`: check it, load its images, add its bases and records.
+
+    `verify` and `reproduce` also need the experiments' commits in this workspace's git repository:
+    fetch or clone them from the repository they were made in first.
+    """
+    from executor.archive import import_archive
+
+    _, ledger, eng = _open(ctx)
+    result = import_archive(ledger, eng, archive, progress=lambda line: click.echo(line, err=True))
+    click.echo(f"imported {len(result['imported'])} experiment(s) {' '.join(result['imported']) or '-'}; "
+               f"already present {len(result['skipped'])}; {len(result['images'])} image(s) with their IDs; "
+               f"{len(result['bases_added'])} new base(s) in {result['seconds']:.1f} s")
+
+
+@main.command()
 @click.argument("experiment", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every record.")
 @click.option("--json", "as_json", is_flag=True)

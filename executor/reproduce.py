@@ -12,17 +12,24 @@ from typing import Any
 from executor.docker_engine import Engine
 from executor.errors import IdentityMismatch, WorkspaceError
 from executor.ledger import Ledger
+from executor.registry import ensure_by_digest
 from executor.run import current_base, execute
 from executor.verify import verify
 from executor.workspace import Workspace
 
 
 def find_record(ledger: Ledger, ref: str) -> dict[str, Any]:
-    """The record named by an experiment ID (or unambiguous prefix) or by an image ID (newest first).
+    """The record named by an experiment ID (or unambiguous prefix), an image ID (newest first) or a pushed
+    `repo@sha256:…` (its `registry_digest`).
 
     Raises:
         WorkspaceError: nothing matches.
     """
+    if "@sha256:" in ref:  # a pushed image, by its registry digest (see executor.registry)
+        matches = [r for r in ledger.records() if r.get("registry_digest") == ref]
+        if not matches:
+            raise WorkspaceError(f"no experiment pushed as {ref} in {ledger.path}")
+        return matches[-1]
     found = ledger.get(ref)
     if found is None:
         image = ref if ref.startswith("sha256:") else f"sha256:{ref}"
@@ -47,6 +54,8 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
     recorded = (original.get("metrics") or {}).get(metric)
     if original["status"] != "ok" or not isinstance(recorded, (int, float)):
         raise WorkspaceError(f"experiment {original['id']} ended {original['status']}: there is no metric to reproduce")
+    if "@sha256:" in ref:
+        ensure_by_digest(engine, ref, original["image_id"])  # pulled by digest only, and its ID checked
     report = verify(ws.repo, ledger, engine, [original])
     if report["mismatches"]:
         m = report["mismatches"][0]
