@@ -9,11 +9,15 @@ Steps, each reported as progress(step, detail):
   wheels           the torch wheel from wheels_dir plus its dependencies (and numpy, so that torch
                    imports without a warning): from wheels_dir when all are there, otherwise
                    downloaded once with pip into cache_dir/wheels and reused after
-  rootfs / import  no --from: a reproducible Debian bookworm python3 tree (executor.rootfs, cached
-                   under cache_dir/rootfs), imported once as sealab/rootfs:bookworm
-  recipe           sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the wheels;
-                   an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
-  build            one call per line of the classic builder's output (network none)
+  rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.rootfs, cached
+                   under cache_dir/rootfs)
+  recipe           no --from: sha256 over the rootfs tar, the wheels, prepare_data.py and the assembly
+                   version; the image is assembled deterministically (executor.assemble), so the same
+                   recipe gives the same image ID on any machine, and a known one is reused unbuilt.
+                   --from: sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the
+                   wheels; an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
+  assemble         one call per layer of the assembled base
+  build            --from: one call per line of the classic builder's output (network none)
   data             the data manifest read out of the image without running it
   done             the image ID
 Only executor.docker_build talks to Docker.
@@ -37,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from executor import docker_build, rootfs
+from executor import assemble, docker_build, rootfs
 from executor.errors import BaseImageError
 from executor.types import BaseImage, canonical_json, sha256_hex
 
@@ -53,14 +57,11 @@ CONTEXT_DOCKERFILE = "Dockerfile.train"
 CONTEXT_PREPARE_DATA = "executor/scaffold/prepare_data.py"  # the paths Dockerfile.train COPYs from
 CONTEXT_WHEELS = "wheels"
 
-ROOTFS_IMAGE = "sealab/rootfs:bookworm"
 BASE_TAG = "sealab/base:latest"
 OFFLINE_SOURCE = "offline:bookworm"
 LABEL_RECIPE = "sealab.recipe"
 LABEL_SOURCE = "sealab.source"
-LABEL_ROOTFS = "sealab.rootfs"
 DATA_MANIFEST = "/opt/sealab/data/manifest.json"
-ROOTFS_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
 
 # The interpreter the wheels are for: Debian bookworm's python3 (3.11) on x86_64.
 PYTHON_VERSION = "3.11"
@@ -251,20 +252,6 @@ def _resolve(store: Path, wheels_dir: Path, torch_wheel: Path, extras: Sequence[
 
 # -- the FROM image -----------------------------------------------------------------------------------
 
-def _offline_rootfs(api: Any, cache_dir: Path, sources: Path, progress: Progress) -> str:
-    key = rootfs.rootfs_key(sources=sources)
-    info = docker_build.inspect(api, ROOTFS_IMAGE)
-    if info is not None and ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_ROOTFS) == key:
-        progress("rootfs", f"reusing {ROOTFS_IMAGE} ({info['Id'][:19]})")
-        return info["Id"]
-    started = time.monotonic()
-    tar, key = rootfs.ensure_rootfs(cache_dir, sources=sources, progress=lambda line: progress("rootfs", line))
-    progress("import", f"importing {tar.name} ({tar.stat().st_size / 1e6:.0f} MB, "
-                       f"made in {time.monotonic() - started:.1f} s) as {ROOTFS_IMAGE}")
-    changes = [f"ENV {e}" for e in ROOTFS_ENV] + ['CMD ["python3"]', f"LABEL {LABEL_ROOTFS}={key}"]
-    return docker_build.import_rootfs(api, tar, name=ROOTFS_IMAGE, changes=changes)
-
-
 def _from_image(api: Any, source: str, progress: Progress) -> str:
     info = docker_build.inspect(api, source)
     if info is None and "@sha256:" in source:
@@ -303,6 +290,71 @@ def write_context(out: IO[bytes], dockerfile: bytes, prepare_data: bytes, wheels
         _add_bytes(tar, CONTEXT_PREPARE_DATA, prepare_data)
         for wheel in sorted(wheels, key=lambda w: w.name):
             tar.add(wheel.path, arcname=f"{CONTEXT_WHEELS}/{wheel.name}", recursive=False, filter=normalise)
+
+
+def _built(api: Any, base_id: str, source_label: str, cache_dir: Path, dockerfile_bytes: bytes,
+           prepare_bytes: bytes, wheels: Sequence[Wheel], tag: str, rebuild: bool,
+           progress: Progress) -> tuple[str, str]:
+    """`--from IMAGE`: Dockerfile.train with the classic builder (reused while its recipe is unchanged)."""
+    recipe = recipe_hash(dockerfile_bytes, prepare_bytes, base_id, ((w.name, w.sha256) for w in wheels))
+    labels = {LABEL_RECIPE: recipe, LABEL_SOURCE: source_label}
+    image_id = None if rebuild else docker_build.find_built(api, {LABEL_RECIPE: recipe, LABEL_SOURCE: None})
+    if image_id is not None:
+        progress("recipe", f"{recipe[:23]} unchanged: reusing {image_id[:19]}")
+        docker_build.tag(api, image_id, tag)
+        return image_id, recipe
+    progress("recipe", f"{recipe[:23]}: building ({len(wheels)} wheels, "
+                       f"{sum(w.path.stat().st_size for w in wheels) / 1e6:.0f} MB)")
+    build_started = time.monotonic()
+    with tempfile.TemporaryFile(prefix="sealab-context-", dir=_tmp_dir(cache_dir)) as context:
+        write_context(context, dockerfile_bytes, prepare_bytes, wheels)
+        context.seek(0)
+        image_id = docker_build.build(
+            api, context, dockerfile=CONTEXT_DOCKERFILE, tag=tag, buildargs={"BASE": base_id},
+            labels=labels, nocache=rebuild, on_line=lambda line: progress("build", line),
+        )
+    progress("recipe", f"built {image_id[:19]} in {time.monotonic() - build_started:.1f} s")
+    return image_id, recipe
+
+
+def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel], prepare_data: Path,
+               prepare_bytes: bytes, tag: str, rebuild: bool, progress: Progress) -> tuple[str, str]:
+    """The offline base, assembled deterministically (executor.assemble): same inputs, same image ID.
+
+    The recipe (rootfs tar, wheels, prepare_data.py, the assembly code) maps to the image ID in
+    cache_dir/assembled/, so an unchanged recipe whose image the engine holds is reused unbuilt.
+    """
+    tar, _key = rootfs.ensure_rootfs(cache_dir, sources=sources, progress=lambda line: progress("rootfs", line))
+    recipe = "sha256:" + sha256_hex(canonical_json({
+        "assembly": sha256_hex(Path(assemble.__file__).read_bytes()), "rootfs": assemble.file_digest(tar),
+        "wheels": sorted((w.name, w.sha256) for w in wheels), "prepare_data": sha256_hex(prepare_bytes)}))
+    known = cache_dir / "assembled" / f"{recipe.removeprefix('sha256:')}.json"
+    if not rebuild and known.is_file():
+        image_id = json.loads(known.read_text())["image_id"]
+        if docker_build.inspect(api, image_id) is not None:
+            progress("recipe", f"{recipe[:23]} unchanged: reusing {image_id[:19]}")
+            docker_build.tag(api, image_id, tag)
+            return image_id, recipe
+    progress("recipe", f"{recipe[:23]}: assembling ({len(wheels)} wheels)")
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="sealab-assemble-", dir=_tmp_dir(cache_dir)))
+    try:
+        image_id, config, layers = assemble.assemble(
+            rootfs_tar=tar, wheels=[w.path for w in wheels], prepare_data=prepare_data, work=work,
+            labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
+        archive = work / "base.tar"
+        with archive.open("wb") as fh:
+            assemble.write_archive(fh, config, layers, tag)
+        with archive.open("rb") as fh:
+            docker_build.load(api, fh)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if docker_build.inspect(api, image_id) is None:
+        raise BaseImageError(f"the engine did not keep the assembled base as {image_id}")
+    known.parent.mkdir(parents=True, exist_ok=True)
+    known.write_text(json.dumps({"image_id": image_id, "recipe": recipe}))
+    progress("recipe", f"assembled {image_id[:19]} in {time.monotonic() - started:.1f} s")
+    return image_id, recipe
 
 
 def build_base(engine_client: Any = None, *, source: str | None = None, wheels_dir: Path = Path("/opt/wheels"),
@@ -345,27 +397,12 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
         base_id, source_label = _from_image(api, source, progress), source
     wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras, progress=progress)
     if source is None:  # after the wheels, so that a missing wheel fails before a 20 s mmdebstrap
-        base_id, source_label = _offline_rootfs(api, cache_dir, sources, progress), OFFLINE_SOURCE
-    recipe = recipe_hash(dockerfile_bytes, prepare_bytes, base_id, ((w.name, w.sha256) for w in wheels))
-
-    labels = {LABEL_RECIPE: recipe, LABEL_SOURCE: source_label}
-    image_id = None if rebuild else docker_build.find_built(api, {LABEL_RECIPE: recipe, LABEL_SOURCE: None})
-    if image_id is not None:
-        progress("recipe", f"{recipe[:23]} unchanged: reusing {image_id[:19]}")
-        docker_build.tag(api, image_id, tag)
+        image_id, recipe = _assembled(api, cache_dir, sources, wheels, prepare_data, prepare_bytes, tag, rebuild,
+                                      progress)
+        source_label = OFFLINE_SOURCE
     else:
-        progress("recipe", f"{recipe[:23]}: building ({len(wheels)} wheels, "
-                           f"{sum(w.path.stat().st_size for w in wheels) / 1e6:.0f} MB)")
-        build_started = time.monotonic()
-        with tempfile.TemporaryFile(prefix="sealab-context-", dir=_tmp_dir(cache_dir)) as context:
-            write_context(context, dockerfile_bytes, prepare_bytes, wheels)
-            context.seek(0)
-            image_id = docker_build.build(
-                api, context, dockerfile=CONTEXT_DOCKERFILE, tag=tag, buildargs={"BASE": base_id},
-                labels=labels, nocache=rebuild,
-                on_line=lambda line: progress("build", line),
-            )
-        progress("recipe", f"built {image_id[:19]} in {time.monotonic() - build_started:.1f} s")
+        image_id, recipe = _built(api, base_id, source_label, cache_dir, dockerfile_bytes, prepare_bytes, wheels,
+                                  tag, rebuild, progress)
 
     manifest = docker_build.read_file(api, image_id, DATA_MANIFEST)
     data_digest = "sha256:" + sha256_hex(manifest)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import json
 import re
 import tarfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import IO, Any
 
 import docker
@@ -120,33 +118,6 @@ def tag(api: docker.APIClient, image: str, name: str) -> None:
         api.tag(image, repo, tag_, force=True)
 
 
-def import_rootfs(api: docker.APIClient, tar_path: Path, *, name: str, changes: list[str]) -> str:
-    """`docker import` a root file system tar (streamed from disk) as `name`; returns the image ID.
-
-    Raises:
-        BaseImageError: the engine rejects the tar, or the image it makes is empty (a broken tar
-            silently gives a 0-byte image).
-    """
-    repo, _, tag_ = name.rpartition(":")
-    with engine_errors(f"importing {tar_path}", image_errors=True):
-        result = api.import_image(src=str(tar_path), repository=repo, tag=tag_, changes=changes)
-    image_id = None
-    for line in str(result).splitlines():
-        with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            if rec.get("error"):
-                raise BaseImageError(f"importing {tar_path}: {rec['error']}")
-            status = rec.get("status", "")
-            if status.startswith("sha256:"):
-                image_id = status
-    info = inspect(api, image_id or name)
-    if info is None:
-        raise BaseImageError(f"importing {tar_path}: the engine reports no image afterwards", str(result))
-    if not info.get("Size"):
-        raise BaseImageError(f"importing {tar_path} gave an empty image; the tar is broken. Delete it and retry")
-    return info["Id"]
-
-
 def build(api: docker.APIClient, context: IO[bytes], *, dockerfile: str, tag: str, buildargs: Mapping[str, str],
           labels: Mapping[str, str], nocache: bool = False,
           on_line: Callable[[str], None] = lambda line: None) -> str:
@@ -191,6 +162,20 @@ def build(api: docker.APIClient, context: IO[bytes], *, dockerfile: str, tag: st
     if image_id is None:
         raise BaseImageError("building the base image reported no image ID", "\n".join(tail))
     return image_id
+
+
+def load(api: docker.APIClient, fileobj: IO[bytes]) -> None:
+    """`docker load` an archive streamed from a file.
+
+    Raises:
+        BaseImageError: the engine rejects it.
+    """
+    with engine_errors("loading the base image", image_errors=True):
+        res = api._post(api._url("/images/load"), data=fileobj, params={"quiet": True}, stream=True, timeout=None)
+        api._raise_for_status(res)
+        for rec in api._stream_helper(res, decode=True):
+            if rec.get("error") or rec.get("errorDetail"):
+                raise BaseImageError(f"loading the base image failed: {rec.get('error') or rec['errorDetail']}")
 
 
 def read_file(api: docker.APIClient, image: str, path: str, *, limit: int = 64 * 1024 * 1024) -> bytes:

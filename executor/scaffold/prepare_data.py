@@ -54,8 +54,11 @@ def canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def build(outdir: str, root: str | None = None) -> dict:
-    """Write train.bin, val.bin and manifest.json into `outdir`; return the manifest."""
+def build(outdir: str, root: str | None = None, python: str | None = None) -> dict:
+    """Write train.bin, val.bin and manifest.json into `outdir`; return the manifest.
+
+    `root`: the standard library to read (default: this interpreter's); `python`: its version, as
+    recorded in the manifest (default: this interpreter's)."""
     root = root or sysconfig.get_paths()["stdlib"]
     os.makedirs(outdir, exist_ok=True)
     files = []
@@ -75,7 +78,7 @@ def build(outdir: str, root: str | None = None) -> dict:
     finally:
         for f in outs.values():
             f.close()
-    manifest = {"source": SOURCE, "python": platform.python_version(), "files": files}
+    manifest = {"source": SOURCE, "python": python or platform.python_version(), "files": files}
     for s in SPLITS:
         manifest[s] = {**totals[s], "sha256": totals[s]["sha256"].hexdigest()}
     with open(os.path.join(outdir, "manifest.json"), "wb") as f:

@@ -1,0 +1,221 @@
+"""Deterministic assembly of the offline base image: unchanged inputs give the same image ID anywhere.
+
+The classic builder stamps build times into every image, so the offline base is assembled the way
+experiment images are (see layer.py), from three layers whose bytes depend only on their inputs:
+
+  1. rootfs  the Debian tree from mmdebstrap, as it is (reproducible with SOURCE_DATE_EPOCH)
+  2. torch   the wheels installed on the host with `pip install --target` (no network, no compile),
+             then compiled to .pyc with hash-based invalidation (no mtimes), path names as in the image
+  3. sealab  /home/sealab and /out (uid 1000), /sealab, and /opt/sealab/data made by prepare_data.py
+             from the rootfs's own standard library
+Every layer is a tar written in sorted order with a fixed mtime and owner 0:0 (uid 1000 where the
+container user must write). The config is canonical JSON with a fixed `created`; its sha256 is the ID.
+`Dockerfile.train` still builds the `--from IMAGE` variant, where nothing can be made reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import IO, Callable, Sequence
+
+from executor.errors import BaseImageError
+from executor.layer import CREATED, EPOCH
+from executor.types import canonical_json, sha256_hex
+
+PYTHON = "python3.11"  # bookworm's interpreter; the wheels and the .pyc files are for it
+SITE = f"usr/local/lib/{PYTHON}/dist-packages"
+ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+       "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "HOME=/home/sealab")
+USER_DIRS = {"home/sealab": (1000, 1000), "out": (1000, 1000)}
+PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
+
+
+class _Hashing:
+    """A write-only file wrapper that hashes what passes through it."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out, self.sha = out, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.out.write(data)
+
+
+def dir_layer(root: Path, out: IO[bytes], owners: dict[str, tuple[int, int]] | None = None) -> str:
+    """Write the tree under `root` as a deterministic layer tar into `out`; return its diff ID.
+
+    Sorted entries, parents first; mtime EPOCH; owner 0:0 unless `owners` names the path; dirs 0755,
+    files 0755 if any execute bit is set else 0644; symlinks kept.
+    """
+    owners = owners or {}
+    sink = _Hashing(out)
+    paths: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        paths += [base / d for d in dirnames] + [base / f for f in sorted(filenames)]
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(paths, key=lambda p: p.relative_to(root).parts):
+            rel = path.relative_to(root).as_posix()
+            info = tarfile.TarInfo(rel)
+            info.mtime, info.uname, info.gname = EPOCH, "", ""
+            info.uid, info.gid = owners.get(rel, (0, 0))
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, os.readlink(path), 0o777
+                tar.addfile(info)
+            elif stat.S_ISDIR(mode):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.mode = 0o755 if mode & 0o111 else 0o644
+                info.size = path.stat().st_size
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
+    return "sha256:" + sink.sha.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return "sha256:" + sha.hexdigest()
+
+
+def torch_tree(wheels: Sequence[Path], tree: Path) -> None:
+    """Install the wheels under `tree` as they will lie in the image, with reproducible .pyc files."""
+    site = tree / SITE
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+           "--disable-pip-version-check", "--only-binary=:all:", "--python-version", "3.11",
+           "--implementation", "cp", "--target", str(site)]
+    for platform in PIP_PLATFORMS:
+        pip += ["--platform", platform]
+    done = subprocess.run([*pip, *map(str, wheels)], capture_output=True, text=True,
+                          env={**os.environ, "PIP_CONSTRAINT": "", "PIP_FIND_LINKS": ""})
+    if done.returncode != 0:
+        raise BaseImageError("installing the wheels for the base failed", done.stderr[-4000:])
+    if (site / "bin").is_dir():  # console scripts: to /usr/local/bin, pointing at the image's python
+        bindir = tree / "usr/local/bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        for script in sorted((site / "bin").iterdir()):
+            text = script.read_bytes()
+            if text.startswith(b"#!"):
+                text = b"#!/usr/bin/python3\n" + text.split(b"\n", 1)[1]
+            (bindir / script.name).write_bytes(text)
+            (bindir / script.name).chmod(0o755)
+        shutil.rmtree(site / "bin")
+    for direct_url in site.glob("*.dist-info/direct_url.json"):  # names a host path: not reproducible
+        direct_url.unlink()
+    # hash-based .pyc (no mtimes) with the paths they will have in the image; torch ships a few
+    # python-3.12-only helpers that cannot compile, so compileall's exit status is not an error
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                    "-s", str(tree), "-p", "/", str(site)], capture_output=True)
+
+
+def sealab_tree(rootfs_tar: Path, prepare_data: Path, tree: Path, scratch: Path) -> None:
+    """sealab's directories and the embedded data, made from the rootfs's own standard library."""
+    stdlib = scratch / "stdlib"
+    prefix = f"usr/lib/{PYTHON}/"
+    with tarfile.open(rootfs_tar) as tar:
+        by_name = {m.name.lstrip("./"): m for m in tar}
+        members = [m for name, m in by_name.items() if name.startswith(prefix) and name.endswith(".py")
+                   and (m.isfile() or m.issym())]
+        for member in members:  # symlinks (sitecustomize.py, _sysconfigdata…) read as their targets, like os.walk
+            name = member.name.lstrip("./")
+            resolved = member
+            for _ in range(8):
+                if not resolved.issym():
+                    break
+                link = resolved.linkname
+                name = os.path.normpath(link.lstrip("/") if link.startswith("/") else
+                                        os.path.join(os.path.dirname(name), link))
+                resolved = by_name.get(name)
+                if resolved is None:
+                    break
+            if resolved is None or not resolved.isfile():
+                continue  # a dangling link: os.walk inside the image would fail to read it too
+            target = stdlib / member.name.lstrip("./")[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tar.extractfile(resolved).read())
+    if not members:
+        raise BaseImageError(f"{rootfs_tar} holds no /{prefix}: not a bookworm python3 root file system")
+    spec = importlib.util.spec_from_file_location("sealab_prepare_data", prepare_data)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(str(tree / "opt/sealab/data"), root=str(stdlib), python=rootfs_python_version(rootfs_tar))
+    for name in ("home/sealab", "out", "sealab"):
+        (tree / name).mkdir(parents=True, exist_ok=True)
+
+
+def rootfs_python_version(rootfs_tar: Path) -> str:
+    """The rootfs interpreter's version as `platform.python_version()` prints it there (from dpkg's
+    status: python3.11-minimal 3.11.2-6+deb12u6 → 3.11.2), so the data manifest matches a build inside."""
+    with tarfile.open(rootfs_tar) as tar:
+        member = next((m for m in tar if m.name.lstrip("./") == "var/lib/dpkg/status"), None)
+        status = tar.extractfile(member).read().decode() if member else ""
+    for stanza in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Package") == f"{PYTHON}-minimal":
+            return fields["Version"].split("-")[0].split("+")[0]
+    raise BaseImageError(f"{rootfs_tar} has no {PYTHON}-minimal package: not a bookworm python3 root file system")
+
+
+def config_bytes(diff_ids: Sequence[str], labels: dict[str, str]) -> bytes:
+    """The canonical image config of the assembled base."""
+    return canonical_json({
+        "architecture": "amd64", "os": "linux", "created": CREATED,
+        "config": {"Env": list(ENV), "Cmd": ["python3"], "Labels": dict(sorted(labels.items()))},
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+        "history": [{"created": CREATED, "created_by": f"sealab base layer {name}"}
+                    for name in ("rootfs", "torch", "sealab")],
+    })
+
+
+def write_archive(out: IO[bytes], config: bytes, layers: Sequence[tuple[str, Path]], tag: str) -> None:
+    """A `docker save` archive of the config and every layer file (streamed from disk)."""
+    config_name = sha256_hex(config) + ".json"
+    entries = [f"{diff.removeprefix('sha256:')}/layer.tar" for diff, _ in layers]
+    manifest = canonical_json([{"Config": config_name, "RepoTags": [tag], "Layers": entries}])
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), EPOCH
+            tar.addfile(info, io.BytesIO(data))
+        for name, (_, path) in zip(entries, layers):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = path.stat().st_size, EPOCH
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+
+
+def assemble(*, rootfs_tar: Path, wheels: Sequence[Path], prepare_data: Path, work: Path, labels: dict[str, str],
+             progress: Callable[[str, str], None]) -> tuple[str, bytes, list[tuple[str, Path]]]:
+    """Build the three layers and the config in `work`; return (image ID, config, [(diff ID, layer file)])."""
+    work.mkdir(parents=True, exist_ok=True)
+    layers: list[tuple[str, Path]] = [(file_digest(rootfs_tar), rootfs_tar)]
+    progress("assemble", f"rootfs layer {layers[0][0][:19]}")
+    for name, make, owners in (("torch", lambda t: torch_tree(wheels, t), None),
+                               ("sealab", lambda t: sealab_tree(rootfs_tar, prepare_data, t, work / "scratch"),
+                                USER_DIRS)):
+        tree = work / f"{name}-tree"
+        shutil.rmtree(tree, ignore_errors=True)
+        make(tree)
+        path = work / f"{name}.tar"
+        with path.open("wb") as fh:
+            diff = dir_layer(tree, fh, owners)
+        shutil.rmtree(tree, ignore_errors=True)
+        layers.append((diff, path))
+        progress("assemble", f"{name} layer {diff[:19]} ({path.stat().st_size / 1e6:.0f} MB)")
+    shutil.rmtree(work / "scratch", ignore_errors=True)
+    config = config_bytes([d for d, _ in layers], labels)
+    return "sha256:" + sha256_hex(config), config, layers
