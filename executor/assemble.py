@@ -5,7 +5,8 @@ experiment images are (see layer.py), from three layers whose bytes depend only 
 
   1. rootfs  the Debian tree from mmdebstrap, as it is (reproducible with SOURCE_DATE_EPOCH)
   2. torch   the wheels installed on the host with `pip install --target` (no network, no compile),
-             then compiled to .pyc with hash-based invalidation (no mtimes), path names as in the image
+             then compiled to .pyc with hash-based invalidation (no mtimes), path names as in the image;
+             console scripts are left out (their text depends on the host's pip and interpreter)
   3. sealab  /home/sealab and /out (uid 1000), /sealab, and /opt/sealab/data made by prepare_data.py
              from the rootfs's own standard library
 Every layer is a tar written in sorted order with a fixed mtime and owner 0:0 (uid 1000 where the
@@ -104,22 +105,22 @@ def torch_tree(wheels: Sequence[Path], tree: Path) -> None:
                           env={**os.environ, "PIP_CONSTRAINT": "", "PIP_FIND_LINKS": ""})
     if done.returncode != 0:
         raise BaseImageError("installing the wheels for the base failed", done.stderr[-4000:])
-    if (site / "bin").is_dir():  # console scripts: to /usr/local/bin, pointing at the image's python
-        bindir = tree / "usr/local/bin"
-        bindir.mkdir(parents=True, exist_ok=True)
-        for script in sorted((site / "bin").iterdir()):
-            text = script.read_bytes()
-            if text.startswith(b"#!"):
-                text = b"#!/usr/bin/python3\n" + text.split(b"\n", 1)[1]
-            (bindir / script.name).write_bytes(text)
-            (bindir / script.name).chmod(0o755)
-        shutil.rmtree(site / "bin")
+    # Console scripts (torchrun, f2py, …) are left out: their text depends on the host's pip and
+    # interpreter path, and experiments never call them; their RECORD lines go with them.
+    shutil.rmtree(site / "bin", ignore_errors=True)
+    for record in site.glob("*.dist-info/RECORD"):
+        record.write_bytes(_without_scripts(record.read_bytes()))
     for direct_url in site.glob("*.dist-info/direct_url.json"):  # names a host path: not reproducible
         direct_url.unlink()
     # hash-based .pyc (no mtimes) with the paths they will have in the image; torch ships a few
     # python-3.12-only helpers that cannot compile, so compileall's exit status is not an error
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
                     "-s", str(tree), "-p", "/", str(site)], capture_output=True)
+
+
+def _without_scripts(record: bytes) -> bytes:
+    """A wheel RECORD without the lines of console scripts installed outside the package (`../…/bin/…`)."""
+    return b"\n".join(line for line in record.split(b"\n") if not (line.startswith(b"../") and b"/bin/" in line))
 
 
 def sealab_tree(rootfs_tar: Path, prepare_data: Path, tree: Path, scratch: Path) -> None:

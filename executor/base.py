@@ -20,7 +20,7 @@ Steps, each reported as progress(step, detail):
   build            --from: one call per line of the classic builder's output (network none)
   data             the data manifest read out of the image without running it
   done             the image ID
-Only executor.docker_build talks to Docker.
+Docker is reached only through executor.docker_build and executor.docker_engine.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from executor import assemble, docker_build, rootfs
+from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
 from executor.types import BaseImage, canonical_json, sha256_hex
 
@@ -346,7 +347,7 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
         with archive.open("wb") as fh:
             assemble.write_archive(fh, config, layers, tag)
         with archive.open("rb") as fh:
-            docker_build.load(api, fh)
+            load_stream(api, fh)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if docker_build.inspect(api, image_id) is None:

@@ -164,20 +164,6 @@ def build(api: docker.APIClient, context: IO[bytes], *, dockerfile: str, tag: st
     return image_id
 
 
-def load(api: docker.APIClient, fileobj: IO[bytes]) -> None:
-    """`docker load` an archive streamed from a file.
-
-    Raises:
-        BaseImageError: the engine rejects it.
-    """
-    with engine_errors("loading the base image", image_errors=True):
-        res = api._post(api._url("/images/load"), data=fileobj, params={"quiet": True}, stream=True, timeout=None)
-        api._raise_for_status(res)
-        for rec in api._stream_helper(res, decode=True):
-            if rec.get("error") or rec.get("errorDetail"):
-                raise BaseImageError(f"loading the base image failed: {rec.get('error') or rec['errorDetail']}")
-
-
 def read_file(api: docker.APIClient, image: str, path: str, *, limit: int = 64 * 1024 * 1024) -> bytes:
     """The bytes of one regular file in an image, read through a created (never started) container.
 

@@ -227,26 +227,8 @@ class Engine:
         return written
 
     def load_stream(self, chunks: Any) -> list[str]:
-        """`docker load` a tar given as a file object or an iterable of byte chunks, without holding it in
-        memory; returns what the engine says it loaded (image IDs, or names for tagged images).
-
-        Raises:
-            BaseImageError: the engine rejected the archive.
-        """
-        loaded: list[str] = []
-        with engine_errors("loading images", image_errors=True):
-            res = self.api._post(self.api._url("/images/load"), data=chunks, params={"quiet": True}, stream=True,
-                                 timeout=None)
-            self.api._raise_for_status(res)
-            for line in self.api._stream_helper(res, decode=True):
-                if "errorDetail" in line or "error" in line:
-                    problem = (line.get("errorDetail") or {}).get("message") or line.get("error")
-                    raise BaseImageError(f"loading images: {problem}")
-                text = str(line.get("stream") or "").strip()
-                for prefix in ("Loaded image ID: ", "Loaded image: "):
-                    if text.startswith(prefix):
-                        loaded.append(text[len(prefix):])
-        return loaded
+        """`docker load` a tar given as a file object or an iterable of byte chunks (see load_stream)."""
+        return load_stream(self.api, chunks)
 
     def child_images(self, image_id: str) -> list[str]:
         """IDs of the images (intermediate ones included) whose parent is `image_id`."""
@@ -291,6 +273,28 @@ class Engine:
                 return list(self.api.inspect_image(image).get("RepoDigests") or [])
             except docker.errors.ImageNotFound:
                 return []
+
+
+def load_stream(api: docker.APIClient, chunks: Any) -> list[str]:
+    """`docker load` a tar given as a file object or an iterable of byte chunks, without holding it in
+    memory; returns what the engine says it loaded (image IDs, or names for tagged images).
+
+    Raises:
+        BaseImageError: the engine rejected the archive.
+    """
+    loaded: list[str] = []
+    with engine_errors("loading images", image_errors=True):
+        res = api._post(api._url("/images/load"), data=chunks, params={"quiet": True}, stream=True, timeout=None)
+        api._raise_for_status(res)
+        for line in api._stream_helper(res, decode=True):
+            if "errorDetail" in line or "error" in line:
+                problem = (line.get("errorDetail") or {}).get("message") or line.get("error")
+                raise BaseImageError(f"loading images: {problem}")
+            text = str(line.get("stream") or "").strip()
+            for prefix in ("Loaded image ID: ", "Loaded image: "):
+                if text.startswith(prefix):
+                    loaded.append(text[len(prefix):])
+    return loaded
 
 
 def prepare_out_dir(path: Path) -> None:

@@ -255,18 +255,25 @@ def test_own_labels_ignore_inherited_ones():
 
 
 @pytest.mark.docker
-def test_base_rebuilt_from_scratch_has_the_same_id(built, tmp_path):
-    """A second root file system from mmdebstrap and a second assembly in fresh directories give the
-    same layers and so the same base image ID: a fresh machine building from source gets this base."""
+def test_base_rebuilt_from_scratch_has_the_same_id(built, tmp_path, monkeypatch):
+    """A second root file system from mmdebstrap and a second assembly in fresh directories, with the
+    host's python at another path and the wheels in another order, give the same layers and so the same
+    base image ID: a fresh machine building from source gets this base."""
+    import sys
+
     from executor import assemble, rootfs
 
     base, _, _ = built
+    elsewhere = tmp_path / "bin" / "python3"
+    elsewhere.parent.mkdir()
+    elsewhere.symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(elsewhere))  # pip writes this path into console scripts
     cached, _ = rootfs.ensure_rootfs(default_cache_dir())
     fresh, _ = rootfs.ensure_rootfs(tmp_path / "cache")  # mmdebstrap again, from nothing
     assert fresh != cached and assemble.file_digest(fresh) == assemble.file_digest(cached) == base.diff_ids[0]
     info = docker_build.connect(None).inspect_image(base.image_id)
     wheels = gather_wheels(WHEELS, default_cache_dir())
     image_id, _config, layers = assemble.assemble(
-        rootfs_tar=fresh, wheels=[w.path for w in wheels], prepare_data=PREPARE_DATA, work=tmp_path / "work",
+        rootfs_tar=fresh, wheels=[w.path for w in reversed(wheels)], prepare_data=PREPARE_DATA, work=tmp_path / "work",
         labels=info["Config"]["Labels"], progress=lambda step, detail: None)
     assert image_id == base.image_id and tuple(diff for diff, _ in layers) == base.diff_ids
