@@ -381,23 +381,14 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
 def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, proposer: str | None, tag: str | None,
             resume: bool, model: str | None, seed: int) -> None:
     """The overnight loop: propose, gate, commit, run sealed, keep or discard, record."""
-    import os
-
     from agent.loop import Loop, default_tag
     from agent.progress import LoopDisplay
+    from agent.proposal import select_proposer
     from policies import load_policy
 
     ws, ledger, eng = _open(ctx)
     policy = load_policy(ws.config().policy)
-    proposer = proposer or ("claude" if os.environ.get("ANTHROPIC_API_KEY") else "offline")
-    if proposer == "claude":
-        from agent.claude import ClaudeProposer
-
-        chosen = ClaudeProposer(**({"model": model} if model else {}))
-    else:
-        from agent.offline import OfflineProposer
-
-        chosen = OfflineProposer(seed=seed)
+    chosen = select_proposer(proposer, model=model, seed=seed)
     with LoopDisplay(err, total=experiments) as display:
         loop = Loop(ws, eng, ledger, policy, chosen, drift_action=policy.drift.action, on_event=display.event)
         if resume:

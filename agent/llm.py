@@ -26,12 +26,6 @@ DEFAULT_MAX_RETRIES = 4
 DEFAULT_TIMEOUT_S = 120.0
 
 
-def api_key_present(environ: os._Environ | dict | None = None) -> bool:
-    """Whether `ANTHROPIC_API_KEY` is set (non-empty): the loop's cue to use Claude over offline."""
-    env = os.environ if environ is None else environ
-    return bool((env.get(API_KEY_ENV) or "").strip())
-
-
 class MessagesClient:
     """`messages.create` through the real SDK; raises `ModelUnavailable` on any API failure."""
 

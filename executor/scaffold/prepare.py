@@ -84,14 +84,6 @@ class Diverged(Exception):
 # Data
 # ---------------------------------------------------------------------------
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_data(data_dir: str) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(train bytes, val bytes) as uint8 CPU tensors and the data digest; DataError on any mismatch."""
     with open(os.path.join(data_dir, "manifest.json"), "rb") as f:
