@@ -146,7 +146,8 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: b
 def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
     """Seal COMMIT into its image (no run) and print the image ID."""
     from executor import config, git_source
-    from executor.run import current_base, ensure_image
+    from executor.backends import ensure_image
+    from executor.run import current_base
     from executor.seal import seal
 
     ws, ledger, eng = _open(ctx)
@@ -236,6 +237,20 @@ def report(ctx: click.Context, out: Path | None, tag: str | None) -> None:
                                repo=ws.repo, root=ws.root)
     click.echo(page)
     click.echo(chart)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (anything but loopback exposes the page to the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve a live, read-only dashboard of the workspace (run state, chart, experiments, drift, review)."""
+    from agent.serve import serve as serve_dashboard
+    from executor.workspace import Workspace
+
+    ws = Workspace.open(ctx.obj)  # no ledger writes, no recovery: the page only reads
+    serve_dashboard(ws.root, ws.ledger_path, host, port, announce=lambda line: click.echo(line, err=True))
 
 
 @main.command()

@@ -27,7 +27,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "metric": {"name": (str, "name"), "direction": (str, "direction")},
     "budget": {"train_seconds": (_NUMBER, "budget_s"), "grace_seconds": (_NUMBER, "grace_s"), "steps": (int, "steps")},
     "run": {"seed": (int, "seed")},
-    "resources": {f.name: ((int,) if f.type == "int" else _NUMBER, f.name) for f in fields(Resources)},
+    "resources": {f.name: ((int,) if f.type.startswith("int") else _NUMBER, f.name) for f in fields(Resources)},
     "policy": {"name": (str, "policy")},
     "base": {"wheels": (str, "wheels"), "from": (str, "base_from")},
     "harness": {"metric_source": (str, "metric_source")},
@@ -71,6 +71,8 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
         raise ConfigError(source, "budget.train_seconds must be positive")
     if resources.get("memory_mb", 1024) < 64 or resources.get("pids", 64) < 16:
         raise ConfigError(source, "resources.memory_mb must be >= 64 and resources.pids >= 16")
+    if resources.get("out_mb", 1) < 1:
+        raise ConfigError(source, "resources.out_mb must be at least 1")
     if other.get("metric_source", METRIC_SOURCES[0]) not in METRIC_SOURCES:
         raise ConfigError(source, f"harness.metric_source must be 'result.json' or 'summary', not {other['metric_source']!r}")
     run_spec = RunSpec(**spec, resources=Resources(**resources))
@@ -107,6 +109,7 @@ pids = 256                # process/thread limit
 gpus = 0                  # GPUs per experiment (needs the NVIDIA container toolkit)
 tmp_mb = 512              # size of the /tmp tmpfs
 home_mb = 64              # size of the HOME tmpfs
+# out_mb = 256            # cap on what a run may write to /out (default 256; the run is killed past it)
 
 [policy]
 name = "default"          # a file in policies/

@@ -9,10 +9,14 @@ EngineUnavailable here and nowhere else.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import stat
+import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import docker
 import requests
@@ -23,6 +27,7 @@ from executor.types import Resources
 
 CONTAINER_USER = "1000:1000"
 OUT_DIR = "/out"
+IN_DIR = "/in"
 HOME_DIR = "/home/sealab"
 LABEL_EXPERIMENT = "sealab.experiment"
 
@@ -63,6 +68,7 @@ class Exit:
     exit_code: int | None  # None: still running when the deadline passed
     oom_killed: bool
     timed_out: bool
+    over_cap: str | None = None  # the run broke a cap the orchestrator enforces (/out's size): why
 
 
 class Engine:
@@ -73,15 +79,27 @@ class Engine:
         self.api = client.api
 
     @classmethod
-    def connect(cls, base_url: str | None = None, timeout: int = 120) -> Engine:
+    def connect(cls, base_url: str | None = None, timeout: int = 120, tls: bool = False,
+                cert_path: str | None = None) -> Engine:
         """Connect to DOCKER_HOST (or `base_url`) and check the engine answers.
+
+        `ssh://user@host` goes through the system's ssh client (its config and keys); `tls=True`
+        verifies the engine against `cert_path` (ca.pem, cert.pem, key.pem; default $DOCKER_CERT_PATH
+        or ~/.docker), as `docker --tlsverify` does.
 
         Raises:
             EngineUnavailable: nothing answers there.
         """
-        with engine_errors():
-            if base_url:
-                client = docker.DockerClient(base_url=base_url, timeout=timeout)
+        where = f"{base_url}: " if base_url else ""
+        with engine_errors(where.rstrip(": ")):
+            if base_url and tls:
+                certs = Path(cert_path or os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")
+                config = docker.tls.TLSConfig(client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
+                                              ca_cert=str(certs / "ca.pem"), verify=True)
+                client = docker.DockerClient(base_url=base_url, timeout=timeout, tls=config)
+            elif base_url:
+                client = docker.DockerClient(base_url=base_url, timeout=timeout,
+                                             use_ssh_client=base_url.startswith("ssh://"))
             else:
                 client = docker.DockerClient.from_env(timeout=timeout)
             client.ping()
@@ -123,12 +141,24 @@ class Engine:
                 self.api.remove_image(ref, force=True)
 
     # -- containers ---------------------------------------------------------------------------------
-    def create(self, image_id: str, *, name: str, resources: Resources, out_dir: Path,
-               env: dict[str, str], labels: dict[str, str]) -> str:
+    def create(self, image_id: str, *, name: str, resources: Resources, out_dir: Path | None,
+               env: dict[str, str], labels: dict[str, str], command: Sequence[str] | None = None,
+               in_dir: Path | None = None) -> str:
         """Create (not start) a hardened container from an image ID; returns the container ID.
 
         The host environment is never passed: `env` is the whole environment besides the image's.
+        `out_dir` is bind-mounted at /out; None (a remote engine) gives /out a volume of its own, read
+        back with `copy_out`. `in_dir` is bind-mounted read-only at /in; with `out_dir=None` /in is a
+        volume instead, filled with `copy_in` before the start. `command` replaces the image's CMD.
         """
+        binds = {}
+        volumes = None
+        if out_dir is not None:
+            binds[str(out_dir)] = {"bind": OUT_DIR, "mode": "rw"}
+            if in_dir is not None:
+                binds[str(in_dir)] = {"bind": IN_DIR, "mode": "ro"}
+        else:
+            volumes = [OUT_DIR] + ([IN_DIR] if in_dir is not None else [])
         host_config = self.api.create_host_config(
             read_only=True,
             network_mode="none",
@@ -142,7 +172,7 @@ class Engine:
                 "/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777",
                 HOME_DIR: f"rw,nosuid,nodev,size={resources.home_mb}m,uid=1000,gid=1000,mode=0700",
             },
-            binds={str(out_dir): {"bind": OUT_DIR, "mode": "rw"}},
+            binds=binds or None,
             init=True,  # a real PID 1 reaps and forwards signals, so nothing outlives the kill
             device_requests=[DeviceRequest(count=resources.gpus, capabilities=[["gpu"]])] if resources.gpus else None,
             shm_size="1g" if resources.gpus else None,
@@ -150,8 +180,8 @@ class Engine:
         with engine_errors():
             try:
                 created = self.api.create_container(
-                    image_id, user=CONTAINER_USER, environment=env, labels=labels, name=name,
-                    network_disabled=True, host_config=host_config,
+                    image_id, command=list(command) if command else None, user=CONTAINER_USER, environment=env,
+                    labels=labels, name=name, network_disabled=True, host_config=host_config, volumes=volumes,
                 )
             except docker.errors.ImageNotFound:
                 raise IdentityMismatch("image to start", image_id, "gone from the engine") from None
@@ -169,8 +199,49 @@ class Engine:
         with engine_errors():
             self.api.start(container)
 
-    def wait(self, container: str, deadline_s: float) -> Exit:
-        """Wait for the container to exit; kill it once `deadline_s` seconds have passed."""
+    def wait(self, container: str, deadline_s: float, *, out_dir: Path | None = None,
+             out_cap_mb: int | None = None, poll_s: float = 0.25) -> Exit:
+        """Wait for the container to exit; kill it once `deadline_s` seconds have passed.
+
+        With `out_dir` (the host side of the /out bind mount) and `out_cap_mb`, a watchdog measures
+        /out every `poll_s` seconds and kills the container as soon as it holds more than the cap
+        (`over_cap` says so; also set when a run that exited on its own left more than the cap).
+        A bind mount has no size limit of its own, so this bounds it: the excess is what one
+        writer manages within one poll.
+        """
+        if out_dir is None or out_cap_mb is None:
+            return self._wait_plain(container, deadline_s)
+        cap = out_cap_mb << 20
+        deadline = time.monotonic() + deadline_s
+        over: str | None = None
+        timed_out = False
+        while not self._exited_within(container, min(poll_s, max(0.0, deadline - time.monotonic()))):
+            if dir_usage(out_dir, stop_above=cap) > cap:
+                self.kill(container)
+                over = f"/out exceeded its cap of {out_cap_mb} MB; killed"
+                break
+            if time.monotonic() >= deadline:
+                self.kill(container)
+                timed_out = True
+                break
+        if over is None and not timed_out and dir_usage(out_dir, stop_above=cap) > cap:
+            over = f"/out exceeded its cap of {out_cap_mb} MB"
+        with engine_errors():
+            state = self.api.inspect_container(container)["State"]
+        return Exit(None if timed_out else state.get("ExitCode"), bool(state.get("OOMKilled")), timed_out, over)
+
+    def _exited_within(self, container: str, seconds: float) -> bool:
+        """Whether the container exits within `seconds` (it may have already)."""
+        with engine_errors():
+            try:
+                self.api.wait(container, timeout=max(0.05, seconds))
+                return True
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+                if "timed out" not in str(exc).lower() and not isinstance(exc, requests.exceptions.ReadTimeout):
+                    raise
+                return False
+
+    def _wait_plain(self, container: str, deadline_s: float) -> Exit:
         with engine_errors():
             try:
                 self.api.wait(container, timeout=max(1, deadline_s))
@@ -197,9 +268,46 @@ class Engine:
             return self.api.logs(container, stdout=True, stderr=True)
 
     def remove(self, container: str) -> None:
+        """Force-remove a container with its anonymous volumes (a remote run's /in and /out)."""
         with engine_errors():
             with contextlib.suppress(docker.errors.NotFound):
-                self.api.remove_container(container, force=True)
+                self.api.remove_container(container, force=True, v=True)
+
+    def container_command(self, container: str) -> list[str]:
+        with engine_errors():
+            return list(self.api.inspect_container(container)["Config"].get("Cmd") or [])
+
+    def copy_in(self, container: str, src_dir: Path, dest: str = IN_DIR) -> None:
+        """Put the files of `src_dir` into `dest` of a created container (a tar over the API)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for path in sorted(src_dir.iterdir()):
+                info = tar.gettarinfo(str(path), arcname=path.name)
+                info.uid = info.gid = 1000
+                info.uname = info.gname = ""
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+        with engine_errors(f"copying inputs into {dest}"):
+            self.api.put_archive(container, dest, buf.getvalue())
+
+    def copy_out(self, container: str, dest_dir: Path, src: str = OUT_DIR, limit_mb: int = 4096) -> None:
+        """Copy the regular files of `src` of a (stopped) container into `dest_dir`, flat, at most `limit_mb`."""
+        with engine_errors(f"copying {src} out"):
+            try:
+                stream, _stat = self.api.get_archive(container, src)
+            except docker.errors.NotFound:
+                return
+            data = b"".join(stream)
+        if len(data) > limit_mb << 20:
+            raise EngineUnavailable(f"{src} of the run holds more than {limit_mb} MB; not copied")
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if member.isfile() and name and member.name.count("/") == 1:
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        (dest_dir / name).write_bytes(extracted.read())
 
     def remove_experiment_containers(self, experiment_id: str | None = None) -> list[str]:
         """Force-remove the containers of one experiment (or of all, with None); returns their IDs."""
@@ -295,6 +403,31 @@ def load_stream(api: docker.APIClient, chunks: Any) -> list[str]:
                 if text.startswith(prefix):
                     loaded.append(text[len(prefix):])
     return loaded
+
+
+def dir_usage(path: Path, stop_above: int | None = None) -> int:
+    """Bytes a directory tree takes, for the /out cap: each entry counts at least one 4 KiB block (a
+    flood of empty files counts too) and a sparse file its apparent size; symlinks are not followed.
+    Stops counting once past `stop_above`. Unreadable entries count as nothing (run as root, or as
+    the owner of the tree, to see all of it)."""
+    total, pending = 0, [str(path)]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += max(st.st_size, st.st_blocks * 512, 4096)
+                if stop_above is not None and total > stop_above:
+                    return total
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+    return total
 
 
 def prepare_out_dir(path: Path) -> None:

@@ -23,11 +23,12 @@ from typing import Any, Callable, Sequence
 import structlog
 
 from executor import config, git_source, owner
-from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
+from executor.backends import Backend, DockerBackend, Job
+from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
 from executor.ledger import Ledger, now
-from executor.seal import TRAIN_PATH, Sealed, seal
+from executor.seal import TRAIN_PATH, seal
 from executor.summary import parse_summary
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
@@ -59,56 +60,6 @@ def current_base(ledger: Ledger, engine: Engine) -> BaseImage:
     if engine.image_id(base.image_id) != base.image_id:
         raise BaseImageError(f"base image {base.image_id[:19]} is not in the engine; run `sealab base` to rebuild it")
     return base
-
-
-def ensure_image(engine: Engine, sealed: Sealed) -> None:
-    """Make the engine hold the sealed image under its name, loading it if needed.
-
-    Raises:
-        IdentityMismatch: the name is held by another image, or the engine loaded something else.
-    """
-    holder = engine.image_id(sealed.tag)
-    if holder not in (None, sealed.image_id):
-        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id, holder)
-    if engine.image_id(sealed.image_id) is None:
-        engine.load(sealed.archive(), sealed.image_id)
-    elif holder is None:
-        engine.tag(sealed.image_id, sealed.tag)
-
-
-def verify_image(engine: Engine, sealed: Sealed) -> None:
-    """Check, just before use, that the name and the labels still lead to the sealed image.
-
-    Raises:
-        IdentityMismatch: naming expected and actual.
-    """
-    named = engine.image_id(sealed.tag)
-    if named != sealed.image_id:
-        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id, named or "no image")
-    labels = engine.image_labels(sealed.image_id)
-    for key, value in sealed.labels.items():
-        if labels.get(key) != value:
-            raise IdentityMismatch(f"label {key} of {sealed.image_id[:19]}", value, labels.get(key) or "missing")
-
-
-_HARDENING = {"ReadonlyRootfs": True, "NetworkMode": "none", "CapDrop": ["ALL"], "Privileged": False}
-
-
-def check_container(engine: Engine, container: str, sealed: Sealed) -> None:
-    """The created container must run the sealed image, with the hardening we asked for.
-
-    Raises:
-        IdentityMismatch: another image, or a weakened host configuration.
-    """
-    actual = engine.container_image(container)
-    if actual != sealed.image_id:
-        raise IdentityMismatch("container image", sealed.image_id, actual)
-    host = engine.host_config(container)
-    for key, wanted in _HARDENING.items():
-        if host.get(key) != wanted:
-            raise IdentityMismatch(f"container HostConfig.{key}", str(wanted), str(host.get(key)))
-    if "no-new-privileges" not in (host.get("SecurityOpt") or []):
-        raise IdentityMismatch("container HostConfig.SecurityOpt", "no-new-privileges", str(host.get("SecurityOpt")))
 
 
 def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
@@ -174,9 +125,11 @@ def summary_result(output: bytes, metric: str) -> dict | None:
 
 
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
-            on_record: Callable[[str], None] | None = None, editable: Sequence[str] | None = None) -> dict[str, Any]:
+            on_record: Callable[[str], None] | None = None, editable: Sequence[str] | None = None,
+            backend: Backend | None = None) -> dict[str, Any]:
     """Run commit `ref` of the workspace sealed, and return its finished ledger record.
 
+    `backend` runs the image (default: `engine`, this machine's); it verifies the image where it runs.
     `on_record(experiment_id)` is called once the record exists (as `running`), before anything starts.
     `editable` (glob patterns): the commit may change only these paths against its parent, as read
     from git here, whatever the caller claims; otherwise it is `rejected` and nothing is loaded.
@@ -187,6 +140,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         EngineUnavailable: the engine failed mid-way (the record says `infra_error`).
     """
     started = time.monotonic()
+    backend = backend or DockerBackend(engine)
     facts = git_source.resolve(ws.repo, ref)
     toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), None)
     if toml is None:
@@ -210,76 +164,54 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     if on_record is not None:
         on_record(eid)
     durations: dict[str, float] = {}
-    container: str | None = None
     image_id: str | None = None
     result: dict | None = None
+    placement = ""
     try:
         t = time.monotonic()
         sealed = seal(facts, base, spec)
         image_id = sealed.image_id
         log = log.bind(image=image_id[:19])
+        durations["seal"] = time.monotonic() - t
         try:
             if out_of_scope:
                 raise IdentityMismatch("paths changed by the commit", "only " + ", ".join(editable or ()),
                                        ", ".join(out_of_scope))
-            ensure_image(engine, sealed)
-            durations["seal"] = time.monotonic() - t
-            t = time.monotonic()
-            verify_image(engine, sealed)
-            prepare_out_dir(out_dir)
-            container = engine.create(
-                sealed.image_id, name=f"sealab-{eid}", resources=spec.resources, out_dir=out_dir.resolve(),
-                env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
-                labels={LABEL_EXPERIMENT: eid, "sealab.commit": facts.sha},
-            )
-            check_container(engine, container, sealed)
-            durations["verify"] = time.monotonic() - t
+            end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
+                "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
         except IdentityMismatch as exc:
-            durations.setdefault("seal", time.monotonic() - t)
             outcome = Outcome(Status.REJECTED, f"{exc}; nothing was started")
         else:
-            t = time.monotonic()
-            engine.start(container)
-            end = engine.wait(container, spec.deadline_s)
+            placement = end.placement
+            durations.update(end.timings)
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            output = engine.logs(container)
-            log_path.write_bytes(output)
-            durations["run"] = time.monotonic() - t
+            log_path.write_bytes(end.output)
             result = read_result(out_dir)
             trusted = result is not None or settings.metric_source != "summary"
             if not trusted:
-                result = summary_result(output, spec.metric)
+                result = summary_result(end.output, spec.metric)
             outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
-                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(output), trusted)
+                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(end.output), trusted)
+            if end.over_cap and outcome.status in (Status.OK, Status.CRASH):
+                outcome = Outcome(Status.CRASH, end.over_cap, exit_code=end.exit_code)
     except (KeyboardInterrupt, EngineUnavailable) as exc:
-        _abandon(engine, container)
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
         reason = "stopped by the user" if interrupted else str(exc)
         ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations)
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         raise
-    if container is not None:
-        engine.remove(container)
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}
     record = ledger.finish(
         eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
+        backend=backend.name, placement=placement,
         peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
         durations={k: round(v, 4) for k, v in durations.items()},
     )
     log.info("experiment.finished", status=record["status"], reason=record["reason"],
              metric=metrics.get(spec.metric), durations=record["durations"], drift=len(drift))
     return record
-
-
-def _abandon(engine: Engine, container: str | None) -> None:
-    """Best effort: a container must not outlive the process that owns its record."""
-    if container is not None:
-        try:
-            engine.remove(container)
-        except EngineUnavailable:
-            pass
 
 
 def recover(ledger: Ledger, engine: Engine | None) -> list[str]:

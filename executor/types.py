@@ -29,6 +29,9 @@ class Status(StrEnum):
     INFRA_ERROR = "infra_error"
 
 
+DEFAULT_OUT_MB = 256  # the /out cap when sealab.toml sets no [resources] out_mb
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     """Limits for one experiment container."""
@@ -39,11 +42,18 @@ class Resources:
     gpus: int = 0
     tmp_mb: int = 512
     home_mb: int = 64
+    out_mb: int | None = None  # cap on /out (a bind mount, enforced by the orchestrator); None: DEFAULT_OUT_MB
 
     def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
         for name, kind in (("memory_mb", int), ("cpus", float), ("pids", int), ("gpus", int),
                            ("tmp_mb", int), ("home_mb", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.out_mb is not None:
+            object.__setattr__(self, "out_mb", int(self.out_mb))
+
+    @property
+    def out_cap_mb(self) -> int:
+        return DEFAULT_OUT_MB if self.out_mb is None else self.out_mb
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,8 @@ class RunSpec:
         data = asdict(self)
         if data["steps"] is None:
             del data["steps"]  # so specs written before `steps` existed keep their digest
+        if data["resources"]["out_mb"] is None:
+            del data["resources"]["out_mb"]  # likewise for `out_mb`
         return data
 
     @classmethod
