@@ -1,0 +1,230 @@
+// sealab serve: polls the read-only JSON API and redraws the page in place (no reload).
+// Every string from the ledger (descriptions, reasons, diffs, patches, log tails) was written by the
+// agent or because of it: it reaches the DOM only as text (text nodes, textContent), never as markup.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const INTERVAL_MS = Math.max(250, Number(params.get("interval")) || 2000);
+const TAG = params.get("tag");
+const SVG = "http://www.w3.org/2000/svg";
+const last = {};  // endpoint -> the JSON text last drawn, so an unchanged section is not redrawn
+let current = null;  // the running experiment, for the ticking clock
+let clockSkewMs = 0;  // server time - browser time
+
+// -- DOM helpers: children given as strings become text nodes ---------------------------------------
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (key === "class") node.className = value;
+    else if (key === "title") node.title = value == null ? "" : String(value);
+    else node.dataset[key] = String(value);
+  }
+  for (const child of children) {
+    if (child == null) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  if (text != null) node.textContent = String(text);
+  return node;
+}
+
+function byId(id) { return document.getElementById(id); }
+function short(sha, n) { return sha ? String(sha).slice(0, n || 12) : "—"; }
+function fmt(v) { return typeof v === "number" && isFinite(v) ? v.toFixed(6) : "—"; }
+function code(text) { return el("code", null, text); }
+function pre(text) { return el("pre", null, text == null || text === "" ? "(empty)" : text); }
+function seconds(s) {
+  if (typeof s !== "number") return "—";
+  if (s < 120) return s.toFixed(0) + " s";
+  if (s < 7200) return (s / 60).toFixed(1) + " min";
+  return (s / 3600).toFixed(2) + " h";
+}
+function folded(label, body) {
+  const details = el("details", null, el("summary", null, label));
+  details.append(body);
+  return details;
+}
+function empty(text) { return el("p", {class: "empty"}, text); }
+
+// -- sections ------------------------------------------------------------------------------------------
+function drawState(s) {
+  clockSkewMs = Date.parse(s.server_time) - Date.now();
+  byId("tag").textContent = s.tag ? "run " + s.tag : "(no run yet: all records)";
+  const phase = byId("phase");
+  phase.textContent = s.run.phase;
+  phase.className = "phase phase-" + s.run.phase.split(" ")[0];
+  const rows = [
+    ["phase", s.run.phase + (s.run.stop_reason ? " (" + s.run.stop_reason + ")" : "")],
+    ["branch", s.branch || "—"],
+    ["metric", s.metric + " (" + s.direction + ")"],
+    ["best", fmt(s.best.value) + " at " + short(s.best.commit)],
+    ["noise threshold", fmt(s.threshold)],
+    ["experiments", s.counts.experiments + " run (" + s.counts.baseline + " baseline, " + s.counts.keep + " kept, " +
+      s.counts.discard + " discarded, " + s.counts.failed + " failed); " + s.counts.rejected + " rejected, " +
+      s.counts.parked + " parked, " + s.counts.proposal_failed + " failed proposals"],
+    ["drift events", String(s.counts.drift)],
+    ["cost so far", "$" + Number(s.cost_usd || 0).toFixed(4)],
+    ["ledger chain", s.chain.problems ? s.chain.problems + " problem(s): run `sealab verify --all`" : "intact"],
+    ["last activity", s.run.last_activity || "—"],
+  ];
+  const list = byId("state-list");
+  list.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", null, k), el("dd", {key: k}, v)]));
+  current = s.current;
+  byId("current").hidden = !current;
+  if (current) {
+    byId("current-id").textContent = current.id;
+    byId("current-description").textContent = (current.description || "") + " @ " + short(current.commit);
+  }
+  tick();
+}
+
+function tick() {
+  if (!current || !current.started_at) return;
+  const elapsed = (Date.now() + clockSkewMs - Date.parse(current.started_at)) / 1000;
+  const budget = current.budget_s || 0, deadline = budget + (current.grace_s || 0);
+  const bar = byId("current-bar");
+  bar.style.width = Math.min(100, deadline ? 100 * elapsed / deadline : 0).toFixed(1) + "%";
+  bar.classList.toggle("over", elapsed > deadline);
+  byId("current-time").textContent = seconds(elapsed) + " elapsed of a " + seconds(budget) +
+    " training budget (killed at " + seconds(deadline) + ")";
+}
+
+function drawExperiments(data) {
+  const body = byId("experiments-body");
+  body.replaceChildren(...data.experiments.map((r) => {
+    const v = r.verification;
+    const row = el("tr", {id: r.id},
+      el("td", {class: "num"}, r.n),
+      el("td", null, code(r.id)),
+      el("td", {class: r.status === "ok" ? "" : "bad", title: r.reason}, r.status),
+      el("td", {class: r.decision || "", title: r.decision_reason}, r.decision || ""),
+      el("td", {class: "num"}, fmt(r.value)),
+      el("td", null, code(short(r.commit))),
+      el("td", null, code(short(r.image_id, 19))),
+      el("td", {class: v.state, title: v.problems.join("\n")}, v.state),
+      el("td", {class: "num"}, r.drift ? String(r.drift) : ""),
+      el("td", {class: "description"}, r.description || "", r.log_tail ? folded("log tail", pre(r.log_tail)) : null));
+    return row;
+  }));
+  byId("experiments-empty").hidden = data.experiments.length > 0;
+  drawChart(data);
+}
+
+function drawChart(data) {
+  const box = byId("chart-box");
+  const rows = data.experiments;
+  const W = 1000, H = 360, L = 70, R = 20, T = 20, B = 40;
+  const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img"});
+  root.append(svg("title", null, data.metric + " per experiment"));
+  const ys = rows.flatMap((r) => [r.value, r.best]).filter((v) => typeof v === "number");
+  if (!rows.length || !ys.length) {
+    root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, "no metric yet"));
+    box.replaceChildren(root);
+    return;
+  }
+  let lo = Math.min(...ys), hi = Math.max(...ys);
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
+  const x = (n) => L + (W - L - R) * (n - 0.5) / rows.length;
+  const y = (v) => T + (H - T - B) * (hi - v) / (hi - lo);
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + (hi - lo) * i / 4;
+    root.append(svg("line", {class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v)}));
+    root.append(svg("text", {x: L - 6, y: y(v) + 4, "text-anchor": "end"}, v.toFixed(4)));
+  }
+  root.append(svg("line", {class: "axis", x1: L, x2: L, y1: T, y2: H - B}));
+  root.append(svg("line", {class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B}));
+  root.append(svg("text", {x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle"},
+    "experiment # — " + data.metric + (data.direction === "minimize" ? " (lower is better)" : " (higher is better)")));
+  const step = [];
+  rows.forEach((r) => {
+    if (typeof r.best !== "number") return;
+    step.push((step.length ? "L" : "M") + x(r.n - 0.5) + " " + y(r.best), "L" + x(r.n + 0.5) + " " + y(r.best));
+  });
+  if (step.length) root.append(svg("path", {class: "best", d: step.join(" ")}, null));
+  rows.forEach((r) => {
+    const label = "#" + r.n + " " + r.id + ": " + fmt(r.value) + " " + (r.decision || r.status);
+    if (typeof r.value === "number") {
+      const kind = r.decision === "keep" ? "keep" : r.decision === "baseline" ? "baseline" : "other";
+      const dot = svg("circle", {class: "pt-" + kind, cx: x(r.n), cy: y(r.value), r: kind === "other" ? 4 : 5});
+      dot.append(svg("title", null, label));
+      root.append(dot);
+    } else {
+      const cx = x(r.n), cy = H - B - 8;
+      const cross = svg("path", {class: "pt-failed", d: `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`});
+      cross.append(svg("title", null, label));
+      root.append(cross);
+    }
+  });
+  box.replaceChildren(root);
+}
+
+function drawKept(data) {
+  const items = data.kept.map((k) => el("article", {id: k.id},
+    el("h3", null, k.id + ": " + fmt(k.value) + " — " + (k.description || "")),
+    el("p", null, code(short(k.parent)), " → ", code(short(k.commit)), "; " + (k.decision_reason || "")),
+    pre(k.diff)));
+  byId("kept-list").replaceChildren(...(items.length ? items : [empty("no kept changes yet")]));
+}
+
+function drawDrift(data) {
+  const items = data.drift.map((d) => el("article", {class: "event"},
+    el("h3", null, (d.created_at || "") + ": " + (d.where || "") + (d.action ? " (action " + d.action + ")" : "") +
+      (d.experiment ? " — experiment " + d.experiment : "")),
+    el("p", null, "at ", code(short(d.commit)), d.patch_path ? ", patch " : "", d.patch_path ? code(d.patch_path) : null),
+    el("ul", null, ...d.changes.map((c) => el("li", null, c))),
+    d.patch ? folded("diff", pre(d.patch)) : null));
+  byId("drift-list").replaceChildren(...(items.length ? items : [empty("no drift")]));
+}
+
+function drawReview(data) {
+  const items = data.review.map((p) => el("article", {class: "proposal " + p.kind},
+    el("h3", null, p.kind + ": " + (p.description || "")),
+    el("dl", null,
+      el("dt", null, "rule"), el("dd", null, code(p.rule || "")),
+      el("dt", null, "reason"), el("dd", null, p.reason || ""),
+      el("dt", null, "proposer"), el("dd", null, p.proposer || ""),
+      el("dt", null, "on"), el("dd", null, code(short(p.best_commit)), " at " + (p.created_at || "")),
+      el("dt", null, "cost"), el("dd", null, typeof p.cost_usd === "number" ? "$" + p.cost_usd.toFixed(4) : "—")),
+    folded("patch", pre(p.patch))));
+  const failed = data.proposal_failed.map((f) => el("li", null, (f.created_at || "") + " on " + short(f.best_commit) +
+    ": " + (f.reason || "")));
+  if (failed.length) items.push(el("article", {class: "failures"}, el("h3", null, "failed proposals"), el("ul", null, ...failed)));
+  byId("review-list").replaceChildren(...(items.length ? items : [empty("nothing awaiting review")]));
+}
+
+// -- polling -------------------------------------------------------------------------------------------
+const SECTIONS = [["state", drawState], ["experiments", drawExperiments], ["kept", drawKept],
+                  ["drift", drawDrift], ["review", drawReview]];
+
+async function refresh() {
+  const query = TAG ? "?tag=" + encodeURIComponent(TAG) : "";
+  try {
+    for (const [name, draw] of SECTIONS) {
+      const response = await fetch("/api/" + name + query, {cache: "no-store"});
+      const text = await response.text();
+      if (!response.ok) throw new Error(JSON.parse(text).error || response.statusText);
+      if (last[name] !== text) {
+        draw(JSON.parse(text));
+        last[name] = text;
+      }
+    }
+    byId("error").hidden = true;
+    byId("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (error) {
+    byId("error").textContent = "cannot refresh: " + error.message;
+    byId("error").hidden = false;
+  } finally {
+    setTimeout(refresh, INTERVAL_MS);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  refresh();
+  setInterval(tick, 1000);
+});

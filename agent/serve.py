@@ -1,0 +1,150 @@
+"""`sealab serve`: a live, read-only dashboard of one workspace (a Starlette app run by uvicorn).
+
+Nothing here can change state: the routes are GET only, and every request opens the ledger read-only
+(SQLite `mode=ro`, a WAL reader that never blocks the writer), so a running `sealab run` goes on
+unhindered. The page is static; its script polls the JSON API and writes ledger text with
+`textContent` only, under a Content-Security-Policy that allows no inline script at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import sqlite3
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import git
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.dashboard import Dashboard
+from executor.errors import LedgerError, SealabError
+from executor.ledger import Ledger
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+          "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+API = {"/api/state": Dashboard.state, "/api/experiments": Dashboard.experiments, "/api/kept": Dashboard.kept,
+       "/api/drift": Dashboard.drift, "/api/review": Dashboard.review}
+
+
+class ServeError(SealabError):
+    """The dashboard cannot start (address in use, unknown host)."""
+
+    exit_code = 2
+
+
+class ReadOnlyLedger(Ledger):
+    """A Ledger opened with SQLite's `mode=ro`: the read methods work, any write fails; no schema set-up."""
+
+    def __init__(self, path: Path) -> None:  # not super().__init__: that creates and migrates the schema
+        self.path = path
+        try:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5,
+                                      isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from None
+
+
+@contextmanager
+def reading(ledger_path: Path) -> Iterator[Ledger]:
+    """The ledger for one request, closed after it; an empty one while the workspace has none yet."""
+    ledger = ReadOnlyLedger(ledger_path) if ledger_path.exists() else Ledger(Path(":memory:"))
+    try:
+        yield ledger
+    except sqlite3.DatabaseError as exc:  # e.g. a ledger written before the chain existed
+        raise LedgerError(f"{ledger_path}: {exc}") from None
+    finally:
+        ledger.close()
+
+
+def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None = None,
+               board: Dashboard | None = None) -> Starlette:
+    """The dashboard app of the workspace at `root` (`allowed_hosts` None: any Host header)."""
+    board = board or Dashboard(root=root, repo=git.Repo(root))
+
+    def api(build: Callable[..., dict[str, Any]]):
+        async def endpoint(request: Request) -> Response:
+            tag = request.query_params.get("tag") or None
+            try:
+                with reading(ledger_path) as ledger:
+                    body = build(board, ledger, tag)
+            except SealabError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=503, headers=HEADERS)
+            return JSONResponse(body, headers=HEADERS)
+        return endpoint
+
+    def page(name: str, media_type: str):
+        content = resources.files("agent").joinpath("dashboard_static", name).read_bytes()
+
+        async def endpoint(request: Request) -> Response:
+            return Response(content, media_type=media_type, headers=HEADERS)
+        return endpoint
+
+    routes = [Route(path, page(*spec), methods=["GET"]) for path, spec in STATIC.items()]
+    routes += [Route(path, api(build), methods=["GET"]) for path, build in API.items()]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a one-line ServeError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot serve on {host}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use; choose another with --port") from None
+        raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def serve(root: Path, ledger_path: Path, host: str, port: int, *, announce: Callable[[str], None]) -> None:
+    """Serve the dashboard until interrupted. A loopback host accepts only loopback Host headers
+    (a page elsewhere cannot reach it through DNS rebinding)."""
+    import uvicorn
+
+    sock = bind(host, port)
+    app = create_app(root, ledger_path=ledger_path, allowed_hosts=LOOPBACK_NAMES if is_loopback(host) else None)
+    actual = sock.getsockname()[1]
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    announce(f"sealab serve: http://{shown}:{actual}/ (read-only; Ctrl-C to stop)")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM, then passed the signal on
+        announce("sealab serve: stopped")
