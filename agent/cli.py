@@ -254,20 +254,6 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (anything but loopback exposes the page to the network).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
-@click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
-    """Serve a live, read-only dashboard of the workspace (run state, chart, experiments, drift, review)."""
-    from agent.serve import serve as serve_dashboard
-    from executor.workspace import Workspace
-
-    ws = Workspace.open(ctx.obj)  # no ledger writes, no recovery: the page only reads
-    serve_dashboard(ws.root, ws.ledger_path, host, port, announce=lambda line: click.echo(line, err=True))
-
-
-@main.command()
 @click.argument("ref", metavar="EXPERIMENT|IMAGE")
 @click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="How many reruns.")
 @click.option("--tolerance", type=click.FloatRange(min=0), help="Allowed difference (default: the run's noise floor).")
