@@ -306,7 +306,7 @@ class ClaudeProposer:
             try:
                 reply = self.client.create(model=self.model, max_tokens=self.max_tokens, system=system,
                                            tools=TOOLS, messages=messages)
-            except ModelUnavailable as exc:
+            except (ModelUnavailable, ProposalFailed) as exc:
                 exc.usage = usage  # what was spent before the failure
                 raise
             usage = usage + usage_from(self.model, reply.get("usage"))

@@ -7,6 +7,8 @@
   `max_retries` (default 4) and the per-request `timeout` (default 120 s).
 * Any SDK/API failure that survives those retries becomes `ModelUnavailable` with a one-line message
   (class, HTTP status, the API's own error type and message), scrubbed of the key.
+* A 200 response whose body is not JSON, or not a message, becomes `ProposalFailed` (the loop records
+  `proposal_failed` and goes on): one garbled reply is not a reason to stop an overnight run.
 * Responses are returned as plain dicts (`Message.model_dump(mode="json")`), so nothing else in sealab
   depends on SDK types.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import anthropic
 
-from agent.proposal import ModelUnavailable, one_line
+from agent.proposal import ModelUnavailable, ProposalFailed, one_line
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 BASE_URL_ENV = "ANTHROPIC_BASE_URL"
@@ -51,9 +53,12 @@ class MessagesClient:
         """One Messages API call (`model`, `max_tokens`, `system`, `tools`, `messages`, ...)."""
         try:
             message = self._client.messages.create(**params)
+            return message.model_dump(mode="json")
         except anthropic.AnthropicError as exc:
             raise ModelUnavailable(self._describe(exc)) from None
-        return message.model_dump(mode="json")
+        except ValueError as exc:  # the SDK does not wrap a body that is not JSON (JSONDecodeError)
+            raise ProposalFailed(self._scrub(one_line(
+                f"Anthropic API returned a malformed response ({type(exc).__name__}): {exc}", 300))) from None
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, anthropic.APITimeoutError):
