@@ -30,6 +30,7 @@ OUT_DIR = "/out"
 IN_DIR = "/in"
 HOME_DIR = "/home/sealab"
 LABEL_EXPERIMENT = "sealab.experiment"
+LABEL_READER = "sealab.reader"  # a never-started container that only reads a file of an image
 
 
 @contextlib.contextmanager
@@ -381,6 +382,42 @@ class Engine:
                 return list(self.api.inspect_image(image).get("RepoDigests") or [])
             except docker.errors.ImageNotFound:
                 return []
+
+    # -- files of an image (the trusted scorer's validation split, executor/valdata.py) -------------
+    def read_file(self, image_id: str, path: str, limit_mb: int = 1024) -> bytes:
+        """The bytes of the regular file `path` inside `image_id`, read without running anything.
+
+        A container is created from the image (never started: no command runs, no network) only to
+        `get_archive` the file, then removed.
+
+        Raises:
+            BaseImageError: the image has no regular file at `path`, or it is over `limit_mb`.
+            IdentityMismatch: the image is gone from the engine.
+            EngineUnavailable: any other engine error.
+        """
+        with engine_errors(f"reading {path} of {image_id[:19]}"):
+            try:
+                container = self.api.create_container(image_id, command=["/nonexistent"], network_disabled=True,
+                                                      labels={LABEL_READER: "1"})["Id"]
+            except docker.errors.ImageNotFound:
+                raise IdentityMismatch("image to read", image_id, "gone from the engine") from None
+            try:
+                try:
+                    stream, stat = self.api.get_archive(container, path)
+                except docker.errors.NotFound:
+                    raise BaseImageError(f"{image_id[:19]} has no {path}") from None
+                if stat.get("size", 0) > limit_mb << 20:
+                    raise BaseImageError(f"{path} of {image_id[:19]} is over {limit_mb} MB")
+                data = b"".join(stream)
+            finally:
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.api.remove_container(container, force=True, v=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = tar.next()
+            extracted = tar.extractfile(member) if member is not None and member.isfile() else None
+            if extracted is None:
+                raise BaseImageError(f"{path} of {image_id[:19]} is not a regular file")
+            return extracted.read()
 
 
 def load_stream(api: docker.APIClient, chunks: Any) -> list[str]:

@@ -1,6 +1,9 @@
 """Pure sealing: a commit + a base + a run spec → the exact bytes of an image, and so its ID.
 
 Nothing here talks to git or Docker; the same inputs give the same image ID on any machine.
+With `hide_val` the layer also holds an OCI whiteout of the base's validation split
+(/opt/sealab/data/.wh.val.bin), so the experiment image has no val.bin: train.py can neither train
+on it nor look targets up, and the metric is computed by the orchestrator (executor/evaluate.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ RUN_SPEC_PATH = "/sealab/run_spec.json"
 CMD = ("python3", "/workspace/prepare.py")
 REVISION = "org.opencontainers.image.revision"
 TAG_REPO = "sealab/exp"
+# The whiteout of the base's validation split: an empty file named .wh.<name> beside it hides it in
+# every image sealed with hide_val (OCI image spec, "Whiteouts"; docker load honours it).
+VAL_WHITEOUT = "/opt/sealab/data/.wh.val.bin"
+# Whether experiment images leave out the validation split. False until run.py scores through
+# executor/evaluate.py (the train phase then saves the model instead of evaluating it); turning it
+# on changes every image ID, so records sealed before re-derive with hide_val=False.
+HIDE_VAL = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +74,13 @@ def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, 
     }
 
 
-def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> Sealed:
-    """Assemble the experiment image for `facts` on `base` under `spec`."""
+def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool = HIDE_VAL) -> Sealed:
+    """Assemble the experiment image for `facts` on `base` under `spec`; `hide_val`: white out val.bin."""
     labels = labels_for(facts, base, spec)
     entries = [Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
     entries.append(Entry(RUN_SPEC_PATH, spec.canonical() + b"\n"))
+    if hide_val:
+        entries.append(Entry(VAL_WHITEOUT, b"", 0o644))
     layer = layer_tar(entries)
     config = image_config(
         base_diff_ids=base.diff_ids, layer_digest="sha256:" + sha256_hex(layer), env=base.env, cmd=CMD,

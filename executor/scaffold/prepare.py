@@ -1,12 +1,23 @@
 """sealab harness: the protected entry point of every experiment. Do not edit; edit train.py.
 
-Run as `python3 prepare.py` (or `python3 train.py`, which calls main() here). It
+Train phase: `python3 prepare.py` (or `python3 train.py`, which calls main() here). It
   1. reads the run spec ($SEALAB_RUN_SPEC) and the embedded dataset ($SEALAB_DATA), checking every
-     data file against its manifest;
+     data file the image holds against its manifest;
   2. seeds everything, imports train.py and calls train.train(h) with a Harness `h` that owns the
      data, the device and the training clock;
-  3. evaluates the returned model with the fixed metric below, val_bpb (bits per byte on the
-     validation split, lower is better), and writes $SEALAB_OUT/result.json plus a summary block.
+  3. with the validation split in the image (images sealed before the scorer moved out), evaluates
+     the returned model with the fixed metric below, val_bpb (bits per byte on the validation split,
+     lower is better); without it (the seal whites val.bin out), saves the model instead,
+     torch.save(model, $SEALAB_OUT/model.pt), and leaves the metric to the orchestrator;
+  4. writes $SEALAB_OUT/result.json (the training facts) plus a summary block.
+
+Eval phase: `python3 prepare.py --logits WINDOWS OUT [--model MODEL]`, in a fresh container of the same
+image. MODEL defaults to model.pt beside WINDOWS: the orchestrator mounts /in read-only with
+/in/windows.bin and /in/model.pt (the train phase's output) and runs
+`python3 prepare.py --logits /in/windows.bin /out/logits.bin`. WINDOWS is N x EVAL_SEQ_LEN uint8
+(row-major, no header); OUT gets the model's logits as float32 little-endian [N, EVAL_SEQ_LEN, 256].
+This process runs train.py's code (importing it lets the pickle resolve), so nothing it says is
+trusted: it only turns windows into logits, and the orchestrator (executor/evaluate.py) scores them.
 
 Harness API (what train.py may use):
   h.device                       "cuda" or "cpu"
@@ -53,6 +64,7 @@ EVAL_BYTES = 65536  # evaluated target bytes: the first EVAL_BYTES (+1 for targe
 EVAL_SEQ_LEN = 256  # non-overlapping evaluation windows of this length
 EVAL_BATCH_SIZE = 32  # windows per evaluation forward pass
 METRIC = "val_bpb"
+MODEL_FILE = "model.pt"  # the train phase's model when the image holds no validation split
 
 # Dense bf16 peak FLOP/s per GPU, for mfu_percent; the first name contained in the CUDA device name
 # wins, an unknown GPU counts as an H100. Values are the vendors' dense (non-sparse) numbers.
@@ -84,15 +96,21 @@ class Diverged(Exception):
 # Data
 # ---------------------------------------------------------------------------
 
-def load_data(data_dir: str) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(train bytes, val bytes) as uint8 CPU tensors and the data digest; DataError on any mismatch."""
+def load_data(data_dir: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(train bytes, val bytes) as uint8 CPU tensors and the data digest; DataError on any mismatch.
+
+    val is None when the image holds no validation split (sealed with val.bin whited out)."""
     with open(os.path.join(data_dir, "manifest.json"), "rb") as f:
         manifest_bytes = f.read()
     manifest = json.loads(manifest_bytes)
     tensors = []
     for split in ("train", "val"):
         entry = manifest[split]
-        with open(os.path.join(data_dir, entry["file"]), "rb") as f:
+        path = os.path.join(data_dir, entry["file"])
+        if split == "val" and not os.path.exists(path):
+            tensors.append(None)
+            continue
+        with open(path, "rb") as f:
             data = f.read()
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry["sha256"] or len(data) != entry["bytes"]:
@@ -220,6 +238,112 @@ def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, device: str,
 
 
 # ---------------------------------------------------------------------------
+# Eval phase: windows in, raw logits out (scored by the orchestrator, not here)
+# ---------------------------------------------------------------------------
+
+def save_model(model: torch.nn.Module, out_dir: str) -> str:
+    """torch.save the whole module (a pickle: the eval phase imports train.py to load it) atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, MODEL_FILE)
+    torch.save(model, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def float32_le_bytes(t: torch.Tensor) -> bytearray:
+    """The float32 little-endian bytes of `t`, row-major (no numpy: the image need not have it)."""
+    t = t.detach().to("cpu", torch.float32).contiguous().view(-1)
+    buf = bytearray(t.numel() * 4)
+    if t.numel():
+        torch.frombuffer(buf, dtype=torch.float32).copy_(t)
+    return buf
+
+
+@torch.no_grad()
+def write_logits(model: torch.nn.Module, windows: torch.Tensor, out_path: str, device: str,
+                 batch_size: int = EVAL_BATCH_SIZE) -> None:
+    """Forward `windows` (uint8 [N, T]) through `model` in batches of one fixed shape (the last one padded
+    with zero rows, whose logits are dropped) and write float32 [N, T, 256] to `out_path` atomically.
+
+    One fixed shape keeps each row's logits independent of which batch it landed in. ValueError when the
+    model's output has the wrong shape."""
+    n, seq_len = windows.shape
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda"
+                else contextlib.nullcontext())
+    model.eval()
+    tmp = out_path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for i in range(0, n, batch_size):
+                x = windows[i:i + batch_size].long()
+                rows = x.shape[0]
+                if rows < batch_size:
+                    x = torch.cat([x, torch.zeros(batch_size - rows, seq_len, dtype=torch.long)])
+                with autocast:
+                    logits = model(x.to(device))
+                if tuple(logits.shape) != (batch_size, seq_len, VOCAB_SIZE):
+                    raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
+                                     f"expected {(batch_size, seq_len, VOCAB_SIZE)}")
+                f.write(float32_le_bytes(logits[:rows]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # only left behind on failure: a half-written file is never the output
+
+
+def logits_main(argv: list[str]) -> None:
+    """`prepare.py --logits WINDOWS OUT [--model MODEL]`: the eval phase (see the module docstring)."""
+    if sys.byteorder != "little":
+        fail("logits.bin is little-endian; this machine is not")
+        sys.exit(1)
+    args = argv[argv.index("--logits") + 1:]
+    model_path = None
+    if "--model" in args:
+        at = args.index("--model")
+        model_path = args[at + 1] if at + 1 < len(args) else None
+        args = args[:at] + args[at + 2:]
+    if len(args) != 2 or ("--model" in argv and model_path is None):
+        print("usage: python3 prepare.py --logits WINDOWS OUT [--model MODEL]", file=sys.stderr)
+        sys.exit(2)
+    windows_path, out_path = args
+    model_path = model_path or os.path.join(os.path.dirname(windows_path), MODEL_FILE)
+    spec_path = os.environ.get("SEALAB_RUN_SPEC", "/sealab/run_spec.json")
+    spec = {}
+    if os.path.exists(spec_path):
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+    seed = int(spec.get("seed", 42))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(float(spec.get("resources", {}).get("cpus", 1) or 1))))
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as in the train phase
+        torch.backends.cudnn.allow_tf32 = True
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    with open(windows_path, "rb") as f:
+        raw = bytearray(f.read())
+    if not raw or len(raw) % EVAL_SEQ_LEN:
+        fail(f"{windows_path} has {len(raw)} bytes, not a positive multiple of {EVAL_SEQ_LEN}")
+        sys.exit(1)
+    windows = torch.frombuffer(raw, dtype=torch.uint8).view(-1, EVAL_SEQ_LEN)
+    importlib.import_module("train")  # the pickle names train.py's classes
+    model = torch.load(model_path, map_location=device, weights_only=False)
+    if not isinstance(model, torch.nn.Module):
+        fail(f"{model_path} holds a {type(model).__name__}, not a torch.nn.Module")
+        sys.exit(1)
+    try:
+        write_logits(model, windows, out_path, device)
+    except ValueError as exc:
+        fail(str(exc))
+        sys.exit(1)
+    print(f"logits: {windows.shape[0]} windows of {EVAL_SEQ_LEN} bytes -> {out_path}", flush=True)
+
+
+# ---------------------------------------------------------------------------
 # Result
 # ---------------------------------------------------------------------------
 
@@ -294,7 +418,10 @@ def fail(message: str) -> None:
 # ---------------------------------------------------------------------------
 
 def main() -> None:
-    """Run one experiment; exits 1 on FAIL, lets exceptions from train.py propagate."""
+    """Run one experiment's phase; exits 1 on FAIL, lets exceptions from train.py propagate."""
+    if "--logits" in sys.argv[1:]:
+        logits_main(sys.argv)
+        return
     spec_path = os.environ.get("SEALAB_RUN_SPEC", "/sealab/run_spec.json")
     data_dir = os.environ.get("SEALAB_DATA", "/opt/sealab/data")
     out_dir = os.environ.get("SEALAB_OUT", "/out")
@@ -343,9 +470,17 @@ def main() -> None:
     num_params = 0
     if model is not None:
         num_params = sum(p.numel() for p in model.parameters())
-        val_bpb = evaluate_bpb(model, val_tokens, device)
-        if not math.isfinite(val_bpb):
-            error = f"val_bpb is {val_bpb}"
+        if val_tokens is None:  # no validation split in the image: the orchestrator scores the saved model
+            try:
+                save_model(model, out_dir)
+            except Exception as exc:  # noqa: BLE001 (any pickling failure of train.py's model is a FAIL)
+                error = f"the model returned by train() cannot be saved with torch.save: {exc!r}"[:500]
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out_dir, MODEL_FILE + ".tmp"))
+        else:
+            val_bpb = evaluate_bpb(model, val_tokens, device)
+            if not math.isfinite(val_bpb):
+                error = f"val_bpb is {val_bpb}"
 
     tokens_per_s = h.tokens / training_seconds if training_seconds > 0 else 0.0
     mfu = None
@@ -369,6 +504,8 @@ def main() -> None:
         "hyperparameters": collect_hyperparameters(train_mod),
         "mfu_percent": finite_or_none(mfu),
     }
+    if val_tokens is None and error is None and model is not None:
+        result["model_file"] = MODEL_FILE  # val_bpb stays null: the orchestrator scores this model
     if error is not None:
         result["error"] = error
         result["val_bpb"] = None

@@ -378,3 +378,187 @@ def test_exception_in_train_crashes_without_result(tmp_path, data_dir):
     assert run.proc.returncode != 0
     assert "boom from train.py" in run.proc.stderr
     assert run.result is None and not any(run.out.iterdir())
+
+
+# ---------------------------------------------------------------------------
+# train phase without a validation split, and the eval phase (--logits)
+# ---------------------------------------------------------------------------
+
+PEEK_TRAIN = '''
+import os
+import torch
+VAL_VISIBLE = os.path.exists(os.path.join(os.environ["SEALAB_DATA"], "val.bin"))
+class Bigram(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(256, 256))
+    def forward(self, idx):
+        return self.table[idx]
+def train(h):
+    h.step(1)
+    return Bigram()
+'''
+
+BAD_SHAPE_TRAIN = '''
+import torch
+class Short(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+    def forward(self, idx):
+        return torch.zeros(idx.shape[0], idx.shape[1], 255) + self.w
+def train(h):
+    return Short()
+'''
+
+UNPICKLABLE_TRAIN = '''
+import torch
+class Closure(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.f = lambda idx: torch.zeros(*idx.shape, 256)
+    def forward(self, idx):
+        return self.f(idx) + self.w
+def train(h):
+    return Closure()
+'''
+
+
+@pytest.fixture(scope="session")
+def no_val_dir(tmp_path_factory, data_dir) -> Path:
+    """The data directory as a sealed image with hide_val sees it: manifest and train.bin, no val.bin."""
+    out = tmp_path_factory.mktemp("data-no-val")
+    for name in ("manifest.json", "train.bin"):
+        shutil.copy(data_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_phase(tmp_path_factory, no_val_dir) -> Run:
+    run = run_harness(tmp_path_factory.mktemp("train-phase"), no_val_dir)
+    assert run.proc.returncode == 0, run.proc.stdout + run.proc.stderr
+    return run
+
+
+def run_logits(run: Run, windows: bytes, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python3 prepare.py --logits in/windows.bin out/logits.bin` in the run's workspace, in/model.pt beside."""
+    in_dir, out = run.workspace.parent / "in", run.workspace.parent / "eval-out"
+    in_dir.mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
+    (out / "logits.bin").unlink(missing_ok=True)
+    (in_dir / "windows.bin").write_bytes(windows)
+    if (run.out / "model.pt").exists():
+        shutil.copy(run.out / "model.pt", in_dir / "model.pt")
+    proc = subprocess.run([sys.executable, "prepare.py", "--logits", str(in_dir / "windows.bin"),
+                           str(out / "logits.bin"), *extra], cwd=run.workspace, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "SEALAB_RUN_SPEC": str(run.workspace.parent / "run_spec.json")})
+    return proc, out / "logits.bin"
+
+
+def load_trained(run: Run):
+    """The model the train phase saved, unpickled against that workspace's train.py."""
+    saved = sys.modules.pop("train", None)
+    try:
+        sys.modules["train"] = load_module_at(run.workspace / "train.py", "train")
+        return torch.load(run.out / "model.pt", weights_only=False)
+    finally:
+        sys.modules.pop("train", None)
+        if saved is not None:
+            sys.modules["train"] = saved
+
+
+def load_module_at(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_phase_saves_the_model_and_does_not_evaluate(train_phase, no_val_dir):
+    """Without val.bin the harness trains, saves /out/model.pt, and records the training facts with val_bpb null."""
+    r = train_phase.result
+    assert sorted(p.name for p in train_phase.out.iterdir()) == ["model.pt", "result.json"]
+    assert set(r) == RESULT_KEYS | {"model_file"} and r["model_file"] == "model.pt"
+    assert r["val_bpb"] is None and r["steps"] > 0 and r["num_params"] > 10_000
+    assert r["data_digest"] == "sha256:" + hashlib.sha256((no_val_dir / "manifest.json").read_bytes()).hexdigest()
+    assert summary(train_phase.proc.stdout)["val_bpb"] == "n/a" and "FAIL" not in train_phase.proc.stdout
+    assert sum(p.numel() for p in load_trained(train_phase).parameters()) == r["num_params"]
+
+
+def test_train_phase_checks_the_train_split(tmp_path, no_val_dir):
+    """Without val.bin a tampered train.bin is still refused before train.py is imported."""
+    data = tmp_path / "data"
+    shutil.copytree(no_val_dir, data)
+    raw = bytearray((data / "train.bin").read_bytes())
+    raw[7] ^= 0x01
+    (data / "train.bin").write_bytes(bytes(raw))
+    run = run_harness(tmp_path, data, train_src=RAISING_TRAIN)
+    assert run.proc.returncode == 1 and "train.bin" in run.proc.stdout and run.result is None
+
+
+def test_train_py_cannot_see_val_in_the_train_phase(tmp_path, no_val_dir):
+    """train.py looking for val.bin in the data directory finds nothing (VAL_VISIBLE is recorded as False)."""
+    run = run_harness(tmp_path, no_val_dir, train_src=PEEK_TRAIN)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.result["hyperparameters"]["VAL_VISIBLE"] is False
+
+
+def test_train_py_entry_point_saves_the_model_too(tmp_path, no_val_dir):
+    """`python3 train.py` without val.bin also saves a model.pt that unpickles against train.py's classes."""
+    run = run_harness(tmp_path, no_val_dir, entry="train.py", budget_s=0.3)
+    assert run.proc.returncode == 0, run.proc.stdout + run.proc.stderr
+    assert type(load_trained(run)).__module__ == "train"
+
+
+def test_unpicklable_model_is_a_fail(tmp_path, no_val_dir):
+    """A model torch.save cannot pickle makes the train phase print FAIL, exit 1 and leave no model file."""
+    run = run_harness(tmp_path, no_val_dir, train_src=UNPICKLABLE_TRAIN)
+    assert run.proc.returncode == 1 and "FAIL" in run.proc.stdout.splitlines()
+    assert "torch.save" in run.result["error"] and "model_file" not in run.result
+    assert sorted(p.name for p in run.out.iterdir()) == ["result.json"]
+
+
+def test_logits_mode_writes_the_models_forward(train_phase, prepare):
+    """--logits writes float32 [N, 256, 256] equal to the saved model's forward, a padded last batch included."""
+    gen = torch.Generator().manual_seed(3)
+    n = prepare.EVAL_BATCH_SIZE + 5
+    windows = torch.randint(0, 256, (n, prepare.EVAL_SEQ_LEN), generator=gen, dtype=torch.uint8)
+    proc, out = run_logits(train_phase, bytes(windows.flatten().tolist()))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = torch.frombuffer(bytearray(out.read_bytes()), dtype=torch.float32).view(n, prepare.EVAL_SEQ_LEN, 256)
+    model = load_trained(train_phase).eval()
+    with torch.no_grad():
+        expected = model(windows.long())
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["logits.bin"]
+
+
+def test_real_model_scores_and_passes_the_probes(train_phase, data_dir):
+    """The default GPT's logits, scored by executor/evaluate.py, give val_bpb < 8 and pass the probes exactly."""
+    from executor import evaluate
+
+    es = evaluate.build((data_dir / "val.bin").read_bytes(), 42, eval_bytes=48 * 256, probes=16)
+    proc, out = run_logits(train_phase, es.windows)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    score = evaluate.score_file(es, out)
+    assert score.ok, score.failure
+    assert score.causal and score.probe_max_delta <= score.probe_tolerance and score.val_bpb < 8.0
+
+
+def test_logits_mode_refuses_bad_windows_and_bad_models(tmp_path, no_val_dir, train_phase):
+    """A windows file that is not whole rows, or a model with the wrong output shape: FAIL, exit 1, no logits."""
+    proc, out = run_logits(train_phase, bytes(300))
+    assert proc.returncode == 1 and "multiple of 256" in proc.stdout and not out.exists()
+    bad = run_harness(tmp_path, no_val_dir, train_src=BAD_SHAPE_TRAIN)
+    assert bad.proc.returncode == 0, bad.proc.stderr
+    proc, out = run_logits(bad, bytes(256 * 2))
+    assert proc.returncode == 1 and "shape" in proc.stdout and not any(out.parent.iterdir())
+
+
+def test_logits_mode_takes_an_explicit_model_path(train_phase, tmp_path):
+    """--model names the checkpoint when it is not beside the windows file."""
+    shutil.copy(train_phase.out / "model.pt", tmp_path / "elsewhere.pt")
+    proc, out = run_logits(train_phase, bytes(256), "--model", str(tmp_path / "elsewhere.pt"))
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size == 256 * 256 * 4

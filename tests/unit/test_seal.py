@@ -9,7 +9,7 @@ import pytest
 from executor.errors import SourceError
 from executor.git_source import CommitFacts, TreeFile, blob_sha
 from executor.layer import EPOCH, Entry, layer_tar
-from executor.seal import REVISION, RUN_SPEC_PATH, seal
+from executor.seal import HIDE_VAL, REVISION, RUN_SPEC_PATH, VAL_WHITEOUT, seal
 from executor.types import BaseImage, Resources, RunSpec, sha256_hex
 
 BASE = BaseImage("sha256:" + "b" * 64, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",),
@@ -95,3 +95,23 @@ def test_equal_specs_hash_equally():
     """Integer and float spellings of the same budget give the same run-spec digest."""
     assert RunSpec(budget_s=60).digest() == RunSpec(budget_s=60.0).digest()
     assert RunSpec.from_dict(RunSpec().to_dict()) == RunSpec()
+
+
+def test_hide_val_whites_out_the_validation_split():
+    """hide_val adds an empty OCI whiteout of /opt/sealab/data/val.bin, the same bytes every time, and a new ID."""
+    hidden, again = seal(facts(), BASE, RunSpec(), hide_val=True), seal(facts(), BASE, RunSpec(), hide_val=True)
+    plain = seal(facts(), BASE, RunSpec(), hide_val=False)
+    assert hidden.layer == again.layer and hidden.image_id == again.image_id != plain.image_id
+    with tarfile.open(fileobj=io.BytesIO(hidden.layer)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    whiteout = members["opt/sealab/data/.wh.val.bin"]
+    assert VAL_WHITEOUT == "/opt/sealab/data/.wh.val.bin"
+    assert whiteout.isfile() and whiteout.size == 0 and whiteout.mode == 0o644
+    assert all(members[d].isdir() and members[d].mode == 0o755 for d in ("opt", "opt/sealab", "opt/sealab/data"))
+    assert [n for n in members if n.startswith("opt/")] == ["opt/sealab", "opt/sealab/data",
+                                                            "opt/sealab/data/.wh.val.bin"]
+
+
+def test_hide_val_default_is_the_switch():
+    """seal() without hide_val follows seal.HIDE_VAL, the one switch run.py's wiring flips."""
+    assert seal(facts(), BASE, RunSpec()).image_id == seal(facts(), BASE, RunSpec(), hide_val=HIDE_VAL).image_id
