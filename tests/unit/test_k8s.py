@@ -351,3 +351,152 @@ def test_the_wrapper_reports_over_cap_and_a_signal_as_128_plus(tmp_path):
     done = run_wrapper(tmp_path, script, cap=1000)
     assert done.returncode == 137
     assert "over the 1000 bytes" in unpack(done.stdout, 1000).problem
+
+
+# -- the backend against a fake API (no cluster) ----------------------------------------------------
+class FakeCluster:
+    """The BatchV1Api, CoreV1Api and NetworkingV1Api calls the backend makes, over a scripted pod.
+
+    Each job status read advances the pod: pending, then running, then ended as `finish` says.
+    """
+
+    def __init__(self, log: bytes, *, image_id: str = f"r@{DIGEST}", finish=("Complete", "", 0, "Completed"),
+                 mutate=None, waiting: str | None = None) -> None:
+        self.log, self.image_id, self.finish, self.mutate, self.waiting = log, image_id, finish, mutate, waiting
+        self.calls: list[str] = []
+        self.objects: dict[str, dict] = {}
+        self.reads = 0
+
+    # networking
+    def create_namespaced_network_policy(self, ns, body):
+        self.calls.append("create policy")
+        self.objects[body["metadata"]["name"]] = body
+
+    def delete_namespaced_network_policy(self, name, ns):
+        self.calls.append("delete policy")
+        self._delete(name)
+
+    # core
+    def create_namespaced_config_map(self, ns, body):
+        self.calls.append("create configmap")
+        self.objects[body["metadata"]["name"]] = body
+
+    def delete_namespaced_config_map(self, name, ns):
+        self.calls.append("delete configmap")
+        self._delete(name)
+
+    def list_namespaced_pod(self, ns, label_selector):
+        job = self.objects.get(label_selector.removeprefix("job-name="))
+        if job is None or self.reads < 2:
+            return k8s.V1PodList(items=[])
+        spec = k8s.ApiClient()._ApiClient__deserialize(job["spec"]["template"]["spec"], "V1PodSpec")
+        spec.node_name = "gpu-node-1"
+        if self.mutate:
+            self.mutate(spec)
+        state = k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=self.waiting) if self.waiting else None)
+        image_id = ""
+        if self.reads >= 3 and not self.waiting:
+            image_id = self.image_id
+            state = k8s.V1ContainerState(running=k8s.V1ContainerStateRunning())
+        if self.reads >= 4 and not self.waiting:
+            _t, _r, code, reason = self.finish
+            state = k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=code, reason=reason))
+        status = k8s.V1ContainerStatus(name="experiment", image="i", image_id=image_id, ready=False,
+                                       restart_count=0, state=state)
+        return k8s.V1PodList(items=[k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="pod-1"), spec=spec,
+                                              status=k8s.V1PodStatus(container_statuses=[status]))])
+
+    def read_namespaced_pod_log(self, pod, ns, container, follow, _preload_content):
+        self.calls.append("follow log")
+        log = self.log
+
+        class Stream:
+            def stream(self, n):
+                yield from (log[i:i + n] for i in range(0, len(log), n))
+
+            def release_conn(self):
+                pass
+
+        return Stream()
+
+    # batch
+    def create_namespaced_job(self, ns, body):
+        self.calls.append("create job")
+        self.objects[body["metadata"]["name"]] = body
+
+    def read_namespaced_job_status(self, name, ns):
+        self.reads += 1
+        conditions = []
+        if self.reads >= 4:
+            kind, reason, _c, _r = self.finish
+            conditions = [k8s.V1JobCondition(type=kind, status="True", reason=reason)]
+        return k8s.V1Job(metadata=k8s.V1ObjectMeta(name=name), status=k8s.V1JobStatus(conditions=conditions))
+
+    def delete_namespaced_job(self, name, ns, body):
+        assert body.propagation_policy == "Foreground"
+        self.calls.append("delete job")
+        self._delete(name)
+
+    def _delete(self, name):
+        if self.objects.pop(name, None) is None:
+            raise k8s.ApiException(status=404, reason="Not Found")
+
+
+def backend_on(cluster: FakeCluster):
+    from executor.k8s import KubernetesBackend
+
+    backend = KubernetesBackend(K8sOptions(registry="registry.example.com:5000/team/sealab", poll_s=0), k8s.ApiClient())
+    backend.batch = backend.core = backend.net = cluster
+    backend.publish = lambda job: REF
+    return backend
+
+
+def test_run_creates_the_policy_first_and_brings_out_back(tmp_path):
+    """Policy before Job; the pod is checked, its log followed; /out lands in out_dir; everything is deleted."""
+    cluster = FakeCluster(b"trained\n" + block({"result.json": b'{"val_bpb": 1.5}'}))
+    end = backend_on(cluster).run(make_job(tmp_path))
+    assert (end.exit_code, end.oom_killed, end.timed_out, end.over_cap) == (0, False, False, None)
+    assert end.output == b"trained\n" and end.placement == "kubernetes:default/gpu-node-1"
+    assert (tmp_path / "out" / "result.json").read_bytes() == b'{"val_bpb": 1.5}'
+    assert cluster.calls[:2] == ["create policy", "create job"]
+    assert {"delete job", "delete policy"} <= set(cluster.calls) and cluster.objects == {}
+
+
+def test_run_maps_oom_and_deadline(tmp_path):
+    """OOMKilled and DeadlineExceeded come back as Finished flags, not errors."""
+    oom = backend_on(FakeCluster(b"", finish=("Failed", "BackoffLimitExceeded", 137, "OOMKilled"))).run(make_job(tmp_path))
+    assert (oom.exit_code, oom.oom_killed, oom.over_cap) == (137, True, None)
+    late = backend_on(FakeCluster(b"step 1\n", finish=("Failed", "DeadlineExceeded", 137, "Error"))).run(make_job(tmp_path))
+    assert (late.exit_code, late.timed_out, late.output) == (None, True, b"step 1\n")
+
+
+def test_a_lost_out_archive_makes_a_clear_reason(tmp_path):
+    """Exit 0 with a truncated block: no files, and over_cap says why /out was not recovered."""
+    cluster = FakeCluster(b"trained\n" + block({"result.json": b"{}"})[:-30])
+    end = backend_on(cluster).run(make_job(tmp_path))
+    assert end.exit_code == 0 and "/out was not recovered" in end.over_cap
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_another_image_or_a_weakened_pod_is_refused_and_cleaned_up(tmp_path):
+    """A different imageID or a pod without readOnlyRootFilesystem: IdentityMismatch, and nothing is left."""
+    cluster = FakeCluster(b"", image_id="r@sha256:" + "00" * 32)
+    with pytest.raises(IdentityMismatch, match="image the pod runs"):
+        backend_on(cluster).run(make_job(tmp_path))
+    assert cluster.objects == {}
+
+    def weaken(spec):
+        spec.containers[0].security_context.read_only_root_filesystem = None
+
+    cluster = FakeCluster(b"", mutate=weaken)
+    with pytest.raises(IdentityMismatch, match="readOnlyRootFilesystem"):
+        backend_on(cluster).run(make_job(tmp_path))
+    assert cluster.objects == {}
+
+
+def test_an_image_the_nodes_cannot_pull_is_infra(tmp_path):
+    """ImagePullBackOff stops the wait with ClusterUnavailable (an EngineUnavailable: the record says infra_error)."""
+    cluster = FakeCluster(b"", waiting="ImagePullBackOff")
+    with pytest.raises(ClusterUnavailable, match="ImagePullBackOff"):
+        backend_on(cluster).run(make_job(tmp_path))
+    assert cluster.objects == {}
