@@ -3,7 +3,8 @@
 Each trial scaffolds a fresh workspace with a tiny deterministic train.py (a fixed `[budget] steps`),
 starts `sealab run --experiments N --proposer offline`, sends SIGKILL after a random delay (seeded:
 the delay of trial i is a pure function of `--seed` and i), snapshots the ledger just before the kill,
-then runs `sealab run --resume` to the end and audits the workspace (tests/faults/kit.py `audit`):
+then runs `sealab run --resume` to the end (or `sealab run` again when the kill came before the run
+saved any state, as a user would) and audits the workspace (tests/faults/kit.py `audit`):
 
 * lost records: a record committed before the kill is gone or changed status; an experiment named by
   a ref, a log or an output directory has no record; a finished record was never decided;
@@ -30,6 +31,7 @@ import argparse
 import platform
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,19 @@ from tests.faults.kit import audit, fast_workspace, kill9, launch, ledger_rows, 
 COLUMNS = ("trials", "detections", "lost records", "wrong attributions", "duplicated records")
 
 
+def run_saved(root: Path) -> bool:
+    """Whether the ledger holds the run's state (read-only)."""
+    db = root / ".sealab" / "ledger.db"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute("SELECT 1 FROM runs WHERE tag = 'soak'").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+
+
 def trial(index: int, args: argparse.Namespace, base, engine: Engine, scratch: Path) -> dict:
     """One kill -9 + resume; returns its counts and a one-line note."""
     rng = random.Random(f"{args.seed}:kill9:{index}")
@@ -60,7 +75,9 @@ def trial(index: int, args: argparse.Namespace, base, engine: Engine, scratch: P
     killed = proc.poll() is None
     kill9(proc)
     running = [r["id"] for r in ledger_rows(root) if r["status"] == "running"]
-    resumed = sealab(*run[:-4], "--resume", "--tag", "soak", "--proposer", "offline", cwd=root, timeout=600)
+    fresh = not run_saved(root)  # killed before `sealab run` saved anything: the user starts it again
+    again = run if fresh else [*run, "--resume"]
+    resumed = sealab(*again, cwd=root, timeout=600)
     note = ""
     if resumed.returncode != 0:
         note = f"resume exit {resumed.returncode}: {(resumed.stderr.strip().splitlines() or [''])[-1][:160]}"
@@ -75,7 +92,7 @@ def trial(index: int, args: argparse.Namespace, base, engine: Engine, scratch: P
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
     shutil.rmtree(parent, ignore_errors=True)
-    return {"index": index, "delay": delay, "killed": killed, "interrupted": len(running), "detected": detected,
+    return {"index": index, "delay": delay, "killed": killed, "fresh": fresh, "interrupted": len(running), "detected": detected,
             "lost": len(found.lost), "duplicated": len(found.duplicated),
             "wrong": len(found.wrong_attribution), "other": len(other),
             "note": "; ".join(found.lost + found.duplicated + found.wrong_attribution + other)[:400]}
@@ -103,7 +120,8 @@ def main() -> int:
                 break
             row = trial(i, args, base, engine, Path(tmp))
             rows.append(row)
-            print(f"trial {i:3d} kill at {row['delay']:5.2f} s{'' if row['killed'] else ' (run had ended)'}: "
+            print(f"trial {i:3d} kill at {row['delay']:5.2f} s{'' if row['killed'] else ' (run had ended)'}"
+                  f"{' (before the run was saved: started again)' if row['fresh'] else ''}: "
                   f"{row['interrupted']} running -> {'detected' if row['detected'] else '-'}; "
                   f"lost {row['lost']} dup {row['duplicated']} wrong {row['wrong']} other {row['other']}"
                   + (f"  [{row['note']}]" if row["note"] else ""), file=sys.stderr, flush=True)
@@ -118,7 +136,8 @@ def main() -> int:
     else:
         print("  ".join(f"{c}={v}" for c, v in zip(COLUMNS, values)) + f"  other={sum(r['other'] for r in rows)}")
     print(f"\n{len(rows)} trials in {elapsed / 60:.1f} min (seed {args.seed}); {killed_mid} kills caught an experiment "
-          f"running, {sum(not r['killed'] for r in rows)} runs had ended before the kill; "
+          f"running, {sum(not r['killed'] for r in rows)} runs had ended before the kill, "
+          f"{sum(r['fresh'] for r in rows)} kills came before the run was saved (started again, not resumed); "
           f"{platform.machine()}, {platform.python_version()}, docker {engine.client.version().get('Version')}")
     bad = any(r["lost"] or r["duplicated"] or r["wrong"] or r["other"] for r in rows)
     return 1 if bad else 0

@@ -7,7 +7,9 @@ left `running` by a dead process is marked `interrupted` by the next command (se
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +66,15 @@ CREATE TABLE chain (
 GENESIS = "0" * 64
 
 
+def _space_hint(path: Path) -> str:
+    """SQLite says "disk I/O error" when it cannot grow the WAL's shared memory on a full disk: name the cause."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f" (no space left: {free} bytes free in {path.parent})" if free < 1 << 20 else ""
+
+
 def record_digest(record: dict[str, Any]) -> str:
     return sha256_hex(canonical_json(record))
 
@@ -101,7 +112,7 @@ class Ledger:
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"{path}: schema version {version} is newer than this sealab ({SCHEMA_VERSION}); upgrade sealab")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}{_space_hint(path)}") from None
 
     def _script(self, sql: str) -> None:
         for statement in filter(str.strip, sql.split(";")):
@@ -251,7 +262,7 @@ class Ledger:
         try:
             return self.db.execute(sql, params)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: {exc}") from None
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None
 
 
 class _Transaction:
@@ -265,19 +276,20 @@ class _Transaction:
             if not self.db.in_transaction:
                 self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: {exc}") from None
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None
 
     def __exit__(self, kind, exc, tb) -> None:
-        if not self.db.in_transaction:
-            return
         if kind is None:
-            try:
-                self.db.execute("COMMIT")
-            except sqlite3.DatabaseError as error:
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.DatabaseError as error:
+                    with contextlib.suppress(sqlite3.DatabaseError):  # SQLite may have rolled back itself
+                        self.db.execute("ROLLBACK")
+                    raise LedgerError(f"{self.path}: {error}{_space_hint(self.path)}") from None
+            return
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.DatabaseError):  # never hide the error that got us here
                 self.db.execute("ROLLBACK")
-                raise LedgerError(f"{self.path}: {error}") from None
-        else:
-            self.db.execute("ROLLBACK")
-            if issubclass(kind, sqlite3.DatabaseError):
-                raise LedgerError(f"{self.path}: {exc}") from None
-
+        if issubclass(kind, sqlite3.DatabaseError):  # also when SQLite already rolled back (disk full)
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None

@@ -92,7 +92,8 @@ def fast_workspace(parent: Path, base: Any, *, steps: int = 4, noise_runs: int =
 
 
 def run_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "SEALAB_FAULT_PAUSE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "SEALAB_FAULT_PAUSE",
+                                                            "SEALAB_FAULT_CONTINUE")}
     env.update(extra or {})
     return env
 
@@ -103,11 +104,14 @@ def sealab(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300)
 
 
 def launch(args: list[str], cwd: Path, *, pause: str | None = None, mark: Path | None = None,
-           env: dict | None = None) -> subprocess.Popen:
-    """Start `sealab ARGS`; with `pause` ("point" or "point:n"), under pause.py, writing `mark` when paused."""
+           go_on: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start `sealab ARGS`; with `pause` ("point" or "point:n"), under pause.py, writing `mark` when paused
+    and going on once `go_on` exists (never, without it)."""
     extra = dict(env or {})
     if pause:
         extra.update(SEALAB_FAULT_PAUSE=pause, SEALAB_FAULT_MARK=str(mark))
+        if go_on is not None:
+            extra["SEALAB_FAULT_CONTINUE"] = str(go_on)
         cmd = [sys.executable, PAUSE, *args]
     else:
         cmd = [SEALAB, *args]

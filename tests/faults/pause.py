@@ -1,7 +1,8 @@
 """Run `sealab ARGS` with one pause injected, so that a test can kill -9 the process at an exact point.
 
 `SEALAB_FAULT_PAUSE=point[:n]` pauses on the n-th time (default 1) the point is reached; the process
-writes `SEALAB_FAULT_MARK` (a path) and sleeps until it is killed. The points wrap real functions and
+writes `SEALAB_FAULT_MARK` (a path) and sleeps until it is killed, or until the file
+`SEALAB_FAULT_CONTINUE` exists (then it goes on: a test can break something at that point first). The points wrap real functions and
 change nothing else:
 
 | point       | where the process stops                                                              |
@@ -39,8 +40,9 @@ def _pause_hook():
         hits["n"] += 1
         if hits["n"] == wanted:
             Path(os.environ["SEALAB_FAULT_MARK"]).write_text(f"{name}:{wanted} pid {os.getpid()}\n")
-            while True:
-                time.sleep(60)
+            go_on = os.environ.get("SEALAB_FAULT_CONTINUE")
+            while not (go_on and os.path.exists(go_on)):
+                time.sleep(0.05)
 
     return point, hit
 
