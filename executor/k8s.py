@@ -131,13 +131,40 @@ class K8sOptions:
                 values["poll_s"] = float(_typed(options["poll_s"], (int, float), "poll_s"))
             if options.get("in_cluster") is not None:
                 values["in_cluster"] = _typed(options["in_cluster"], bool, "in_cluster")
-            selector = _typed(options.get("node_selector") or {}, dict, "node_selector")
+            selector = options.get("node_selector") or {}
+            if isinstance(selector, str):  # sealab.toml's [backend] holds scalars: "pool=h100,zone=a"
+                selector = dict(_pair(item, "node_selector") for item in selector.split(",") if item.strip())
+            selector = _typed(selector, dict, "node_selector")
             values["node_selector"] = {str(k): _typed(v, str, f"node_selector.{k}") for k, v in selector.items()}
-            tolerations = _typed(options.get("tolerations") or [], list, "tolerations")
+            tolerations = options.get("tolerations") or []
+            if isinstance(tolerations, str):  # "key[=value][:Effect],…", as in `kubectl taint`
+                tolerations = [_toleration(item) for item in tolerations.split(",") if item.strip()]
+            tolerations = _typed(tolerations, list, "tolerations")
             values["tolerations"] = tuple(_typed(t, dict, "tolerations[]") for t in tolerations)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError("sealab.toml", f"[backend] {exc}") from None
         return cls(**values)
+
+
+def _pair(item: str, key: str) -> tuple[str, str]:
+    name, eq, value = item.strip().partition("=")
+    if not eq or not name:
+        raise ValueError(f"{key}: {item.strip()!r} is not KEY=VALUE")
+    return name, value
+
+
+def _toleration(item: str) -> dict[str, str]:
+    """`key[=value][:Effect]` -> a toleration (operator Equal with a value, else Exists)."""
+    head, _, effect = item.strip().partition(":")
+    key, eq, value = head.partition("=")
+    if not key or effect not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"tolerations: {item.strip()!r} is not key[=value][:NoSchedule|PreferNoSchedule|NoExecute]")
+    toleration = {"key": key, "operator": "Equal" if eq else "Exists"}
+    if eq:
+        toleration["value"] = value
+    if effect:
+        toleration["effect"] = effect
+    return toleration
 
 
 def _typed(value: Any, kind: Any, key: str) -> Any:

@@ -167,6 +167,19 @@ def test_options_need_a_registry_and_reject_unknown_keys():
     assert opts.node_selector == {"pool": "h100"} and opts.tolerations == ({"key": "gpu", "operator": "Exists"},)
 
 
+def test_options_take_scalar_forms_that_sealab_toml_allows():
+    """[backend] holds scalars only: node_selector "k=v,…" and tolerations "key[=value][:Effect],…" as strings."""
+    opts = K8sOptions.parse({"registry": "r.example/x", "node_selector": "pool=h100, zone=a",
+                             "tolerations": "nvidia.com/gpu:NoSchedule,team=ml"})
+    assert opts.node_selector == {"pool": "h100", "zone": "a"}
+    assert opts.tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                {"key": "team", "operator": "Equal", "value": "ml"})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        K8sOptions.parse({"registry": "r.example/x", "node_selector": "pool"})
+    with pytest.raises(ConfigError, match="NoSchedule"):
+        K8sOptions.parse({"registry": "r.example/x", "tolerations": "gpu:Never"})
+
+
 # -- the live pod -----------------------------------------------------------------------------------
 def test_check_image_accepts_only_the_pinned_digest():
     """containerStatuses[].imageID must name the pinned digest, whatever repository prefix the runtime shows."""
