@@ -314,8 +314,8 @@ def check_image(image_id: str, image_ref: str) -> None:
 def check_pod(pod_spec: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
     """Every field the Job's pod template sets must hold in the live pod, as in Docker's check_container.
 
-    Fields the API server or an admission plugin adds are allowed; a changed value, a removed field or
-    an extra element in a list (a sidecar, an injected variable, a volume) is not. Tolerations are
+    Fields the API server or an admission plugin adds are allowed; a changed value, a removed field,
+    an extra element in a list (a sidecar, an injected variable, a volume) or an init container is not. Tolerations are
     exempt (admission adds the default ones; they decide placement, not isolation).
 
     Raises:
@@ -324,6 +324,9 @@ def check_pod(pod_spec: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
     wanted = manifest["spec"]["template"]["spec"]
     for path, expected, actual in _differences(wanted, pod_spec, "spec"):
         raise IdentityMismatch(f"pod {path}", repr(expected), repr(actual))
+    for key in ("initContainers", "ephemeralContainers"):  # code that would run beside the sealed image
+        if pod_spec.get(key):
+            raise IdentityMismatch(f"pod spec.{key}", "none", repr(pod_spec[key])[:200])
 
 
 def _differences(expected: Any, actual: Any, path: str) -> Iterator[tuple[str, Any, Any]]:

@@ -216,6 +216,7 @@ def test_check_pod_allows_defaults_and_refuses_weakening(tmp_path):
         (lambda s: s["containers"][0].update(image="registry.example.com/other:latest"), "image"),
         (lambda s: s.update(automountServiceAccountToken=True), "automountServiceAccountToken"),
         (lambda s: s["containers"][0]["resources"]["limits"].update(memory="8Gi"), "memory"),
+        (lambda s: s.update(initContainers=[{"name": "seed", "image": "busybox"}]), "initContainers"),
     ]:
         spec = live_spec(manifest)
         mutate(spec)
@@ -513,3 +514,12 @@ def test_an_image_the_nodes_cannot_pull_is_infra(tmp_path):
     with pytest.raises(ClusterUnavailable, match="ImagePullBackOff"):
         backend_on(cluster).run(make_job(tmp_path))
     assert cluster.objects == {}
+
+
+def test_only_the_k8s_module_imports_kubernetes():
+    """One module per outside library: executor/k8s.py alone imports the kubernetes client."""
+    from tests.unit.test_layering import imports
+
+    everything = {**imports("executor"), **imports("agent"), **imports("policies")}
+    users = sorted(p for p, names in everything.items() if any(n.split(".")[0] == "kubernetes" for n in names))
+    assert users == ["executor/k8s.py"]
