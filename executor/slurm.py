@@ -1,0 +1,532 @@
+"""The `slurm` backend: one Slurm batch job per container run, verified and hardened on the node.
+
+    orchestrator (here)                               node (the job script, bash)
+    ensure_image, verify_image  (local engine)
+    tag REGISTRY:<commit12>-<id12>, push  -> digest
+    write <jobs_dir>/<eid>-<phase>/job.sh, sbatch  ->  docker pull REGISTRY@sha256:…     (by digest, never a tag)
+                                                      image ID == the sealed ID?  else `rejected`, nothing created
+                                                      docker create (Engine.create's hardening), by image ID
+                                                      docker inspect == container.expected?  else `rejected`, removed
+                                                      docker start; wait; kill at the deadline (or /out over its cap)
+                                                      status.json (exit code, OOMKilled, node, GPUs), output.log; rm
+    poll squeue until the job left the queue; read status.json and output.log -> Finished
+
+Assumptions: the job directory and the run's out dir are on a file system shared with the nodes
+(as home and project directories are on Slurm clusters); /out is bind-mounted from there, so the
+harness's result.json is read back here. Each node runs a Docker engine the job's user may use, and
+reaches the registry. `scancel` alone would leave the container running (it is a child of
+containerd, not of the job): the script traps TERM/INT and kills and removes it; `--signal=B:TERM@60`
+does the same before the time limit, which is the deadline plus `time_margin_s`.
+
+GPUs: `gres` (default `gpu:<resources.gpus>`, one GPU per experiment by default) asks Slurm for the
+devices; `gpu_mode = "nvidia"` passes `--gpus device=$SLURM_JOB_GPUS` to docker, `"env"` (fake GPUs in
+CI) only exports the allocation's indices as SEALAB_GPUS and CUDA_VISIBLE_DEVICES.
+
+Errors: the node refusing the image or the container is IdentityMismatch (the record says
+`rejected`); a failed push, sbatch or squeue, a cancelled job or one that ended without a status is
+SlurmUnavailable, an EngineUnavailable (`infra_error`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from executor.backends import Finished, Job, ensure_image, verify_image
+from executor.docker_engine import CONTAINER_USER, HOME_DIR, IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
+from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch
+from executor.registry import BadReference, parse_registry
+from executor.seal import REVISION
+
+GPU_MODES = ("nvidia", "env")
+QUEUED = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+SLURM_TIMEOUT_S = 60  # one sbatch / squeue / scancel call
+STATUS_FILE, OUTPUT_FILE, SCRIPT_FILE, EXPECTED_FILE = "status.json", "output.log", "job.sh", "container.expected"
+
+# What the node reads back from the created container; every line must equal container.expected.
+INSPECT_FIELDS = (
+    ("Image", "{{.Image}}"),
+    ("User", "{{.Config.User}}"),
+    ("Cmd", "{{json .Config.Cmd}}"),
+    ("Label", '{{index .Config.Labels "%s"}}' % LABEL_EXPERIMENT),
+    ("ReadonlyRootfs", "{{.HostConfig.ReadonlyRootfs}}"),
+    ("NetworkMode", "{{.HostConfig.NetworkMode}}"),
+    ("CapDrop", "{{json .HostConfig.CapDrop}}"),
+    ("Privileged", "{{.HostConfig.Privileged}}"),
+    ("SecurityOpt", "{{json .HostConfig.SecurityOpt}}"),
+    ("PidsLimit", "{{.HostConfig.PidsLimit}}"),
+    ("Memory", "{{.HostConfig.Memory}}"),
+    ("MemorySwap", "{{.HostConfig.MemorySwap}}"),
+    ("NanoCpus", "{{.HostConfig.NanoCpus}}"),
+    ("Init", "{{.HostConfig.Init}}"),
+    ("Tmpfs", "{{json .HostConfig.Tmpfs}}"),
+    ("Binds", "{{json .HostConfig.Binds}}"),
+)
+INSPECT_FORMAT = "".join(f"{key}={template}\n" for key, template in INSPECT_FIELDS)
+
+
+class SlurmUnavailable(EngineUnavailable):
+    """Slurm, the registry or a node's engine failed, or the job ended without saying how."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        Exception.__init__(self, f"slurm: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmOptions:
+    """The `[backend]` table of sealab.toml for `name = "slurm"`."""
+
+    registry: str  # HOST[:PORT]/REPO the nodes pull from
+    partition: str | None = None
+    gres: str | None = None  # default: gpu:<resources.gpus> when the run asks for GPUs
+    gpu_mode: str = "nvidia"  # "nvidia": docker --gpus device=…; "env": only SEALAB_GPUS / CUDA_VISIBLE_DEVICES
+    slurm_conf: str | None = None  # SLURM_CONF for sbatch, squeue, scancel, scontrol
+    docker: str = "docker"  # the docker client on the nodes
+    poll_s: float = 2.0  # how often squeue is asked (and the node checks the container)
+    jobs_dir: str | None = None  # default: <workspace>/.sealab/slurm (beside outputs/)
+    time_margin_s: int = 300  # --time = deadline + this (the pull, the checks, the logs)
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], source: str = "sealab.toml") -> SlurmOptions:
+        """Validate `[backend]` options (a `name` key is ignored).
+
+        Raises:
+            ConfigError: a missing registry, an unknown key, a wrong type or value.
+        """
+        known = {f: cls.__dataclass_fields__[f].type for f in cls.__dataclass_fields__}
+        given = {k: v for k, v in options.items() if k != "name"}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(source, f"unknown [backend] option(s) for slurm: {', '.join(unknown)} "
+                                      f"(known: {', '.join(known)})")
+        if not isinstance(given.get("registry"), str):
+            raise ConfigError(source, 'backend "slurm" needs [backend] registry = "HOST[:PORT]/REPO"')
+        try:
+            parse_registry(given["registry"])
+        except BadReference as exc:
+            raise ConfigError(source, f"backend.registry: {exc}") from None
+        for key in ("poll_s", "time_margin_s"):
+            value = given.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(source, f"backend.{key} must be a positive number: {value!r}")
+        for key in ("partition", "gres", "gpu_mode", "slurm_conf", "docker", "jobs_dir"):
+            if key in given and not isinstance(given[key], str):
+                raise ConfigError(source, f"backend.{key} must be a string: {given[key]!r}")
+        if given.get("gpu_mode", "nvidia") not in GPU_MODES:
+            raise ConfigError(source, f"backend.gpu_mode must be one of {', '.join(GPU_MODES)}: {given['gpu_mode']!r}")
+        if "time_margin_s" in given:
+            given["time_margin_s"] = int(math.ceil(given["time_margin_s"]))
+        return cls(**given)
+
+
+# -- the job (pure) ---------------------------------------------------------------------------------
+def go_json(value: Any) -> str:
+    """JSON as Go's encoding/json (docker inspect's `{{json …}}`) writes it: compact, HTML-escaped."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def tmpfs_options(job: Job) -> dict[str, str]:
+    """The /tmp and HOME tmpfs, exactly as Engine.create mounts them."""
+    res = job.spec.resources
+    return {"/tmp": f"rw,nosuid,nodev,size={res.tmp_mb}m,mode=1777",
+            HOME_DIR: f"rw,nosuid,nodev,size={res.home_mb}m,uid=1000,gid=1000,mode=0700"}
+
+
+def binds(job: Job) -> list[str]:
+    """/out (read-write) and /in (read-only) bind mounts from the shared file system.
+
+    Raises:
+        ConfigError: a path docker's `-v` cannot express (it holds a colon or a comma).
+    """
+    pairs = [(job.out_dir.resolve(), OUT_DIR, "rw")]
+    if job.in_dir is not None:
+        pairs.append((job.in_dir.resolve(), IN_DIR, "ro"))
+    for path, _, _ in pairs:
+        if ":" in str(path) or "," in str(path):
+            raise ConfigError("slurm backend", f"{path}: a bind-mounted path cannot hold ':' or ','")
+    return [f"{path}:{target}:{mode}" for path, target, mode in pairs]
+
+
+def container_command(job: Job) -> list[str]:
+    """What the container runs: the job's command, or the sealed image's own CMD."""
+    if job.command is not None:
+        return list(job.command)
+    return list(json.loads(job.sealed.config)["config"]["Cmd"])
+
+
+def create_args(job: Job) -> list[str]:
+    """`docker create` options with Engine.create's hardening (GPU options are added on the node)."""
+    res = job.spec.resources
+    args = ["--name", job.name, "--label", f"{LABEL_EXPERIMENT}={job.experiment_id}", "--label",
+            f"sealab.phase={job.phase}", "--label", f"sealab.commit={job.sealed.labels.get(REVISION, '')}",
+            "--read-only", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--user", CONTAINER_USER, "--pids-limit", str(res.pids), "--memory", f"{res.memory_mb}m",
+            "--memory-swap", f"{res.memory_mb}m", "--cpus", f"{res.cpus:g}", "--init"]
+    for target, options in tmpfs_options(job).items():
+        args += ["--tmpfs", f"{target}:{options}"]
+    for bind in binds(job):
+        args += ["--volume", bind]
+    for key, value in sorted(job.env.items()):
+        args += ["--env", f"{key}={value}"]
+    return args
+
+
+def expected_container(job: Job) -> str:
+    """What `docker inspect --format INSPECT_FORMAT` must print for the created container."""
+    res = job.spec.resources
+    values = {
+        "Image": job.sealed.image_id, "User": CONTAINER_USER, "Cmd": go_json(container_command(job)),
+        "Label": job.experiment_id, "ReadonlyRootfs": "true", "NetworkMode": "none", "CapDrop": '["ALL"]',
+        "Privileged": "false", "SecurityOpt": '["no-new-privileges"]', "PidsLimit": str(res.pids),
+        "Memory": str(res.memory_mb << 20), "MemorySwap": str(res.memory_mb << 20),
+        "NanoCpus": str(int(round(res.cpus * 1e9))), "Init": "true",
+        "Tmpfs": go_json(dict(sorted(tmpfs_options(job).items()))), "Binds": go_json(binds(job)),
+    }
+    return "".join(f"{key}={values[key]}\n" for key, _ in INSPECT_FIELDS)
+
+
+def gres_for(job: Job, options: SlurmOptions) -> str | None:
+    if job.spec.resources.gpus <= 0:
+        return None
+    return options.gres or f"gpu:{job.spec.resources.gpus}"
+
+
+def sbatch_lines(job: Job, options: SlurmOptions, job_dir: Path) -> list[str]:
+    """The #SBATCH options: name, log, no requeue, TERM before the limit, time = deadline + margin, resources."""
+    res = job.spec.resources
+    limit = int(math.ceil(job.deadline)) + options.time_margin_s
+    lines = [f"--job-name={job.name}", f"--output={job_dir}/slurm-%j.out", f"--chdir={job_dir}",
+             "--export=NIL", "--no-requeue", "--signal=B:TERM@60", f"--time={limit // 60}:{limit % 60:02d}",
+             "--nodes=1", "--ntasks=1", f"--cpus-per-task={max(1, math.ceil(res.cpus))}", f"--mem={res.memory_mb}M"]
+    if gres_for(job, options):
+        lines.append(f"--gres={gres_for(job, options)}")
+    if options.partition:
+        lines.append(f"--partition={options.partition}")
+    return [f"#SBATCH {line}" for line in lines]
+
+
+def job_script(job: Job, ref: str, options: SlurmOptions, job_dir: Path) -> str:
+    """The bash script of one job: its settings, then the fixed body (NODE_BODY)."""
+    settings = {
+        "DOCKER": options.docker, "JOB_DIR": str(job_dir), "REF": ref, "EXPECTED": job.sealed.image_id,
+        "NAME": job.name, "OUT_DIR": str(job.out_dir.resolve()), "DEADLINE_NS": str(int(job.deadline * 1e9)),
+        "OUT_CAP_KB": str(job.spec.resources.out_cap_mb << 10), "OUT_CAP_MB": str(job.spec.resources.out_cap_mb),
+        "POLL_S": f"{min(options.poll_s, 1.0):g}", "GPU_MODE": options.gpu_mode,
+        "NEED_GPUS": str(job.spec.resources.gpus), "INSPECT_FORMAT": INSPECT_FORMAT,
+    }
+    head = ["#!/bin/bash", *sbatch_lines(job, options, job_dir),
+            f"# sealab: experiment {job.experiment_id} ({job.phase}), image {job.sealed.image_id}",
+            "# Written by the orchestrator; it runs on the node. See executor/slurm.py."]
+    head += [f"{key}={shlex.quote(value)}" for key, value in settings.items()]
+    head.append("CREATE_ARGS=(" + " ".join(shlex.quote(a) for a in create_args(job)) + ")")
+    head.append("COMMAND=(" + " ".join(shlex.quote(a) for a in container_command(job)) + ")")
+    return "\n".join(head) + "\n" + NODE_BODY
+
+
+NODE_BODY = r'''
+set -uo pipefail
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}
+NODE=${SLURMD_NODENAME:-$(hostname)}
+GPUS=${SLURM_JOB_GPUS:-}
+STATUS=$JOB_DIR/status.json
+T_BEGIN=$(date +%s.%N)
+
+jstr() {  # $1 as a JSON string (control characters dropped)
+  local s
+  s=$(printf '%s' "$1" | tr -d '\000-\037')
+  s=${s//\\/\\\\}; s=${s//\"/\\\"}
+  printf '"%s"' "$s"
+}
+finish() {  # finish STATE [',"key":json' ...]: status.json, written atomically
+  local state=$1; shift
+  printf '{"state":%s,"node":%s,"gpus":%s,"slurm_job":%s,"t_begin":%s%s}\n' "$(jstr "$state")" "$(jstr "$NODE")" \
+    "$(jstr "$GPUS")" "$(jstr "${SLURM_JOB_ID:-}")" "$T_BEGIN" "$(printf '%s' "$@")" > "$STATUS.tmp"
+  mv -f "$STATUS.tmp" "$STATUS"
+}
+fail() {  # fail REASON: nothing (more) runs
+  "$DOCKER" rm -f "$NAME" >/dev/null 2>&1
+  finish error ",\"reason\":$(jstr "$1")"
+  echo "sealab: error: $1" >&2
+  exit 1
+}
+reject() {  # reject WHAT EXPECTED ACTUAL: not what was sealed; nothing starts
+  "$DOCKER" rm -f "$NAME" >/dev/null 2>&1
+  finish rejected ",\"what\":$(jstr "$1"),\"expected\":$(jstr "$2"),\"actual\":$(jstr "$3")"
+  echo "sealab: REJECTED $1: expected $2, found $3" >&2
+  exit 4
+}
+on_signal() {  # scancel, preemption or the time limit: the container is not a child of this job
+  trap '' TERM INT
+  "$DOCKER" kill "$NAME" >/dev/null 2>&1
+  "$DOCKER" rm -f "$NAME" >/dev/null 2>&1
+  finish cancelled ",\"reason\":$(jstr "job signalled on $NODE (scancel, preemption or time limit); container killed")"
+  echo "sealab: cancelled; container $NAME killed and removed" >&2
+  exit 143
+}
+trap on_signal TERM INT
+out_kb() { local kb; kb=$(du -sk "$OUT_DIR" 2>/dev/null | cut -f1); echo "${kb:-0}"; }
+
+# 1. The image, by digest (never a tag), and its ID checked before anything is created.
+echo "sealab: pulling $REF on $NODE (gpus: ${GPUS:-none})"
+"$DOCKER" pull "$REF" & wait $! || fail "docker pull $REF failed on $NODE"
+T_PULLED=$(date +%s.%N)
+ACTUAL=$("$DOCKER" image inspect --format '{{.Id}}' "$REF" 2>/dev/null) || ACTUAL=""
+[ "$ACTUAL" = "$EXPECTED" ] || reject "image pulled as $REF on $NODE" "$EXPECTED" "${ACTUAL:-nothing}"
+echo "sealab: verified $REF is $EXPECTED"
+
+# 2. The container: created (not started) by image ID with the hardening, then read back and compared.
+GPU_ARGS=()
+if (( NEED_GPUS > 0 )); then
+  [ -n "$GPUS" ] || fail "the run asks for $NEED_GPUS GPU(s) but the allocation has none (SLURM_JOB_GPUS is empty)"
+  case $GPU_MODE in
+    nvidia) GPU_ARGS=(--gpus "device=$GPUS" --shm-size 1g) ;;
+    env) GPU_ARGS=(--env "SEALAB_GPUS=$GPUS" --env "CUDA_VISIBLE_DEVICES=$GPUS") ;;
+  esac
+fi
+"$DOCKER" create "${CREATE_ARGS[@]}" ${GPU_ARGS[@]+"${GPU_ARGS[@]}"} "$EXPECTED" ${COMMAND[@]+"${COMMAND[@]}"} \
+  >/dev/null || fail "docker create failed on $NODE"
+"$DOCKER" inspect --format "$INSPECT_FORMAT" "$NAME" > "$JOB_DIR/container.txt" || fail "docker inspect $NAME failed"
+mapfile -t WANT < "$JOB_DIR/container.expected"
+mapfile -t GOT < "$JOB_DIR/container.txt"
+for i in "${!WANT[@]}"; do
+  [ "${WANT[i]}" = "${GOT[i]:-}" ] ||
+    reject "container $NAME on $NODE: ${WANT[i]%%=*}" "${WANT[i]#*=}" "${GOT[i]:-missing}"
+done
+T_VERIFIED=$(date +%s.%N)
+
+# 3. Run it; kill it at the deadline, or when /out grows over its cap.
+"$DOCKER" start "$NAME" >/dev/null || fail "docker start $NAME failed on $NODE"
+T_STARTED=$(date +%s.%N)
+END_NS=$(( $(date +%s%N) + DEADLINE_NS ))
+TIMED_OUT=false; OVER_CAP=""
+while [ "$("$DOCKER" inspect --format '{{.State.Running}}' "$NAME" 2>/dev/null)" = true ]; do
+  if (( $(date +%s%N) >= END_NS )); then TIMED_OUT=true; break; fi
+  if (( $(out_kb) > OUT_CAP_KB )); then OVER_CAP="/out exceeded its cap of $OUT_CAP_MB MB; killed"; break; fi
+  sleep "$POLL_S" & wait $!
+done
+if [ "$TIMED_OUT" = true ] || [ -n "$OVER_CAP" ]; then "$DOCKER" kill "$NAME" >/dev/null 2>&1; fi
+"$DOCKER" wait "$NAME" >/dev/null 2>&1 & wait $!
+T_ENDED=$(date +%s.%N)
+STATE=$("$DOCKER" inspect --format '{{.State.ExitCode}} {{.State.OOMKilled}}' "$NAME") ||
+  fail "docker inspect $NAME failed"
+read -r EXIT_CODE OOM <<< "$STATE"
+"$DOCKER" logs "$NAME" > "$JOB_DIR/output.log" 2>&1
+"$DOCKER" rm -f "$NAME" >/dev/null 2>&1
+if [ -z "$OVER_CAP" ] && (( $(out_kb) > OUT_CAP_KB )); then OVER_CAP="/out exceeded its cap of $OUT_CAP_MB MB"; fi
+finish done ",\"exit_code\":$EXIT_CODE,\"oom_killed\":$OOM,\"timed_out\":$TIMED_OUT,\"over_cap\":$(jstr "$OVER_CAP")" \
+  ",\"image_id\":$(jstr "$EXPECTED"),\"t_pulled\":$T_PULLED,\"t_verified\":$T_VERIFIED" \
+  ",\"t_started\":$T_STARTED,\"t_ended\":$T_ENDED"
+echo "sealab: container exited $EXIT_CODE (oom: $OOM, timed out: $TIMED_OUT)"
+'''
+
+
+def finished_from(status: Mapping[str, Any], output: bytes, job_id: str, timings: Mapping[str, float]) -> Finished:
+    """Turn the node's status.json into a Finished, or raise what it means (pure).
+
+    Raises:
+        IdentityMismatch: the node refused the image or the container; nothing ran.
+        SlurmUnavailable: the job failed before starting the container, or it was cancelled.
+    """
+    state, node = status.get("state"), status.get("node") or "?"
+    if state == "rejected":
+        raise IdentityMismatch(str(status.get("what")), str(status.get("expected")), str(status.get("actual")))
+    if state == "cancelled":
+        raise SlurmUnavailable(f"job {job_id} was cancelled on {node} (scancel, preemption or the time limit); "
+                               "its container was killed and removed")
+    if state != "done":
+        raise SlurmUnavailable(f"job {job_id} on {node}: {status.get('reason') or state}")
+    placement = f"slurm:{job_id}@{node}" + (f" gpus={status['gpus']}" if status.get("gpus") else "")
+    timed_out = bool(status.get("timed_out"))
+    exit_code = status.get("exit_code")
+    return Finished(None if timed_out else exit_code, bool(status.get("oom_killed")), timed_out, output, placement,
+                    dict(timings), status.get("over_cap") or None)
+
+
+def node_timings(status: Mapping[str, Any], submitted: float, push_s: float) -> dict[str, float]:
+    """Seconds: queue (submit to job start), load (push + pull), verify (on the node), run (pure)."""
+    def gap(a: str, b: str) -> float:
+        x, y = status.get(a), status.get(b)
+        return max(0.0, float(y) - float(x)) if isinstance(x, (int, float)) and isinstance(y, (int, float)) else 0.0
+
+    begin = status.get("t_begin")
+    queue = max(0.0, float(begin) - submitted) if isinstance(begin, (int, float)) else 0.0
+    return {"queue": queue, "load": push_s + gap("t_begin", "t_pulled"), "verify": gap("t_pulled", "t_verified"),
+            "run": gap("t_started", "t_ended")}
+
+
+# -- the backend (I/O) ------------------------------------------------------------------------------
+class SlurmBackend:
+    """Runs each Job as one Slurm batch job; see the module docstring."""
+
+    name = "slurm"
+
+    def __init__(self, engine: Engine, options: SlurmOptions) -> None:
+        self.engine, self.options = engine, options
+        self._push_lock = threading.Lock()  # one push at a time: concurrent pushes would upload the base twice
+
+    @classmethod
+    def from_options(cls, engine: Engine, options: Mapping[str, Any]) -> SlurmBackend:
+        """From the `[backend]` table of sealab.toml.
+
+        Raises:
+            ConfigError: see SlurmOptions.parse.
+        """
+        return cls(engine, SlurmOptions.parse(options))
+
+    # -- Slurm commands ----------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "USER", "LANG", "SLURM_CONF") if k in os.environ}
+        if self.options.slurm_conf:
+            env["SLURM_CONF"] = self.options.slurm_conf
+        return env
+
+    def slurm(self, *args: str) -> str:
+        """Run a Slurm client command; its stdout.
+
+        Raises:
+            SlurmUnavailable: it is missing, failed or hung.
+        """
+        try:
+            proc = subprocess.run(list(args), env=self._env(), capture_output=True, text=True,
+                                  timeout=SLURM_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmUnavailable(f"{args[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            said = " ".join(proc.stderr.split())[:300] or f"exit code {proc.returncode}"
+            raise SlurmUnavailable(f"{' '.join(args[:2])}: {said}")
+        return proc.stdout
+
+    def job_state(self, job_id: str) -> str | None:
+        """The job's state while it is in the queue (PENDING, RUNNING, …), or None once it left."""
+        try:
+            out = self.slurm("squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T")
+        except SlurmUnavailable as exc:
+            if "Invalid job id" in str(exc):
+                return None
+            raise
+        state = out.strip().split("\n")[0].strip() if out.strip() else ""
+        return state if state in QUEUED else None
+
+    def scancel(self, *job_ids: str) -> None:
+        if job_ids:
+            self.slurm("scancel", *job_ids)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def publish(self, job: Job) -> str:
+        """Load the sealed image here, push it to the registry and return `REPO@sha256:…`.
+
+        Raises:
+            IdentityMismatch: the local name or labels lead elsewhere.
+            SlurmUnavailable: the push failed.
+        """
+        sealed, repo = job.sealed, self.options.registry
+        ensure_image(self.engine, sealed)
+        verify_image(self.engine, sealed)
+        tag = sealed.tag.rpartition(":")[2]
+        with self._push_lock:
+            self.engine.tag(sealed.image_id, f"{repo}:{tag}")
+            digest, problem = self.engine.push_image(repo, tag)
+        if problem or not digest:
+            raise SlurmUnavailable(f"push of {sealed.image_id[:19]} to {repo} failed: {problem}")
+        return f"{repo}@{digest}"
+
+    def job_dir(self, job: Job) -> Path:
+        root = Path(self.options.jobs_dir) if self.options.jobs_dir else job.out_dir.resolve().parent.parent / "slurm"
+        return root / f"{job.experiment_id}-{job.phase}"
+
+    def submit(self, job: Job, ref: str) -> tuple[str, Path]:
+        """Write the job's directory and sbatch it; returns the job ID and the directory."""
+        job_dir = self.job_dir(job).resolve()
+        job_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (STATUS_FILE, OUTPUT_FILE):
+            (job_dir / stale).unlink(missing_ok=True)
+        (job_dir / EXPECTED_FILE).write_text(expected_container(job))
+        script = job_dir / SCRIPT_FILE
+        script.write_text(job_script(job, ref, self.options, job_dir))
+        script.chmod(0o755)
+        out = self.slurm("sbatch", "--parsable", str(script)).strip()
+        job_id = out.split(";")[0]
+        if not job_id.isdigit():
+            raise SlurmUnavailable(f"sbatch printed no job ID: {out[:200]!r}")
+        return job_id, job_dir
+
+    def wait(self, job_id: str, poll_s: float | None = None) -> None:
+        """Until the job has left the queue; squeue may fail for up to a minute (a busy slurmctld)."""
+        failing_since: float | None = None
+        while True:
+            try:
+                if self.job_state(job_id) is None:
+                    return
+                failing_since = None
+            except SlurmUnavailable:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > 60:
+                    raise
+            time.sleep(poll_s or self.options.poll_s)
+
+    def read_status(self, job_id: str, job_dir: Path) -> dict[str, Any]:
+        """The node's status.json (waiting a little for a shared file system to show it).
+
+        Raises:
+            SlurmUnavailable: the job ended without one.
+        """
+        path = job_dir / STATUS_FILE
+        for _ in range(10):
+            try:
+                data = json.loads(path.read_text())
+                if isinstance(data, dict):
+                    return data
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        try:
+            info = " ".join(self.slurm("scontrol", "show", "job", job_id).split())
+            said = " ".join(w for w in info.split() if w.split("=")[0] in ("JobState", "Reason", "ExitCode"))
+        except SlurmUnavailable as exc:
+            said = str(exc)
+        raise SlurmUnavailable(f"job {job_id} ended without {path} ({said}); see {job_dir}/slurm-{job_id}.out")
+
+    def run(self, job: Job) -> Finished:
+        t = time.monotonic()
+        ref = self.publish(job)
+        push_s = time.monotonic() - t
+        prepare_out_dir(job.out_dir)
+        submitted = time.time()
+        job_id, job_dir = self.submit(job, ref)
+        try:
+            self.wait(job_id)
+        except BaseException:  # KeyboardInterrupt included: the node's trap kills the container
+            try:
+                self.scancel(job_id)
+            except SlurmUnavailable:
+                pass
+            raise
+        status = self.read_status(job_id, job_dir)
+        try:
+            output = (job_dir / OUTPUT_FILE).read_bytes()
+        except OSError:
+            output = b""
+        return finished_from(status, output, job_id, node_timings(status, submitted, push_s))
+
+    def cleanup(self, experiment_id: str) -> list[str]:
+        """Cancel the queued or running jobs of an experiment (their nodes kill the containers)."""
+        prefix = f"sealab-{experiment_id}-"
+        listing = self.slurm("squeue", "--noheader", "--format=%i|%j")
+        ids = [i for i, _, name in (line.partition("|") for line in listing.splitlines()) if name.startswith(prefix)]
+        self.scancel(*ids)
+        return [f"slurm:{i}" for i in ids]

@@ -1,0 +1,241 @@
+"""The slurm backend against a real single-node Slurm (2 fake GPUs) and a local registry.
+
+Each job pulls its image by digest, checks the ID and the created container on the node, runs it
+hardened with one GPU index of the allocation, and reports back through the shared file system.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from tests.conftest import IN_CI, sealab_json
+from tests.slurm_cluster import missing_slurm, registry_binary, start_cluster, start_registry
+
+pytestmark = pytest.mark.docker
+
+REPO = "sealab-slurm"
+
+
+def _unavailable(why: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true but {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """One node, two fake GPUs, for the session; stopped (jobs cancelled, daemons killed) at the end."""
+    missing = missing_slurm()
+    if missing:
+        _unavailable(f"Slurm is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
+                     "slurm-client munge, or ./dev test)")
+    if os.geteuid() != 0:
+        _unavailable("the test Slurm cluster needs root (slurmd, mknod)")
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_registry(tmp_path_factory, engine):
+    if registry_binary() is None:
+        _unavailable("docker-registry is not installed (apt-get install docker-registry)")
+    registry = start_registry(tmp_path_factory.mktemp("slurm-registry"))
+    yield registry.address
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def backend(engine, slurm_cluster, slurm_registry):
+    from executor.backends import make_backend
+
+    return make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "env",
+                                          "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})
+
+
+def workspace(root: Path, base_image, *, steps: int | None = None, budget: float = 60, grace: float = 60) -> Path:
+    """A scaffolded workspace asking for one GPU and one CPU, training `steps` steps (or `budget` seconds)."""
+    from agent.gitops import commit_file, set_constant
+    from executor.ledger import Ledger
+    from executor.workspace import init
+
+    ws = init(root)
+    Ledger(ws.ledger_path).set_base(base_image)
+    toml = (ws.root / "sealab.toml").read_text()
+    for key, value in (("train_seconds", budget), ("grace_seconds", grace), ("gpus", 1), ("cpus", 1),
+                       ("memory_mb", 2048)):
+        toml = set_constant(toml, key, f"{value:g}")
+    if steps is not None:
+        toml = toml.replace(f"grace_seconds = {grace:g}", f"grace_seconds = {grace:g}\nsteps = {steps}", 1)
+    commit_file(ws.repo, "sealab.toml", toml, "slurm test settings")
+    return ws.root
+
+
+def execute_in_thread(root: Path, ref: str, engine, backend, records: dict, ids: list | None = None):
+    """Run `execute` on its own ledger connection in a thread; the record (or the exception) lands in `records`."""
+    from executor.ledger import Ledger
+    from executor.run import execute
+    from executor.workspace import Workspace
+
+    def work() -> None:
+        ledger = Ledger(Workspace.open(root).ledger_path)
+        try:
+            records[ref] = execute(Workspace.open(root), ref, engine, ledger, backend=backend,
+                                   on_record=ids.append if ids is not None else None)
+        except BaseException as exc:  # reported by the test
+            records[ref] = exc
+        finally:
+            ledger.close()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def job_dir(root: Path, experiment_id: str) -> Path:
+    return root / ".sealab" / "slurm" / f"{experiment_id}-train"
+
+
+def status_of(root: Path, experiment_id: str) -> dict:
+    return json.loads((job_dir(root, experiment_id) / "status.json").read_text())
+
+
+def containers_of(engine, experiment_id: str) -> list[str]:
+    return [c["Id"] for c in engine.api.containers(all=True, filters={"label": f"sealab.experiment={experiment_id}"})]
+
+
+@pytest.fixture(scope="module")
+def round_of_four(tmp_path_factory, base_image, engine, backend):
+    """Four commits submitted at once, each asking for one of the node's two GPUs."""
+    from agent.gitops import commit_file, set_constant
+
+    root = workspace(tmp_path_factory.mktemp("slurm-round") / "ws", base_image, steps=10)
+    repo = git.Repo(root)
+    train = (root / "train.py").read_text()
+    commits = [commit_file(repo, "train.py", set_constant(train, "SCALAR_LR", lr), f"SCALAR_LR = {lr}")
+               for lr in ("0.4", "0.45", "0.55", "0.6")]
+    records: dict = {}
+    started = time.monotonic()
+    threads = [execute_in_thread(root, sha, engine, backend, records) for sha in commits]
+    for thread in threads:
+        thread.join(timeout=600)
+    wall = time.monotonic() - started
+    failures = {sha: exc for sha, exc in records.items() if isinstance(exc, BaseException)}
+    assert not failures, failures
+    return root, [records[sha] for sha in commits], wall
+
+
+def test_round_of_four_on_two_fake_gpus(round_of_four, engine, slurm_registry):
+    """4 jobs at once on 2 GPUs: running jobs never share an index; each pulled by digest, verified on the node, ok."""
+    root, records, wall = round_of_four
+    assert [r["status"] for r in records] == ["ok"] * 4, [(r["status"], r["reason"]) for r in records]
+    statuses = [status_of(root, r["id"]) for r in records]
+    for record, status in zip(records, statuses):
+        assert record["backend"] == "slurm" and 0 < record["metrics"]["val_bpb"] < 20
+        assert record["metrics"]["steps"] == 10
+        assert status["state"] == "done" and status["image_id"] == record["image_id"]
+        assert status["gpus"] in ("0", "1")
+        assert record["placement"] == f"slurm:{status['slurm_job']}@{status['node']} gpus={status['gpus']}"
+        assert {"queue", "load", "verify", "run", "total"} <= set(record["durations"])
+        # Pulled by digest from the registry, and the digest names the sealed image here too.
+        log = (job_dir(root, record["id"]) / f"slurm-{status['slurm_job']}.out").read_text()
+        pulled = [line.split()[2] for line in log.splitlines() if line.startswith("sealab: pulling ")]
+        assert len(pulled) == 1 and pulled[0].startswith(f"{slurm_registry}/{REPO}@sha256:")
+        assert pulled[0] in engine.repo_digests(record["image_id"])
+        assert f"sealab: verified {pulled[0]} is {record['image_id']}" in log
+        assert containers_of(engine, record["id"]) == []
+    # Any two jobs whose containers ran at the same time had different GPUs.
+    for i, a in enumerate(statuses):
+        for b in statuses[i + 1:]:
+            if a["t_started"] < b["t_ended"] and b["t_started"] < a["t_ended"]:
+                assert a["gpus"] != b["gpus"], (a, b)
+    print(f"\n4 experiments on 2 fake GPUs: {wall:.1f} s; runs "
+          + ", ".join(f"gpu {s['gpus']} {s['t_started'] % 1000:.1f}-{s['t_ended'] % 1000:.1f}" for s in statuses))
+
+
+def test_verify_holds_for_slurm_records(round_of_four):
+    """`sealab verify --all` re-derives each slurm-run record's image ID from git and finds no mismatch."""
+    root, records, _ = round_of_four
+    report = sealab_json("verify", "--all", cwd=root)
+    assert report["checked"] >= 4 and report["mismatches"] == []
+
+
+def test_scancel_stops_the_container(tmp_path, base_image, engine, backend, slurm_cluster):
+    """scancel of a running job: its trap kills and removes the container within seconds; the record is not ok."""
+    root = workspace(tmp_path / "ws", base_image, budget=300, grace=60)
+    ids: list[str] = []
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    thread = execute_in_thread(root, head, engine, backend, records, ids)
+    deadline = time.monotonic() + 240
+    while not (ids and containers_of(engine, ids[0])) or not _running(engine, ids[0]):
+        assert time.monotonic() < deadline, "the experiment's container never started"
+        assert thread.is_alive(), records
+        time.sleep(0.5)
+    jobs = [line.split("|") for line in slurm_cluster.run("squeue", "-h", "-o", "%i|%j").stdout.split()]
+    job_id = next(i for i, name in jobs if name == f"sealab-{ids[0]}-train")
+    slurm_cluster.run("scancel", job_id)
+    cancelled = time.monotonic()
+    while containers_of(engine, ids[0]):
+        assert time.monotonic() - cancelled < 15, "the container outlived scancel"
+        time.sleep(0.2)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    from executor.errors import EngineUnavailable
+
+    assert isinstance(records[head], EngineUnavailable) and "cancelled" in str(records[head])
+    record = sealab_json("status", cwd=root)[0]
+    assert record["id"] == ids[0] and record["status"] == "infra_error" and "scancel" in record["reason"]
+    assert status_of(root, ids[0])["state"] == "cancelled"
+
+
+def _running(engine, experiment_id: str) -> bool:
+    found = engine.api.containers(filters={"label": f"sealab.experiment={experiment_id}", "status": "running"})
+    return bool(found)
+
+
+def _impostor(engine, repo: str) -> tuple[str, str]:
+    """Push a one-file image to `repo`; returns its ID and its `repo@sha256:…`."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        payload = f"not the experiment {time.time_ns()}\n".encode()
+        info = tarfile.TarInfo("impostor.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    engine.api.import_image_from_data(data.getvalue(), repository=repo, tag="impostor")
+    image_id = engine.image_id(f"{repo}:impostor")
+    digest, problem = engine.push_image(repo, "impostor")
+    assert problem is None and digest
+    return image_id, f"{repo}@{digest}"
+
+
+def test_node_rejects_another_image_behind_the_digest(tmp_path, base_image, engine, backend, slurm_registry,
+                                                      monkeypatch):
+    """Handed a digest of another image, the node pulls it, sees a foreign ID and creates nothing: `rejected`."""
+    root = workspace(tmp_path / "ws", base_image, steps=5)
+    impostor_id, impostor_ref = _impostor(engine, f"{slurm_registry}/{REPO}")
+    monkeypatch.setattr(backend, "publish", lambda job: impostor_ref)
+    ids: list[str] = []
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    try:
+        execute_in_thread(root, head, engine, backend, records, ids).join(timeout=300)
+    finally:
+        engine.remove_image(impostor_id)
+    record = records[head]
+    assert not isinstance(record, BaseException), record
+    assert record["status"] == "rejected" and "nothing was started" in record["reason"]
+    assert record["image_id"] in record["reason"] and impostor_id in record["reason"]
+    status = status_of(root, record["id"])
+    assert status["state"] == "rejected" and status["actual"] == impostor_id
+    assert not (job_dir(root, record["id"]) / "container.txt").exists()  # never got as far as docker create
+    assert containers_of(engine, record["id"]) == []
