@@ -286,6 +286,10 @@ class ClaudeProposer:
             f"{UNTRUSTED_NOTE}\n<untrusted_log>\n{log if log.strip() else '(no log)'}\n</untrusted_log>",
             "Propose the next experiment: edit train.py with edit_train_py, then call submit.",
         ]
+        if ctx.siblings:
+            others = "\n".join(f"- {d}" for d in ctx.siblings)
+            blocks.insert(-1, "Other workers run these experiments in this same round; propose a DIFFERENT idea "
+                              f"(not the same change):\n<round>\n{others}\n</round>")
         content = [{"type": "text", "text": b} for b in blocks]
         content[-1]["cache_control"] = {"type": "ephemeral"}
         return {"role": "user", "content": content}

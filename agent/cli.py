@@ -161,16 +161,32 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
         click.echo(f"{sealed.image_id}  {sealed.tag}")
 
 
+def _backend(ws: Any, eng: Any, name: str | None) -> Any:
+    """The backend named on the command line, else the one of the workspace's sealab.toml."""
+    from executor.backends import make_backend
+
+    settings = ws.config()
+    chosen = name or settings.backend
+    options = dict(settings.backend_options) if chosen == settings.backend else {}
+    return make_backend(chosen, eng, options)
+
+
+BACKEND_OPTION = click.option(
+    "--backend", type=click.Choice(["local", "docker-host", "slurm", "kubernetes"]), default=None,
+    help="Where experiments run (default: [backend] name of sealab.toml, else local).")
+
+
 @main.command("exec")
 @click.argument("commit", default="HEAD")
 @click.option("--json", "as_json", is_flag=True, help="Print the experiment record as JSON.")
+@BACKEND_OPTION
 @click.pass_context
-def exec_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
+def exec_cmd(ctx: click.Context, commit: str, as_json: bool, backend: str | None) -> None:
     """Run COMMIT (default HEAD) sealed, verified and hardened; record the result."""
     from executor.run import execute
 
     ws, ledger, eng = _open(ctx)
-    record = execute(ws, commit, eng, ledger)
+    record = execute(ws, commit, eng, ledger, backend=_backend(ws, eng, backend))
     if as_json:
         _emit_json(record)
     else:
@@ -392,9 +408,12 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
 @click.option("--resume", is_flag=True, help="Continue the run TAG (default: the latest) after a crash or kill.")
 @click.option("--model", default=None, help="Model name for the claude proposer.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the offline proposer.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Experiments per round, run at once (one GPU each when [resources] gpus = 1).")
+@BACKEND_OPTION
 @click.pass_context
 def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, proposer: str | None, tag: str | None,
-            resume: bool, model: str | None, seed: int) -> None:
+            resume: bool, model: str | None, seed: int, workers: int, backend: str | None) -> None:
     """The overnight loop: propose, gate, commit, run sealed, keep or discard, record."""
     from agent.loop import Loop, default_tag
     from agent.progress import LoopDisplay
@@ -405,7 +424,8 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
     policy = load_policy(ws.config().policy)
     chosen = select_proposer(proposer, model=model, seed=seed)
     with LoopDisplay(err, total=experiments) as display:
-        loop = Loop(ws, eng, ledger, policy, chosen, drift_action=policy.drift.action, on_event=display.event)
+        loop = Loop(ws, eng, ledger, policy, chosen, drift_action=policy.drift.action, on_event=display.event,
+                    workers=workers, backend=_backend(ws, eng, backend))
         if resume:
             tag = tag or ledger.latest_run_tag()
             if tag is None:

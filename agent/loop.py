@@ -11,8 +11,9 @@ compare-and-swap; the run's state is saved after every step, so `--resume` conti
 from __future__ import annotations
 
 import statistics
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import git
@@ -22,12 +23,13 @@ from agent.proposal import ModelUnavailable, Proposal, ProposalContext, Proposal
 from executor import config, git_source
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
+from executor.backends import Backend
 from executor.errors import SealabError
 from executor.ledger import Ledger
 from executor.run import execute
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
-from policies import check_proposal, check_run_spec, decide, noise_floor, should_stop
+from policies import changed_lines, check_proposal, check_run_spec, decide, noise_floor, pick_winner, should_stop
 
 
 class LoopStopped(SealabError):
@@ -53,6 +55,7 @@ class RunState:
     drift_events: int = 0
     stop_reason: str | None = None
     pending: dict[str, Any] | None = None  # a commit made but not yet decided: {"commit", "experiment"}
+    round: list[dict[str, Any]] | None = None  # --workers > 1: the round's commits, run side by side
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Loop:
     proposer: Any
     drift_action: str = "restore"
     on_event: Callable[[str, RunState], None] = lambda line, state: None
+    workers: int = 1  # experiments per round, run at once; 1 is the plain one-at-a-time loop
+    backend: Backend | None = None  # where experiments run (None: the local engine)
 
     @property
     def repo(self) -> git.Repo:
@@ -104,6 +109,15 @@ class Loop:
                               "unrun-" + state.pending["commit"][:12])
                 state.pending = None
                 self._save(state)
+        if state.round:  # a round whose decision was never made: decide what finished, discard the rest
+            finished = []
+            for entry in state.round:
+                record = self.ledger.get(entry["experiment"]) if entry.get("experiment") else None
+                if record is not None and record["status"] not in (Status.RUNNING.value, Status.INTERRUPTED.value):
+                    finished.append((entry, record))
+                else:
+                    self._discard(state, entry["commit"], entry.get("experiment") or "unrun-" + entry["commit"][:12])
+            self._decide_round(state, finished)
         gitops.restore(self.repo, state.branch, state.best_commit)
         return state
 
@@ -137,11 +151,30 @@ class Loop:
                 self._save(state)
                 self.on_event(f"stopped: {reason}", state)
                 return state
-            self._step(state, spec)
+            if self.workers > 1:
+                left = None if experiments is None else experiments - state.experiments
+                self._round(state, spec, min(self.workers, left) if left is not None else self.workers)
+            else:
+                self._step(state, spec)
 
     def _step(self, state: RunState, spec: RunSpec) -> None:
         self._guard(state, "before proposal")
-        context = self._context(state, spec)
+        proposed = self._propose(state, self._context(state, spec), spec)
+        if proposed is None:
+            return
+        proposal = proposed
+        self._guard(state, "before commit")  # every reset of the work tree is preceded by a drift check
+        commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
+        state.pending = {"commit": commit, "experiment": None}
+        self._save(state)  # before the branch moves, so that --resume knows this commit
+        gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
+        gitops.restore(self.repo, state.branch, commit)
+        record = self._execute(state, None, proposal)
+        self._guard(state, "after run")
+        self._decide(state, record)
+
+    def _propose(self, state: RunState, context: ProposalContext, spec: RunSpec) -> Proposal | None:
+        """Ask for one proposal and gate it; a failed, rejected or parked one is recorded and gives None."""
         try:
             proposal = self.proposer.propose(context)
         except ProposalFailed as exc:
@@ -151,7 +184,7 @@ class Loop:
             self.ledger.add_event(state.tag, "proposal_failed", {"reason": exc.reason, "best_commit": state.best_commit})
             self.on_event(f"proposal failed: {exc.reason}", state)
             self._save(state)
-            return
+            return None
         except ModelUnavailable as exc:
             raise LoopStopped(f"the model is unavailable: {exc}") from None
         state.cost_usd += proposal.usage.cost_usd
@@ -169,29 +202,157 @@ class Loop:
             state.since_improvement += 1
             self._save(state)
             self.on_event(f"{kind}: {proposal.description} ({rule}: {why})", state)
-            return
-        self._guard(state, "before commit")  # every reset of the work tree is preceded by a drift check
-        commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
-        state.pending = {"commit": commit, "experiment": None}
-        self._save(state)  # before the branch moves, so that --resume knows this commit
-        gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
-        gitops.restore(self.repo, state.branch, commit)
-        record = self._execute(state, None, proposal)
-        self._guard(state, "after run")
-        self._decide(state, record)
+            return None
+        return proposal
 
     def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> dict[str, Any]:
         commit = state.pending["commit"] if state.pending else state.best_commit
         record = execute(self.ws, commit, self.engine, self.ledger,  # the executor re-checks the scope itself
                          on_record=lambda eid: self._note_pending(state, eid),
-                         editable=self.policy.scope.editable if state.pending else None)
+                         editable=self.policy.scope.editable if state.pending else None, backend=self.backend)
+        return self._annotate(self.ledger, record, state, decision, proposal)
+
+    def _annotate(self, ledger: Ledger, record: dict[str, Any], state: RunState, decision: str | None,
+                  proposal: Proposal | None) -> dict[str, Any]:
         extra = {"run_tag": state.tag}
         if decision:
             extra["decision"] = decision
         if proposal is not None:
             extra["proposal"] = {"proposer": proposal.proposer, "description": proposal.description,
                                  "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest}
-        return self.ledger.annotate(record["id"], **extra)
+        return ledger.annotate(record["id"], **extra)
+
+    # -- parallel rounds (--workers N) --------------------------------------------------------------
+    def _round(self, state: RunState, spec: RunSpec, n: int) -> None:
+        """Take up to `n` distinct proposals from the best commit, run them side by side, keep the winner.
+
+        The branch stays at the best commit (and the work tree with it) while the round runs; every
+        candidate is a child of it, built from git objects. The decision is `pick_winner`'s.
+        """
+        self._guard(state, "before proposal")
+        context = self._context(state, spec)
+        entries: list[dict[str, Any]] = []
+        proposals: list[Proposal] = []
+        for i in range(n):
+            siblings = [{"commit": e["commit"], "description": e["description"], "status": "running",
+                         "decision": None, "metric": None} for e in entries]
+            ctx = replace(context, experiment_index=state.experiments + i, history=(*context.history, *siblings),
+                          siblings=tuple(e["description"] for e in entries))
+            proposal = self._propose(state, ctx, spec)
+            if proposal is None:
+                continue
+            commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
+            if any(self.repo.commit(e["commit"]).tree == self.repo.commit(commit).tree for e in entries):
+                self.ledger.add_event(state.tag, "rejected", {
+                    "description": proposal.description, "rule": "round.duplicate", "proposer": proposal.proposer,
+                    "reason": "another proposal of this round makes the same change", "best_commit": state.best_commit,
+                    "patch": "", "usage": asdict(proposal.usage)})
+                state.experiments += 1
+                self.on_event(f"rejected: {proposal.description} (round.duplicate)", state)
+                continue
+            old = {p: self._read(state.best_commit, p) for p in proposal.files}
+            entries.append({"commit": commit, "experiment": None, "description": proposal.description,
+                            "size": sum(changed_lines(old[p] or "", c or "") for p, c in proposal.files.items())})
+            proposals.append(proposal)
+        if not entries:
+            self._save(state)
+            return
+        state.round = entries
+        self._save(state)  # before anything runs, so that --resume knows the round
+        self.on_event(f"round of {len(entries)}: " + "; ".join(e["description"] for e in entries), state)
+        records = self._run_round(state, entries, proposals)
+        self._guard(state, "after run")
+        self._decide_round(state, list(zip(entries, records)))
+
+    def _run_round(self, state: RunState, entries: list[dict[str, Any]], proposals: list[Proposal]) -> list[dict]:
+        """Execute the round's commits at once, one thread each (own git handle and ledger connection)."""
+        lock = threading.Lock()
+        results: list[dict | BaseException | None] = [None] * len(entries)
+
+        def note(i: int, eid: str, ledger: Ledger) -> None:
+            with lock:
+                entries[i]["experiment"] = eid
+                ledger.save_run(state.tag, asdict(state))
+
+        def work(i: int) -> None:
+            ledger = Ledger(self.ws.ledger_path)
+            try:
+                record = execute(Workspace(self.ws.root), entries[i]["commit"], self.engine, ledger,
+                                 on_record=lambda eid: note(i, eid, ledger), editable=self.policy.scope.editable,
+                                 backend=self.backend)
+                results[i] = self._annotate(ledger, record, state, None, proposals[i])
+            except BaseException as exc:  # re-raised in the loop's thread below
+                results[i] = exc
+            finally:
+                ledger.close()
+
+        threads = [threading.Thread(target=work, args=(i,), name=f"sealab-worker-{i}", daemon=True)
+                   for i in range(len(entries))]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:  # stop the round's runs now; their records say so
+            for entry in entries:
+                if entry.get("experiment"):
+                    self._stop_experiment(entry["experiment"])
+            raise
+        for outcome in results:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [r for r in results if isinstance(r, dict)]
+
+    def _stop_experiment(self, experiment_id: str) -> None:
+        record = self.ledger.get(experiment_id)
+        if record is None or record["status"] != Status.RUNNING.value:
+            return
+        try:
+            if self.backend is not None:
+                self.backend.cleanup(experiment_id)
+            else:
+                self.engine.remove_experiment_containers(experiment_id)
+        except SealabError:
+            pass
+        self.ledger.finish(experiment_id, status=Status.INTERRUPTED.value, reason="stopped by the user")
+
+    def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""
+        spec = self._spec(state.best_commit)
+        candidates = [(self._metric(record), entry.get("size", 0)) for entry, record in finished]
+        win = pick_winner(self.policy, direction=spec.direction, best=state.best_value, threshold=state.threshold,
+                          candidates=candidates)
+        previous = state.best_value
+        if win is not None:
+            entry, record = finished[win]
+            gitops.cas(self.repo, f"refs/heads/{state.branch}", entry["commit"], state.best_commit)
+            state.best_commit, state.best_value = entry["commit"], self._metric(record)
+            gitops.restore(self.repo, state.branch, state.best_commit)
+        for i, (entry, record) in enumerate(finished):
+            value = self._metric(record)
+            state.experiments += 1
+            crashed = record["status"] in (Status.CRASH.value, Status.TIMEOUT.value, Status.OOM.value)
+            state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
+            if i == win:
+                decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
+                                       threshold=state.threshold)
+            else:
+                self._discard(state, entry["commit"], record["id"])
+                if value is None:
+                    decision, why = "discard", f"status {record['status']}"
+                else:
+                    decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
+                                           threshold=state.threshold)
+                    if decision == "keep":
+                        decision, why = "discard", f"{finished[win][1]['id']} did better in the same round"
+            self.ledger.annotate(record["id"], decision=decision, decision_reason=why)
+            shown = f"{value:.6f}" if value is not None else record["status"]
+            self.on_event(f"{decision}: {record['description']} → {shown}", state)
+        state.since_improvement = 0 if win is not None else state.since_improvement + len(finished)
+        state.round = None
+        self._save(state)
+        self.on_event(f"round done (best {state.best_value:.6f})", state)
 
     def _note_pending(self, state: RunState, experiment_id: str) -> None:
         if state.pending:

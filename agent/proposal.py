@@ -59,6 +59,7 @@ class ProposalContext:
     metric: str = "val_bpb"
     direction: str = "minimize"
     experiment_index: int = 0
+    siblings: Sequence[str] = ()  # --workers: what the other proposals of this round already try
 
 
 class ProposalFailed(Exception):

@@ -242,5 +242,5 @@ def make_backend(name: str, engine: Engine | None, options: Mapping[str, object]
     if name == "kubernetes":
         from executor.k8s import KubernetesBackend
 
-        return KubernetesBackend.from_options(options)
+        return KubernetesBackend.from_options(options, engine)
     raise ConfigError("sealab.toml", f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")

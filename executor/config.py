@@ -20,6 +20,8 @@ class Config:
     wheels: str = "/opt/wheels"
     base_from: str | None = None
     metric_source: str = "result.json"  # "summary": printed by editable code (adopted autoresearch repos)
+    backend: str = "local"  # where experiments run: see executor/backends.py
+    backend_options: tuple[tuple[str, Any], ...] = ()  # the rest of [backend], sorted
 
 
 _NUMBER = (int, float)
@@ -33,6 +35,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "harness": {"metric_source": (str, "metric_source")},
 }
 METRIC_SOURCES = ("result.json", "summary")
+BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends.py implements them
 
 
 def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
@@ -48,9 +51,19 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
     spec: dict[str, Any] = {}
     resources: dict[str, Any] = {}
     other: dict[str, Any] = {}
+    backend = raw.pop("backend", {})
+    if not isinstance(backend, dict):
+        raise ConfigError(source, "[backend] must be a table")
+    for key, value in backend.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(source, f"backend.{key} must be a string, number or boolean: {value!r}")
+    backend_name = backend.pop("name", "local")
+    if backend_name not in BACKENDS:
+        raise ConfigError(source, f"backend.name must be one of {', '.join(BACKENDS)}, not {backend_name!r}")
+    other["backend"], other["backend_options"] = backend_name, tuple(sorted(backend.items()))
     for section, values in raw.items():
         if section not in _SCHEMA:
-            raise ConfigError(source, f"unknown section [{section}] (known: {', '.join(_SCHEMA)})")
+            raise ConfigError(source, f"unknown section [{section}] (known: {', '.join(_SCHEMA)}, backend)")
         if not isinstance(values, dict):
             raise ConfigError(source, f"[{section}] must be a table")
         for key, value in values.items():
@@ -117,4 +130,8 @@ name = "default"          # a file in policies/
 [base]
 wheels = "/opt/wheels"    # local wheel directory that holds torch for the offline base
 # from = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"   # build the base on this image instead
+
+[backend]
+name = "local"            # where experiments run: local, docker-host, slurm or kubernetes (see README)
+# url = "ssh://me@gpu-box"  # docker-host: the remote engine (ssh:// or tcp:// with TLS)
 """

@@ -198,14 +198,15 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
         reason = "stopped by the user" if interrupted else str(exc)
-        ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations)
+        ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations,
+                      backend=backend.name, finished_at=now())
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         raise
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}
     record = ledger.finish(
         eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
-        backend=backend.name, placement=placement,
+        backend=backend.name, placement=placement, finished_at=now(),
         peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
         durations={k: round(v, 4) for k, v in durations.items()},
     )

@@ -29,6 +29,7 @@ from policies.rules import (
     load_policy,
     noise_floor,
     parse_policy,
+    pick_winner,
     policy_digest,
     policy_path,
     raised_limits,
@@ -40,5 +41,5 @@ __all__ = [
     "Drift", "Forbidden", "Gates", "Policy",
     "PolicyError", "RunLimits", "Scope", "Stop", "Verdict", "added_lines", "changed_lines",
     "check_proposal", "check_run_spec", "decide", "load_policy", "noise_floor", "parse_policy",
-    "policy_digest", "policy_path", "raised_limits", "should_stop",
+    "pick_winner", "policy_digest", "policy_path", "raised_limits", "should_stop",
 ]

@@ -478,6 +478,21 @@ def decide(policy: Policy, *, direction: str, best: float | None, candidate: flo
                        f"more than the threshold {limit:.6f}.")
 
 
+def pick_winner(policy: Policy, *, direction: str, best: float | None, threshold: float | None,
+                candidates: Sequence[tuple[float | None, int]]) -> int | None:
+    """The index of the round's winner, or None: among the candidates `(metric or None, diff size)`
+    that `decide` would keep against `best` on their own, the best metric wins; equal metrics go to
+    the smaller diff, then to the earlier proposal. The order in which runs finished plays no part,
+    so the choice equals that of evaluating the same proposals one after another against `best`."""
+    keepers = [(value, size, i) for i, (value, size) in enumerate(candidates)
+               if value is not None and decide(policy, direction=direction, best=best, candidate=value,
+                                               threshold=threshold)[0] == "keep"]
+    if not keepers:
+        return None
+    sign = 1 if direction == "minimize" else -1
+    return min(keepers, key=lambda k: (sign * k[0], k[1], k[2]))[2]
+
+
 def _smaller(a: float | None, b: float | None) -> tuple[float | None, str]:
     if a is None:
         return b, "policy"
