@@ -32,7 +32,6 @@ import platform
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +91,8 @@ def trial(index: int, args: argparse.Namespace, base, engine: Engine, scratch: P
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
     shutil.rmtree(parent, ignore_errors=True)
-    return {"index": index, "delay": delay, "killed": killed, "fresh": fresh, "interrupted": len(running), "detected": detected,
+    return {"index": index, "delay": delay, "killed": killed, "fresh": fresh, "interrupted": len(running),
+            "detected": detected,
             "lost": len(found.lost), "duplicated": len(found.duplicated),
             "wrong": len(found.wrong_attribution), "other": len(other),
             "note": "; ".join(found.lost + found.duplicated + found.wrong_attribution + other)[:400]}

@@ -131,6 +131,12 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> bool:
     return False
 
 
+def said(stderr: str) -> list[str]:
+    """What a command said on stderr, without its progress and log lines (`time=…`, `2026-…Z [error …]`)."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith("time=") and not re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[", line)]
+
+
 def kill9(proc: subprocess.Popen) -> None:
     """SIGKILL the sealab process only (its containers are left behind, as after a real kill -9)."""
     try:
@@ -189,9 +195,9 @@ class Audit:
                                                  ("other", self.other)) if v) or "clean"
 
 
-def audit(root: Path, tag: str, *, before: list[dict] = (), noise_runs: int = 1, engine: Any = None,
+def audit(root: Path, tag: str | None, *, before: list[dict] = (), noise_runs: int = 1, engine: Any = None,
           verify: bool = True) -> Audit:
-    """Check a workspace after a kill -9 and a resume of run `tag`.
+    """Check a workspace after a kill -9 and a resume of run `tag` (None: only `sealab exec` was used).
 
     * lost: a record committed before the kill (`before`) is gone or its finished status changed; an
       experiment named by a ref, a log or an output directory has no record; a finished record of the
@@ -217,7 +223,7 @@ def audit(root: Path, tag: str, *, before: list[dict] = (), noise_runs: int = 1,
     ledger = Ledger(db)
     try:
         records = ledger.records()
-        state = ledger.run_state(tag)
+        state = ledger.run_state(tag) if tag else None
         chain = ledger.chain_problems()
     finally:
         ledger.close()
@@ -234,12 +240,24 @@ def audit(root: Path, tag: str, *, before: list[dict] = (), noise_runs: int = 1,
             found.lost.append(f"{old['id']} ({old['status']}) is gone")
         elif old["status"] != "running" and new["status"] != old["status"]:
             found.lost.append(f"{old['id']} went from {old['status']} to {new['status']}")
-    named = {p.name for p in (root / ".sealab" / "outputs").iterdir()} if (root / ".sealab" / "outputs").exists() else set()
+    outputs = root / ".sealab" / "outputs"
+    named = {p.name for p in outputs.iterdir()} if outputs.exists() else set()
     named |= {p.stem for p in (root / ".sealab" / "logs").glob("*.log")}
     named |= {r.path.rsplit("/", 1)[1] for r in repo.refs if r.path.startswith("refs/sealab/discarded/")
               and not r.path.rsplit("/", 1)[1].startswith("unrun-")}
     for eid in sorted(named - set(by_id)):
         found.lost.append(f"experiment {eid} is named on disk or by a ref but has no record")
+    if engine is not None:
+        left = [c["Names"] for c in engine.api.containers(all=True, filters={"label": "sealab.experiment"})
+                if c["Labels"].get("sealab.experiment") in by_id]
+        if left:
+            found.other.append(f"containers left: {left}")
+    if verify:
+        proc = sealab("verify", "--all", "--json", cwd=root)
+        if proc.returncode != 0:
+            found.other.append(f"verify --all exit {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}")
+    if tag is None:  # `sealab exec` only: no run to check
+        return found
     if state is None:
         found.other.append(f"no run state for {tag}")
         return found
@@ -288,13 +306,4 @@ def audit(root: Path, tag: str, *, before: list[dict] = (), noise_runs: int = 1,
                 if engine.image_id(r["image_id"]) else r["commit"]
             if label != r["commit"]:
                 found.wrong_attribution.append(f"{r['id']} image is labelled {label}, the record says {r['commit']}")
-    if engine is not None:
-        left = [c["Names"] for c in engine.api.containers(all=True, filters={"label": "sealab.experiment"})
-                if c["Labels"].get("sealab.experiment") in by_id]
-        if left:
-            found.other.append(f"containers left: {left}")
-    if verify:
-        proc = sealab("verify", "--all", "--json", cwd=root)
-        if proc.returncode != 0:
-            found.other.append(f"verify --all exit {proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}")
     return found

@@ -2,8 +2,8 @@
 
 `SEALAB_FAULT_PAUSE=point[:n]` pauses on the n-th time (default 1) the point is reached; the process
 writes `SEALAB_FAULT_MARK` (a path) and sleeps until it is killed, or until the file
-`SEALAB_FAULT_CONTINUE` exists (then it goes on: a test can break something at that point first). The points wrap real functions and
-change nothing else:
+`SEALAB_FAULT_CONTINUE` exists (then it goes on: a test can break something at that point first).
+The points wrap real functions and change nothing else:
 
 | point       | where the process stops                                                              |
 |-------------|--------------------------------------------------------------------------------------|
