@@ -69,9 +69,10 @@ INSPECT_FIELDS = (
     ("NanoCpus", "{{.HostConfig.NanoCpus}}"),
     ("Init", "{{.HostConfig.Init}}"),
     ("Tmpfs", "{{json .HostConfig.Tmpfs}}"),
-    ("Binds", "{{json .HostConfig.Binds}}"),
 )
-INSPECT_FORMAT = "".join(f"{key}={template}\n" for key, template in INSPECT_FIELDS)
+# One `Bind=` line per bind mount; the engine may list them in any order, so both sides are sorted.
+INSPECT_FORMAT = "".join(f"{key}={template}\n" for key, template in INSPECT_FIELDS) + \
+    "{{range .HostConfig.Binds}}Bind={{.}}\n{{end}}"
 
 
 class SlurmUnavailable(EngineUnavailable):
@@ -131,12 +132,8 @@ class SlurmOptions:
 
 # -- the job (pure) ---------------------------------------------------------------------------------
 def go_json(value: Any) -> str:
-    """JSON as Go's encoding/json (docker inspect's `{{json …}}`) writes it: compact, HTML-escaped."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                          ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escaped)
-    return text
+    """JSON as docker's `{{json …}}` template function writes it: compact, UTF-8, no HTML escaping."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def tmpfs_options(job: Job) -> dict[str, str]:
@@ -186,7 +183,7 @@ def create_args(job: Job) -> list[str]:
 
 
 def expected_container(job: Job) -> str:
-    """What `docker inspect --format INSPECT_FORMAT` must print for the created container."""
+    """What `docker inspect --format INSPECT_FORMAT` must print for the created container, lines sorted."""
     res = job.spec.resources
     values = {
         "Image": job.sealed.image_id, "User": CONTAINER_USER, "Cmd": go_json(container_command(job)),
@@ -194,9 +191,10 @@ def expected_container(job: Job) -> str:
         "Privileged": "false", "SecurityOpt": '["no-new-privileges"]', "PidsLimit": str(res.pids),
         "Memory": str(res.memory_mb << 20), "MemorySwap": str(res.memory_mb << 20),
         "NanoCpus": str(int(round(res.cpus * 1e9))), "Init": "true",
-        "Tmpfs": go_json(dict(sorted(tmpfs_options(job).items()))), "Binds": go_json(binds(job)),
+        "Tmpfs": go_json(dict(sorted(tmpfs_options(job).items()))),
     }
-    return "".join(f"{key}={values[key]}\n" for key, _ in INSPECT_FIELDS)
+    lines = [f"{key}={values[key]}" for key, _ in INSPECT_FIELDS] + [f"Bind={bind}" for bind in binds(job)]
+    return "".join(f"{line}\n" for line in sorted(lines))  # code point order = the node's `LC_ALL=C sort`
 
 
 def gres_for(job: Job, options: SlurmOptions) -> str | None:
@@ -300,12 +298,12 @@ if (( NEED_GPUS > 0 )); then
 fi
 "$DOCKER" create "${CREATE_ARGS[@]}" ${GPU_ARGS[@]+"${GPU_ARGS[@]}"} "$EXPECTED" ${COMMAND[@]+"${COMMAND[@]}"} \
   >/dev/null || fail "docker create failed on $NODE"
-"$DOCKER" inspect --format "$INSPECT_FORMAT" "$NAME" > "$JOB_DIR/container.txt" || fail "docker inspect $NAME failed"
+"$DOCKER" inspect --format "$INSPECT_FORMAT" "$NAME" > "$JOB_DIR/container.raw" || fail "docker inspect $NAME failed"
+sed '/^$/d' "$JOB_DIR/container.raw" | LC_ALL=C sort > "$JOB_DIR/container.txt"
 mapfile -t WANT < "$JOB_DIR/container.expected"
 mapfile -t GOT < "$JOB_DIR/container.txt"
 for i in "${!WANT[@]}"; do
-  [ "${WANT[i]}" = "${GOT[i]:-}" ] ||
-    reject "container $NAME on $NODE: ${WANT[i]%%=*}" "${WANT[i]#*=}" "${GOT[i]:-missing}"
+  [ "${WANT[i]}" = "${GOT[i]:-}" ] || reject "container $NAME on $NODE" "${WANT[i]}" "${GOT[i]:-nothing}"
 done
 T_VERIFIED=$(date +%s.%N)
 

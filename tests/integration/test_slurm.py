@@ -118,7 +118,7 @@ def round_of_four(tmp_path_factory, base_image, engine, backend):
     """Four commits submitted at once, each asking for one of the node's two GPUs."""
     from agent.gitops import commit_file, set_constant
 
-    root = workspace(tmp_path_factory.mktemp("slurm-round") / "ws", base_image, steps=10)
+    root = workspace(tmp_path_factory.mktemp("slurm-round") / "ws", base_image, steps=5)
     repo = git.Repo(root)
     train = (root / "train.py").read_text()
     commits = [commit_file(repo, "train.py", set_constant(train, "SCALAR_LR", lr), f"SCALAR_LR = {lr}")
@@ -141,7 +141,7 @@ def test_round_of_four_on_two_fake_gpus(round_of_four, engine, slurm_registry):
     statuses = [status_of(root, r["id"]) for r in records]
     for record, status in zip(records, statuses):
         assert record["backend"] == "slurm" and 0 < record["metrics"]["val_bpb"] < 20
-        assert record["metrics"]["steps"] == 10
+        assert record["metrics"]["steps"] == 5
         assert status["state"] == "done" and status["image_id"] == record["image_id"]
         assert status["gpus"] in ("0", "1")
         assert record["placement"] == f"slurm:{status['slurm_job']}@{status['node']} gpus={status['gpus']}"
@@ -198,6 +198,20 @@ def test_scancel_stops_the_container(tmp_path, base_image, engine, backend, slur
     assert status_of(root, ids[0])["state"] == "cancelled"
 
 
+def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, backend):
+    """Past budget + grace the job script kills the container: `timeout`, and no container is left."""
+    root = workspace(tmp_path / "ws", base_image, budget=1, grace=2)
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    execute_in_thread(root, head, engine, backend, records).join(timeout=300)
+    record = records[head]
+    assert not isinstance(record, BaseException), record
+    assert record["status"] == "timeout" and record["exit_code"] is None, record["reason"]
+    status = status_of(root, record["id"])
+    assert status["timed_out"] is True and 3 <= status["t_ended"] - status["t_started"] < 30
+    assert containers_of(engine, record["id"]) == []
+
+
 def _running(engine, experiment_id: str) -> bool:
     found = engine.api.containers(filters={"label": f"sealab.experiment={experiment_id}", "status": "running"})
     return bool(found)
@@ -239,3 +253,57 @@ def test_node_rejects_another_image_behind_the_digest(tmp_path, base_image, engi
     assert status["state"] == "rejected" and status["actual"] == impostor_id
     assert not (job_dir(root, record["id"]) / "container.txt").exists()  # never got as far as docker create
     assert containers_of(engine, record["id"]) == []
+
+
+def test_node_hardening_equals_engine_create(tmp_path, engine, base_image):
+    """The job's `docker create` options give the container Engine.create gives, field for field (no Slurm needed)."""
+    import subprocess
+
+    from executor.backends import Job
+    from executor.docker_engine import prepare_out_dir
+    from executor.seal import REVISION, Sealed
+    from executor.slurm import INSPECT_FORMAT, create_args, expected_container
+    from executor.types import Resources, RunSpec
+
+    spec = RunSpec(budget_s=5, grace_s=5, resources=Resources(memory_mb=768, cpus=1.5, pids=99, tmp_mb=32, home_mb=8))
+    (tmp_path / "in").mkdir()
+    sealed = Sealed(base_image.image_id, b'{"config": {"Cmd": ["true"]}}', b"", {REVISION: "0" * 40}, ())
+    job = Job("feedface01", "eval", sealed, spec, tmp_path / "out", env={"SEALAB_EXPERIMENT": "feedface01"},
+              command=("python3", "-c", "print('<&> é')"), in_dir=tmp_path / "in")
+    prepare_out_dir(job.out_dir)
+    created = []
+    try:
+        created.append(engine.create(base_image.image_id, name=f"{job.name}-api", resources=spec.resources,
+                                     out_dir=job.out_dir.resolve(), in_dir=job.in_dir.resolve(), command=job.command,
+                                     env=dict(job.env), labels={"sealab.experiment": job.experiment_id}))
+        cli = subprocess.run(["docker", "create", *create_args(job), base_image.image_id, *job.command],
+                             capture_output=True, text=True, check=True)
+        created.append(cli.stdout.strip())
+        for container in created:
+            shown = subprocess.run(["docker", "inspect", "--format", INSPECT_FORMAT, container],
+                                   capture_output=True, text=True, check=True).stdout
+            assert sorted(filter(None, shown.splitlines())) == expected_container(job).splitlines()
+    finally:
+        for container in created:
+            engine.remove(container)
+
+
+def test_node_rejects_a_container_unlike_the_expected(tmp_path, base_image, engine, backend, monkeypatch):
+    """A created container whose inspected hardening differs from the expected is removed unstarted: `rejected`."""
+    import executor.slurm
+
+    root = workspace(tmp_path / "ws", base_image, steps=5)
+    honest = executor.slurm.expected_container
+    monkeypatch.setattr(executor.slurm, "expected_container",
+                        lambda job: honest(job).replace("PidsLimit=256", "PidsLimit=64"))
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    execute_in_thread(root, head, engine, backend, records).join(timeout=300)
+    record = records[head]
+    assert not isinstance(record, BaseException), record
+    assert record["status"] == "rejected", record["reason"]
+    assert "PidsLimit=64" in record["reason"] and "PidsLimit=256" in record["reason"]
+    status = status_of(root, record["id"])
+    assert status["state"] == "rejected" and status["what"].startswith(f"container sealab-{record['id']}-train")
+    assert containers_of(engine, record["id"]) == []
+    assert not (root / ".sealab" / "outputs" / record["id"] / "result.json").exists()  # never started
