@@ -153,8 +153,12 @@ class Dashboard:
 
     # -- /api/experiments ---------------------------------------------------------------------------
     def experiments(self, ledger: Ledger, tag: str | None = None) -> dict[str, Any]:
-        """The table and the chart: one row per experiment, with its verification."""
+        """The table and the chart: one row per experiment, with its verification. An experiment still
+        running is listed too (the loop tags a record with its run only once it has finished)."""
         data = collect(ledger, tag)
+        running = {eid for eid, _ in ledger.running()}
+        listed = {r["id"] for r in data.records}
+        data.records += [r for r in ledger.records() if r["id"] in running and r["id"] not in listed]
         chain: dict[str, list[str]] = {}
         for problem in ledger.chain_problems():
             chain.setdefault(problem["id"], []).append(_say(problem))

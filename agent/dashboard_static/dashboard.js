@@ -154,7 +154,7 @@ function drawChart(data) {
       const dot = svg("circle", {class: "pt-" + kind, cx: x(r.n), cy: y(r.value), r: kind === "other" ? 4 : 5});
       dot.append(svg("title", null, label));
       root.append(dot);
-    } else {
+    } else if (r.status !== "running") {
       const cx = x(r.n), cy = H - B - 8;
       const cross = svg("path", {class: "pt-failed", d: `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`});
       cross.append(svg("title", null, label));

@@ -110,12 +110,13 @@ def test_experiments_rows_chart_series_and_verification(ws):
 
 def test_verification_reports_a_wrong_image_id_and_an_edited_record(ws):
     """A record whose image ID is not its commit's is a mismatch naming image_id; a record edited in the
-    SQLite file breaks the hash chain and says so on its row; a running record is pending."""
+    SQLite file breaks the hash chain and says so on its row; a running record is listed, pending."""
     path = ws["ws"].ledger_path
     ledger = Ledger(path)
     ledger.annotate("e0004", image_id="sha256:" + "f" * 64)  # a write through sealab: chained, but wrong
     ledger.begin({"id": "e0006", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW),
                   "run_tag": "t1"}, owner="test")
+    ledger.begin({"id": "e0007", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW)}, owner="test")
     ledger.close()
     con = sqlite3.connect(path)
     record = json.loads(con.execute("SELECT record FROM experiments WHERE id = 'e0003'").fetchone()[0])
@@ -128,6 +129,7 @@ def test_verification_reports_a_wrong_image_id_and_an_edited_record(ws):
     assert rows["e0004"]["state"] == "mismatch" and rows["e0004"]["problems"][0].startswith("image_id")
     assert rows["e0003"]["state"] == "mismatch" and rows["e0003"]["problems"][0].startswith("record")
     assert rows["e0006"]["state"] == "pending"
+    assert rows["e0007"]["state"] == "pending"  # running, not yet tagged with its run: listed all the same
     assert rows["e0001"]["state"] == "ok"
 
 
