@@ -31,6 +31,7 @@ import argparse
 import platform
 import random
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -113,12 +114,17 @@ def main() -> int:
     base = build_base(engine, source=None)
     started = time.monotonic()
     rows = []
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="soak-kill9-") as tmp:
         for i in range(args.trials):
             if time.monotonic() - started > args.max_minutes * 60:
                 print(f"time bound reached after {i} trials", file=sys.stderr)
                 break
-            row = trial(i, args, base, engine, Path(tmp))
+            try:
+                row = trial(i, args, base, engine, Path(tmp))
+            except KeyboardInterrupt:
+                print(f"interrupted during trial {i}: the table counts the {i} trials before it", file=sys.stderr)
+                break
             rows.append(row)
             print(f"trial {i:3d} kill at {row['delay']:5.2f} s{'' if row['killed'] else ' (run had ended)'}"
                   f"{' (before the run was saved: started again)' if row['fresh'] else ''}: "

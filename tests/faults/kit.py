@@ -241,8 +241,8 @@ def audit(root: Path, tag: str | None, *, before: list[dict] = (), noise_runs: i
         elif old["status"] != "running" and new["status"] != old["status"]:
             found.lost.append(f"{old['id']} went from {old['status']} to {new['status']}")
     outputs = root / ".sealab" / "outputs"
-    named = {p.name for p in outputs.iterdir()} if outputs.exists() else set()
-    named |= {p.stem for p in (root / ".sealab" / "logs").glob("*.log")}
+    named = {p.name.split(".")[0] for p in outputs.iterdir()} if outputs.exists() else set()  # <id>[.<phase>]
+    named |= {p.name.split(".")[0] for p in (root / ".sealab" / "logs").glob("*.log")}
     named |= {r.path.rsplit("/", 1)[1] for r in repo.refs if r.path.startswith("refs/sealab/discarded/")
               and not r.path.rsplit("/", 1)[1].startswith("unrun-")}
     for eid in sorted(named - set(by_id)):
