@@ -86,6 +86,21 @@ def changed_paths(repo: git.Repo, facts: CommitFacts) -> list[str]:
 
 
 def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
-    """The unified diff of the working tree and index against `sha`, and the untracked files."""
-    diff = repo.git.diff(sha, "--no-color", "--no-ext-diff", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/")
-    return diff, list(repo.untracked_files)
+    """The unified diff of the working tree and index against `sha`, and the untracked files.
+
+    `git diff SHA` compares only the work tree, so a file staged with other content while the work
+    tree still matches (`git update-index`, or `git add` then an undo) would go unseen: the index's
+    own diff is added for every file whose staged content differs from both `sha` and the work tree.
+    """
+    options = ("--no-color", "--no-ext-diff", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/")
+    diff = repo.git.diff(sha, *options)
+    staged = repo.git.diff("--cached", sha, *options)
+    shown = set(_sections(diff))
+    extra = [section for section in _sections(staged) if section not in shown]
+    return "\n".join(filter(None, [diff, *extra])), list(repo.untracked_files)
+
+
+def _sections(diff: str) -> list[str]:
+    """A multi-file diff split into one text per file (each starting with `diff --git`)."""
+    parts = ("\n" + diff).split("\ndiff --git ")[1:]
+    return ["diff --git " + part for part in parts]
