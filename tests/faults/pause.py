@@ -9,7 +9,7 @@ The points wrap real functions and change nothing else:
 |-------------|--------------------------------------------------------------------------------------|
 | `begun`     | the record was just inserted as `running` (`Ledger.begin`), nothing sealed or loaded  |
 | `seal`      | the image is sealed, about to be loaded into the engine (`Engine.load`)               |
-| `container` | the container was just started and runs (`Engine.start`)                             |
+| `container` | the training container was just started and runs (`Engine.start`; eval phases skipped) |
 | `finished`  | the executor finished the record (`Ledger.finish(durations=…)`), nothing annotated yet |
 | `annotated` | the record carries the run's tag, no decision yet (`Ledger.annotate(run_tag=…)`)       |
 | `cas`       | a ref has just moved by compare-and-swap, the run state not yet saved (`gitops.cas`)   |
@@ -47,6 +47,11 @@ def _pause_hook():
     return point, hit
 
 
+def _phase(engine, container: str) -> str | None:
+    """The `sealab.phase` label of a container (`train`, `eval`; None before phases existed)."""
+    return (engine.api.inspect_container(container)["Config"].get("Labels") or {}).get("sealab.phase")
+
+
 def install() -> None:
     import agent.gitops
     from executor.docker_engine import Engine
@@ -72,7 +77,7 @@ def install() -> None:
 
     Ledger.begin = after(Ledger.begin, "begun")
     Engine.load = before(Engine.load, "seal")
-    Engine.start = after(Engine.start, "container")
+    Engine.start = after(Engine.start, "container", lambda a, kw: _phase(*a[:2]) != "eval")
     Ledger.finish = after(Ledger.finish, "finished", lambda a, kw: "durations" in kw and "run_tag" not in kw)
     Ledger.annotate = after(Ledger.annotate, "annotated", lambda a, kw: "run_tag" in kw)
     agent.gitops.cas = after(agent.gitops.cas, "cas")
