@@ -94,7 +94,7 @@ class SlurmOptions:
     slurm_conf: str | None = None  # SLURM_CONF for sbatch, squeue, scancel, scontrol
     docker: str = "docker"  # the docker client on the nodes
     poll_s: float = 2.0  # how often squeue is asked (and the node checks the container)
-    jobs_dir: str | None = None  # default: <workspace>/.sealab/slurm (beside outputs/)
+    jobs_dir: str | None = None  # default: <workspace>/.sealab/slurm (see jobs_root)
     time_margin_s: int = 300  # --time = deadline + this (the pull, the checks, the logs)
 
     @classmethod
@@ -292,7 +292,7 @@ GPU_ARGS=()
 if (( NEED_GPUS > 0 )); then
   [ -n "$GPUS" ] || fail "the run asks for $NEED_GPUS GPU(s) but the allocation has none (SLURM_JOB_GPUS is empty)"
   case $GPU_MODE in
-    nvidia) GPU_ARGS=(--gpus "device=$GPUS" --shm-size 1g) ;;
+    nvidia) GPU_ARGS=(--gpus "\"device=$GPUS\"" --shm-size 1g) ;;  # quoted: unquoted device=0,1 means device 0
     env) GPU_ARGS=(--env "SEALAB_GPUS=$GPUS" --env "CUDA_VISIBLE_DEVICES=$GPUS") ;;
   esac
 fi
@@ -305,6 +305,10 @@ mapfile -t GOT < "$JOB_DIR/container.txt"
 for i in "${!WANT[@]}"; do
   [ "${WANT[i]}" = "${GOT[i]:-}" ] || reject "container $NAME on $NODE" "${WANT[i]}" "${GOT[i]:-nothing}"
 done
+if (( NEED_GPUS > 0 )) && [ "$GPU_MODE" = nvidia ]; then  # exactly the allocation's GPUs
+  DEVICES=$("$DOCKER" inspect --format '{{range .HostConfig.DeviceRequests}}{{join .DeviceIDs ","}};{{end}}' "$NAME")
+  [ "$DEVICES" = "$GPUS;" ] || reject "container $NAME on $NODE: GPU device IDs" "$GPUS;" "${DEVICES:-none}"
+fi
 T_VERIFIED=$(date +%s.%N)
 
 # 3. Run it; kill it at the deadline, or when /out grows over its cap.
@@ -365,6 +369,16 @@ def node_timings(status: Mapping[str, Any], submitted: float, push_s: float) -> 
     queue = max(0.0, float(begin) - submitted) if isinstance(begin, (int, float)) else 0.0
     return {"queue": queue, "load": push_s + gap("t_begin", "t_pulled"), "verify": gap("t_pulled", "t_verified"),
             "run": gap("t_started", "t_ended")}
+
+
+def jobs_root(out_dir: Path, configured: str | None) -> Path:
+    """Where job directories go: `configured`, else `slurm/` in the .sealab folder holding `out_dir`
+    (a train run's .sealab/outputs/<id>, an eval run's .sealab/outputs/<id>/eval-out), else beside `out_dir`."""
+    if configured:
+        return Path(configured)
+    out_dir = out_dir.resolve()
+    state = next((p for p in out_dir.parents if p.name == ".sealab"), None)
+    return state / "slurm" if state is not None else out_dir.parent / "slurm-jobs"
 
 
 # -- the backend (I/O) ------------------------------------------------------------------------------
@@ -444,8 +458,8 @@ class SlurmBackend:
         return f"{repo}@{digest}"
 
     def job_dir(self, job: Job) -> Path:
-        root = Path(self.options.jobs_dir) if self.options.jobs_dir else job.out_dir.resolve().parent.parent / "slurm"
-        return root / f"{job.experiment_id}-{job.phase}"
+        """`jobs_dir`/<id>-<phase>; by default under the workspace's .sealab/slurm (out dirs lie below .sealab)."""
+        return jobs_root(job.out_dir, self.options.jobs_dir) / f"{job.experiment_id}-{job.phase}"
 
     def submit(self, job: Job, ref: str) -> tuple[str, Path]:
         """Write the job's directory and sbatch it; returns the job ID and the directory."""

@@ -153,13 +153,15 @@ def test_round_of_four_on_two_fake_gpus(round_of_four, engine, slurm_registry):
         assert pulled[0] in engine.repo_digests(record["image_id"])
         assert f"sealab: verified {pulled[0]} is {record['image_id']}" in log
         assert containers_of(engine, record["id"]) == []
-    # Any two jobs whose containers ran at the same time had different GPUs.
-    for i, a in enumerate(statuses):
-        for b in statuses[i + 1:]:
+    # Any two jobs (train or eval phase) whose containers ran at the same time had different GPUs.
+    runs = [json.loads(path.read_text()) for path in sorted((root / ".sealab" / "slurm").glob("*/status.json"))]
+    assert len(runs) >= 4 and all(run["state"] == "done" for run in runs)
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
             if a["t_started"] < b["t_ended"] and b["t_started"] < a["t_ended"]:
                 assert a["gpus"] != b["gpus"], (a, b)
-    print(f"\n4 experiments on 2 fake GPUs: {wall:.1f} s; runs "
-          + ", ".join(f"gpu {s['gpus']} {s['t_started'] % 1000:.1f}-{s['t_ended'] % 1000:.1f}" for s in statuses))
+    print(f"\n4 experiments ({len(runs)} jobs) on 2 fake GPUs: {wall:.1f} s; containers ran "
+          + ", ".join(f"gpu {r['gpus']} {r['t_started'] % 1000:.1f}-{r['t_ended'] % 1000:.1f}" for r in runs))
 
 
 def test_verify_holds_for_slurm_records(round_of_four):
@@ -307,3 +309,26 @@ def test_node_rejects_a_container_unlike_the_expected(tmp_path, base_image, engi
     assert status["state"] == "rejected" and status["what"].startswith(f"container sealab-{record['id']}-train")
     assert containers_of(engine, record["id"]) == []
     assert not (root / ".sealab" / "outputs" / record["id"] / "result.json").exists()  # never started
+
+
+def test_nvidia_mode_pins_the_allocated_devices(tmp_path, base_image, engine, slurm_cluster, slurm_registry):
+    """gpu_mode nvidia: the created container requests exactly SLURM_JOB_GPUS (checked on the node); without an
+    NVIDIA runtime here, the start then fails: infra_error, nothing left behind."""
+    from executor.backends import make_backend
+
+    nvidia = make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "nvidia",
+                                            "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})
+    root = workspace(tmp_path / "ws", base_image, steps=5)
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    execute_in_thread(root, head, engine, nvidia, records).join(timeout=300)
+    from executor.errors import EngineUnavailable
+
+    assert isinstance(records[head], EngineUnavailable) and "docker start" in str(records[head])
+    record = sealab_json("status", cwd=root)[0]
+    assert record["status"] == "infra_error"
+    status = status_of(root, record["id"])
+    assert status["state"] == "error" and status["gpus"] in ("0", "1")
+    shown = (job_dir(root, record["id"]) / "container.txt").read_text()
+    assert "ReadonlyRootfs=true" in shown  # the hardening check passed, then the GPU check, then start failed
+    assert containers_of(engine, record["id"]) == []

@@ -168,3 +168,14 @@ def test_cleanup_cancels_only_the_experiments_jobs():
     backend = FakeSlurm(lambda args: listing if args[0] == "squeue" else "")
     assert backend.cleanup("0123456789") == ["slurm:5", "slurm:7"]
     assert backend.calls[-1] == ("scancel", "5", "7")
+
+
+def test_job_directories_go_under_the_workspace_state(tmp_path):
+    """Train and eval jobs of an experiment get sibling directories in .sealab/slurm, or under jobs_dir."""
+    from executor.slurm import jobs_root
+
+    state = tmp_path / "ws" / ".sealab"
+    assert jobs_root(state / "outputs" / "0123456789", None) == state / "slurm"
+    assert jobs_root(state / "outputs" / "0123456789" / "eval-out", None) == state / "slurm"
+    assert jobs_root(tmp_path / "elsewhere" / "out", None) == tmp_path / "elsewhere" / "slurm-jobs"
+    assert jobs_root(state / "outputs" / "x", "/shared/jobs") == Path("/shared/jobs")
