@@ -140,7 +140,8 @@ function drawChart(data) {
   root.append(svg("line", {class: "axis", x1: L, x2: L, y1: T, y2: H - B}));
   root.append(svg("line", {class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B}));
   root.append(svg("text", {x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle"},
-    "experiment # — " + data.metric + (data.direction === "minimize" ? " (lower is better)" : " (higher is better)")));
+    "experiment # — " + data.metric +
+    (data.direction === "minimize" ? " (lower is better)" : " (higher is better)")));
   const step = [];
   rows.forEach((r) => {
     if (typeof r.best !== "number") return;
@@ -156,7 +157,8 @@ function drawChart(data) {
       root.append(dot);
     } else if (r.status !== "running") {
       const cx = x(r.n), cy = H - B - 8;
-      const cross = svg("path", {class: "pt-failed", d: `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`});
+      const d = `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`;
+      const cross = svg("path", {class: "pt-failed", d: d});
       cross.append(svg("title", null, label));
       root.append(cross);
     }
@@ -176,7 +178,8 @@ function drawDrift(data) {
   const items = data.drift.map((d) => el("article", {class: "event"},
     el("h3", null, (d.created_at || "") + ": " + (d.where || "") + (d.action ? " (action " + d.action + ")" : "") +
       (d.experiment ? " — experiment " + d.experiment : "")),
-    el("p", null, "at ", code(short(d.commit)), d.patch_path ? ", patch " : "", d.patch_path ? code(d.patch_path) : null),
+    el("p", null, "at ", code(short(d.commit)), d.patch_path ? ", patch " : "",
+      d.patch_path ? code(d.patch_path) : null),
     el("ul", null, ...d.changes.map((c) => el("li", null, c))),
     d.patch ? folded("diff", pre(d.patch)) : null));
   byId("drift-list").replaceChildren(...(items.length ? items : [empty("no drift")]));
@@ -194,7 +197,9 @@ function drawReview(data) {
     folded("patch", pre(p.patch))));
   const failed = data.proposal_failed.map((f) => el("li", null, (f.created_at || "") + " on " + short(f.best_commit) +
     ": " + (f.reason || "")));
-  if (failed.length) items.push(el("article", {class: "failures"}, el("h3", null, "failed proposals"), el("ul", null, ...failed)));
+  if (failed.length) {
+    items.push(el("article", {class: "failures"}, el("h3", null, "failed proposals"), el("ul", null, ...failed)));
+  }
   byId("review-list").replaceChildren(...(items.length ? items : [empty("nothing awaiting review")]));
 }
 

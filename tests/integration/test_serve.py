@@ -92,7 +92,8 @@ def test_port_in_use_is_one_line(tmp_path):
         port = taken.getsockname()[1]
         proc = sealab("serve", "--port", str(port), cwd=root, timeout=60)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == f"sealab: error: port {port} on 127.0.0.1 is already in use; choose another with --port"
+    assert proc.stderr.strip() == (f"sealab: error: port {port} on 127.0.0.1 is already in use; "
+                                   "choose another with --port")
 
 
 def test_serves_a_workspace_without_experiments(tmp_path):
@@ -142,9 +143,8 @@ def test_live_page_during_a_run(make_workspace, tmp_path):
 
         try:
             browser.wait_for("document.getElementById('phase').textContent === 'running' && "
-                             "!document.getElementById('current').hidden && "
-                             "/elapsed of a 2 s training budget/.test(document.getElementById('current-time').textContent)",
-                             300, give_up=run_ended)
+                             "!document.getElementById('current').hidden && /elapsed of a 2 s training budget/"
+                             ".test(document.getElementById('current-time').textContent)", 300, give_up=run_ended)
             first = browser.wait_for(ROWS, 300, give_up=run_ended)
             # a linter's edit while the first experiment runs: the loop records it as drift and undoes it
             train = root / "train.py"

@@ -10,7 +10,6 @@ import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from pathlib import Path
 
 import pytest
 
