@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
+import math
 import socket
 import sqlite3
 from contextlib import contextmanager
@@ -44,6 +46,23 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 API = {"/api/state": Dashboard.state, "/api/experiments": Dashboard.experiments, "/api/kept": Dashboard.kept,
        "/api/drift": Dashboard.drift, "/api/review": Dashboard.review}
+
+
+class StrictJSON(JSONResponse):
+    """JSON where a non-finite float (a NaN metric, say) is null: the browser's JSON.parse rejects NaN."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 class ServeError(SealabError):
@@ -89,8 +108,8 @@ def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None
                 with reading(ledger_path) as ledger:
                     body = build(board, ledger, tag)
             except SealabError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=503, headers=HEADERS)
-            return JSONResponse(body, headers=HEADERS)
+                return StrictJSON({"error": str(exc)}, status_code=503, headers=HEADERS)
+            return StrictJSON(body, headers=HEADERS)
         return endpoint
 
     def page(name: str, media_type: str):

@@ -14,7 +14,7 @@ from importlib import resources
 import pytest
 
 from agent.dashboard import Dashboard
-from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, create_app, is_loopback, reading
+from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, StrictJSON, create_app, is_loopback, reading
 from executor.ledger import Ledger
 from executor.types import BaseImage
 
@@ -233,6 +233,12 @@ def test_api_serves_json_with_safe_headers(app):
         assert json.loads(body)["tag"] == "t1"
     status, headers, body = call(app, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html") and b'id="experiments"' in body
+
+
+def test_non_finite_numbers_are_null():
+    """A NaN or infinite number (which JSON.parse would reject) is sent as null."""
+    body = StrictJSON({"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}}).body
+    assert json.loads(body) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
 
 
 def test_nothing_can_change_state(app, ws):
