@@ -36,6 +36,7 @@ EVAL_SEQ_LEN = 256  # T: input bytes per window
 PROBES = 16  # k: causality probes per evaluation
 WINDOWS_FILE = "windows.bin"
 LOGITS_FILE = "logits.bin"
+MODEL_FILE = "model.pt"  # the train phase's model, handed to the eval phase at /in
 # The probe tolerance, in nats of log-probability: ATOL + RTOL * (largest |logit - mean logit| of the
 # original at the compared positions). The eval harness runs every batch at one fixed shape, so a causal
 # model's prefix logits are normally bit-identical between a probe and its original (CPU and GPU GEMMs

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -22,13 +24,13 @@ from typing import Any, Callable, Sequence
 
 import structlog
 
-from executor import config, git_source, owner
+from executor import config, evaluate, git_source, owner, valdata
 from executor.backends import Backend, DockerBackend, Job
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
 from executor.ledger import Ledger, now
-from executor.seal import TRAIN_PATH, seal
+from executor.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.summary import parse_summary
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
@@ -147,6 +149,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         raise BaseImageError(f"commit {facts.sha[:12]} has no {config.CONFIG_NAME}")
     settings = config.parse(toml, f"{config.CONFIG_NAME} at {facts.sha[:12]}")
     spec = settings.run_spec
+    orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)
     drift = summarize(*git_source.working_diff(ws.repo, facts.sha))
     out_of_scope = [] if editable is None else [
@@ -190,8 +193,20 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             trusted = result is not None or settings.metric_source != "summary"
             if not trusted:
                 result = summary_result(end.output, spec.metric)
+            scored: Outcome | None = None
+            if (orchestrated and result is not None and end.exit_code == 0 and not end.over_cap
+                    and result.get("model_file") == evaluate.MODEL_FILE):
+                scored = score_model(ws, eid, sealed, spec, base, engine, backend, out_dir, durations)
+                value = (scored.metrics or {}).get("val_bpb") if scored.status == Status.OK else None
+                # (a placeholder lets classify check the blob and the data; a failed scoring replaces it below)
+                result = {**result, spec.metric: value if value is not None else 0.0}
             outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
                                facts.blob_of(TRAIN_PATH), base.data_digest, last_line(end.output), trusted)
+            if scored is not None and outcome.status == Status.OK:
+                outcome = (Outcome(Status.OK, None, {**(outcome.metrics or {}), **(scored.metrics or {})},
+                                   outcome.exit_code) if scored.status == Status.OK else scored)
+            elif orchestrated and outcome.status == Status.OK:
+                outcome = Outcome(Status.CRASH, "the harness saved no model for the evaluator", exit_code=end.exit_code)
             if end.over_cap and outcome.status in (Status.OK, Status.CRASH):
                 outcome = Outcome(Status.CRASH, end.over_cap, exit_code=end.exit_code)
     except (KeyboardInterrupt, EngineUnavailable) as exc:
@@ -213,6 +228,59 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     log.info("experiment.finished", status=record["status"], reason=record["reason"],
              metric=metrics.get(spec.metric), durations=record["durations"], drift=len(drift))
     return record
+
+
+EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
+
+
+def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
+                backend: Backend, out_dir: Path, durations: dict[str, float]) -> Outcome:
+    """The eval phase: the trained model turns the evaluation windows into logits in a fresh container
+    of the same sealed image (untrusted, like training), and the metric is computed here from them.
+
+    The validation split comes from the base image in this machine's engine (the sealed image has none);
+    the causality probes must agree, or the result is `rejected`. Returns the metrics (status OK) or
+    the failing outcome. Raises EngineUnavailable as `execute` does.
+    """
+    t = time.monotonic()
+    try:
+        val = valdata.load_val(engine, base.image_id, base.data_digest)
+    except (IdentityMismatch, BaseImageError) as exc:
+        return Outcome(Status.REJECTED, f"the validation split cannot be trusted: {exc}")
+    evalset = evaluate.build(val, spec.seed)
+    in_dir, eval_out = out_dir / "eval-in", out_dir / "eval-out"
+    in_dir.mkdir(parents=True, exist_ok=True)
+    evaluate.write(evalset, in_dir)
+    model = in_dir / evaluate.MODEL_FILE
+    try:
+        os.link(out_dir / evaluate.MODEL_FILE, model)
+    except OSError:
+        shutil.copyfile(out_dir / evaluate.MODEL_FILE, model)
+    model.chmod(0o644)
+    try:
+        end = backend.run(Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND, in_dir=in_dir,
+                              deadline_s=spec.grace_s,
+                              env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
+    except IdentityMismatch as exc:
+        return Outcome(Status.REJECTED, f"eval phase: {exc}; nothing was started")
+    (ws.logs / f"{eid}.eval.log").write_bytes(end.output)
+    shutil.rmtree(in_dir, ignore_errors=True)
+    if end.timed_out:
+        return Outcome(Status.TIMEOUT, f"the eval phase was killed at its deadline ({spec.grace_s:g} s = grace)")
+    if end.oom_killed:
+        return Outcome(Status.OOM, f"the eval phase was killed by the memory limit ({spec.resources.memory_mb} MB)")
+    if end.exit_code != 0 or end.over_cap:
+        said = end.over_cap or last_line(end.output)[:200]
+        return Outcome(Status.CRASH, f"the eval phase exited {end.exit_code}: {said}", exit_code=end.exit_code)
+    score = evaluate.score_file(evalset, eval_out / evaluate.LOGITS_FILE)
+    durations["eval"] = time.monotonic() - t
+    shutil.rmtree(eval_out, ignore_errors=True)  # 70 MB of logits; eval_windows keeps their provenance
+    metrics = score.to_metrics()
+    if score.causal is False:
+        return Outcome(Status.REJECTED, f"the evaluator does not believe the model: {score.failure}", metrics)
+    if not score.ok:
+        return Outcome(Status.CRASH, f"the evaluator could not score the model: {score.failure}", metrics)
+    return Outcome(Status.OK, None, metrics)
 
 
 def recover(ledger: Ledger, engine: Engine | None) -> list[str]:

@@ -24,10 +24,16 @@ TAG_REPO = "sealab/exp"
 # The whiteout of the base's validation split: an empty file named .wh.<name> beside it hides it in
 # every image sealed with hide_val (OCI image spec, "Whiteouts"; docker load honours it).
 VAL_WHITEOUT = "/opt/sealab/data/.wh.val.bin"
-# Whether experiment images leave out the validation split. False until run.py scores through
-# executor/evaluate.py (the train phase then saves the model instead of evaluating it); turning it
-# on changes every image ID, so records sealed before re-derive with hide_val=False.
-HIDE_VAL = False
+# A harness that declares this line has the eval phase (`prepare.py --logits`): its images are sealed
+# without the validation split and the orchestrator scores the model (executor/evaluate.py). The
+# choice is a pure function of the commit, so records sealed before it existed re-derive unchanged.
+EVALUATOR_MARKER = b'\nEVALUATOR = "orchestrator"'
+
+
+def scored_by_orchestrator(facts: CommitFacts) -> bool:
+    """Whether the commit's harness leaves the metric to the orchestrator (and so hides val.bin)."""
+    harness = next((f for f in facts.files if f.path == HARNESS_PATH and f.kind == "file"), None)
+    return harness is not None and EVALUATOR_MARKER in harness.data
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +80,11 @@ def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, 
     }
 
 
-def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool = HIDE_VAL) -> Sealed:
-    """Assemble the experiment image for `facts` on `base` under `spec`; `hide_val`: white out val.bin."""
+def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool | None = None) -> Sealed:
+    """Assemble the experiment image for `facts` on `base` under `spec`; `hide_val` (default: whether the
+    commit's harness is `scored_by_orchestrator`) whites out val.bin."""
+    if hide_val is None:
+        hide_val = scored_by_orchestrator(facts)
     labels = labels_for(facts, base, spec)
     entries = [Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
     entries.append(Entry(RUN_SPEC_PATH, spec.canonical() + b"\n"))

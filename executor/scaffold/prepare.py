@@ -65,6 +65,7 @@ EVAL_SEQ_LEN = 256  # non-overlapping evaluation windows of this length
 EVAL_BATCH_SIZE = 32  # windows per evaluation forward pass
 METRIC = "val_bpb"
 MODEL_FILE = "model.pt"  # the train phase's model when the image holds no validation split
+EVALUATOR = "orchestrator"  # this harness has the --logits eval phase: sealab seals without val.bin
 
 # Dense bf16 peak FLOP/s per GPU, for mfu_percent; the first name contained in the CUDA device name
 # wins, an unknown GPU counts as an H100. Values are the vendors' dense (non-sparse) numbers.

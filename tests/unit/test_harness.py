@@ -101,7 +101,7 @@ class Run:
 
 
 def run_harness(tmp: Path, data: Path, train_src: str | None = None, entry: str = "prepare.py",
-                budget_s: float = BUDGET_S, seed: int = 42) -> Run:
+                budget_s: float = BUDGET_S, seed: int = 42, steps: int | None = None) -> Run:
     ws, out = tmp / "workspace", tmp / "out"
     ws.mkdir()
     out.mkdir()
@@ -112,6 +112,8 @@ def run_harness(tmp: Path, data: Path, train_src: str | None = None, entry: str 
         (ws / "train.py").write_text(train_src)
     spec = {"budget_s": budget_s, "grace_s": 60.0, "seed": seed, "metric": "val_bpb", "direction": "minimize",
             "resources": {"memory_mb": 4096, "cpus": 2.0, "pids": 256, "gpus": 0, "tmp_mb": 512, "home_mb": 64}}
+    if steps is not None:
+        spec["steps"] = steps
     (tmp / "run_spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "SEALAB_RUN_SPEC": str(tmp / "run_spec.json"), "SEALAB_DATA": str(data),
            "SEALAB_OUT": str(out)}
@@ -121,7 +123,8 @@ def run_harness(tmp: Path, data: Path, train_src: str | None = None, entry: str 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, data_dir) -> Run:
-    run = run_harness(tmp_path_factory.mktemp("real"), data_dir)
+    # a step budget: on a loaded CPU a 2 s clock can leave the default GPT one step or none
+    run = run_harness(tmp_path_factory.mktemp("real"), data_dir, steps=8)
     assert run.proc.returncode == 0, run.proc.stdout + run.proc.stderr
     return run
 
@@ -286,7 +289,7 @@ def test_result_json_has_the_contract_keys_and_types(real_run, data_dir):
 
 
 def test_real_train_py_beats_uniform(real_run):
-    """The default train.py learns something within a 2 s budget: val_bpb drops below 8 (uniform)."""
+    """The default train.py learns something in 8 steps: val_bpb drops below 8 (uniform)."""
     assert real_run.result["val_bpb"] < 8.0
 
 

@@ -9,15 +9,15 @@ import pytest
 from executor.errors import SourceError
 from executor.git_source import CommitFacts, TreeFile, blob_sha
 from executor.layer import EPOCH, Entry, layer_tar
-from executor.seal import HIDE_VAL, REVISION, RUN_SPEC_PATH, VAL_WHITEOUT, seal
+from executor.seal import REVISION, RUN_SPEC_PATH, VAL_WHITEOUT, scored_by_orchestrator, seal
 from executor.types import BaseImage, Resources, RunSpec, sha256_hex
 
 BASE = BaseImage("sha256:" + "b" * 64, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",),
                  "recipe", "sha256:" + "d" * 64, "offline:bookworm")
 
 
-def facts(train: bytes = b"SCALAR_LR = 0.5\n", sha: str = "c" * 40) -> CommitFacts:
-    files = [("prepare.py", b"harness\n", 0o644), ("train.py", train, 0o644), ("run.sh", b"#!/bin/sh\n", 0o755)]
+def facts(train: bytes = b"SCALAR_LR = 0.5\n", sha: str = "c" * 40, harness: bytes = b"harness\n") -> CommitFacts:
+    files = [("prepare.py", harness, 0o644), ("train.py", train, 0o644), ("run.sh", b"#!/bin/sh\n", 0o755)]
     return CommitFacts(sha, None, "e" * 40, "subject",
                        tuple(TreeFile(p, "file", m, d, blob_sha(d)) for p, d, m in files))
 
@@ -112,6 +112,12 @@ def test_hide_val_whites_out_the_validation_split():
                                                             "opt/sealab/data/.wh.val.bin"]
 
 
-def test_hide_val_default_is_the_switch():
-    """seal() without hide_val follows seal.HIDE_VAL, the one switch run.py's wiring flips."""
-    assert seal(facts(), BASE, RunSpec()).image_id == seal(facts(), BASE, RunSpec(), hide_val=HIDE_VAL).image_id
+def test_hide_val_follows_the_commits_harness():
+    """Without hide_val, a harness that declares EVALUATOR = "orchestrator" is sealed without val.bin; an
+    older or adopted harness keeps it, so records sealed before the switch re-derive to the same ID."""
+    modern = facts(harness=b'"""harness"""\nEVALUATOR = "orchestrator"  # comment\n')
+    assert scored_by_orchestrator(modern) and not scored_by_orchestrator(facts())
+    assert seal(modern, BASE, RunSpec()).image_id == seal(modern, BASE, RunSpec(), hide_val=True).image_id
+    assert seal(facts(), BASE, RunSpec()).image_id == seal(facts(), BASE, RunSpec(), hide_val=False).image_id
+
+
