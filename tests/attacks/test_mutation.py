@@ -10,7 +10,6 @@ import re
 import stat
 import subprocess
 import threading
-import time
 
 import git
 import pytest

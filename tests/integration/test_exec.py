@@ -1,4 +1,5 @@
-"""`sealab exec` against the real engine: the linter case, identity, forgery, hardening, deadlines, kill -9."""
+"""`sealab exec` against the real engine: the linter case, identity, deadlines, kill -9 (image forgery and the
+sandbox's hardening are in tests/attacks/test_tampering.py and test_container.py)."""
 
 from __future__ import annotations
 
@@ -67,88 +68,6 @@ def test_same_commit_same_image_id(make_workspace, engine):
     train = (root / "train.py").read_text()
     commit_train(root, train + "\n")
     assert sealab_json("seal", cwd=root)["image_id"] != first["image_id"]
-
-
-def test_forged_image_is_rejected(make_workspace, engine):
-    """An image carrying the sealed name and labels but other content is refused; nothing starts."""
-    from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
-    from executor.types import sha256_hex
-
-    root = make_workspace()
-    sealed = sealab_json("seal", cwd=root)
-    base = engine.api.inspect_image(sealed["labels"]["sealab.base"])
-    forged_layer = layer_tar([Entry("/workspace/train.py", b"print('forged')\n"),
-                              Entry("/workspace/prepare.py", b"print('forged')\n")])
-    config = image_config(base_diff_ids=base["RootFS"]["Layers"], layer_digest="sha256:" + sha256_hex(forged_layer),
-                          env=base["Config"]["Env"], cmd=["python3", "/workspace/prepare.py"], labels=sealed["labels"])
-    engine.client.images.load(load_archive(config, forged_layer, base["RootFS"]["Layers"], sealed["tag"]))
-    assert engine.image_id(sealed["tag"]) == image_id(config) != sealed["image_id"]
-    proc = sealab("exec", "--json", cwd=root)
-    assert proc.returncode == 4, proc.stderr
-    record = json.loads(proc.stdout)
-    assert record["status"] == "rejected"
-    assert sealed["image_id"] in record["reason"] and image_id(config) in record["reason"]
-    assert "run" not in record["durations"]
-    assert not (root / ".sealab" / "outputs" / record["id"] / "result.json").exists()
-    assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
-    # verify reports the forged name too
-    report = sealab_json("verify", "--all", cwd=root, ok_codes=(1,))
-    assert any(m["field"].startswith("engine image sealab/exp:") for m in report["mismatches"])
-
-
-PROBE = '''
-import json, os, socket
-
-def attempt(fn):
-    try:
-        fn()
-        return "allowed"
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-def write(path):
-    def go():
-        with open(path, "w") as fh:
-            fh.write("x")
-    return go
-
-def udp_connect():  # connect() on UDP sends nothing; without a route it fails at once
-    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("192.0.2.1", 9))
-
-status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-report = {
-    "write_code": attempt(write("/workspace/train.py")),
-    "write_data": attempt(write("/opt/sealab/data/train.bin")),
-    "write_root": attempt(write("/evil")),
-    "write_tmp": attempt(write("/tmp/fine")),
-    "write_out": attempt(write("/out/fine")),
-    "network": attempt(udp_connect),
-    "interfaces": sorted(os.listdir("/sys/class/net")),
-    "env": dict(os.environ),
-    "uid": os.getuid(),
-    "cap_eff": status["CapEff"].strip(),
-    "no_new_privs": status["NoNewPrivs"].strip(),
-}
-json.dump(report, open("/out/probe.json", "w"))
-
-def train(h):
-    raise SystemExit(3)
-'''
-
-
-def test_container_is_hardened(make_workspace):
-    """Code, data and / are read-only, there is no network, no capability, no root, and no host secret."""
-    root = make_workspace()
-    commit_train(root, PROBE, "probe the sandbox")
-    record = sealab_json("exec", cwd=root, env={"ANTHROPIC_API_KEY": SECRET}, ok_codes=(1,))
-    assert record["status"] == "crash" and record["exit_code"] == 3
-    probe = json.loads((root / ".sealab" / "outputs" / record["id"] / "probe.json").read_text())
-    for key in ("write_code", "write_data", "write_root"):
-        assert "Read-only file system" in probe[key], (key, probe[key])
-    assert probe["write_tmp"] == "allowed" and probe["write_out"] == "allowed"
-    assert "Network is unreachable" in probe["network"] and probe["interfaces"] == ["lo"]
-    assert "ANTHROPIC_API_KEY" not in probe["env"] and SECRET not in json.dumps(probe["env"])
-    assert probe["uid"] == 1000 and probe["cap_eff"] == "0000000000000000" and probe["no_new_privs"] == "1"
 
 
 FORK_BOMB = '''
