@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 import time
@@ -62,8 +63,10 @@ def backend(engine, slurm_cluster, slurm_registry):
                                           "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})
 
 
-def workspace(root: Path, base_image, *, steps: int | None = None, budget: float = 60, grace: float = 60) -> Path:
-    """A scaffolded workspace asking for one GPU and one CPU, training `steps` steps (or `budget` seconds)."""
+def workspace(root: Path, base_image, *, steps: int | None = None, budget: float = 60, grace: float = 60,
+              backend: str = "") -> Path:
+    """A scaffolded workspace asking for one GPU and one CPU, training `steps` steps (or `budget` seconds);
+    `backend`: a [backend] table for its sealab.toml."""
     from agent.gitops import commit_file, set_constant
     from executor.ledger import Ledger
     from executor.workspace import init
@@ -76,6 +79,9 @@ def workspace(root: Path, base_image, *, steps: int | None = None, budget: float
         toml = set_constant(toml, key, f"{value:g}")
     if steps is not None:
         toml = toml.replace(f"grace_seconds = {grace:g}", f"grace_seconds = {grace:g}\nsteps = {steps}", 1)
+    if backend:
+        toml, count = re.subn(r'^\[backend\]\nname = "local".*\n', backend, toml, count=1, flags=re.MULTILINE)
+        assert count == 1, "the scaffold's [backend] table moved"
     commit_file(ws.repo, "sealab.toml", toml, "slurm test settings")
     return ws.root
 
@@ -200,15 +206,14 @@ def test_scancel_stops_the_container(tmp_path, base_image, engine, backend, slur
     assert status_of(root, ids[0])["state"] == "cancelled"
 
 
-def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, backend):
-    """Past budget + grace the job script kills the container: `timeout`, and no container is left."""
-    root = workspace(tmp_path / "ws", base_image, budget=1, grace=2)
-    records: dict = {}
-    head = git.Repo(root).head.commit.hexsha
-    execute_in_thread(root, head, engine, backend, records).join(timeout=300)
-    record = records[head]
-    assert not isinstance(record, BaseException), record
+def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, slurm_cluster, slurm_registry):
+    """`sealab exec --backend slurm` (options from [backend]): past budget + grace the node kills the container."""
+    table = (f'[backend]\nname = "slurm"\nregistry = "{slurm_registry}/{REPO}"\ngpu_mode = "env"\n'
+             f'slurm_conf = "{slurm_cluster.conf}"\npoll_s = 0.5\n')
+    root = workspace(tmp_path / "ws", base_image, budget=1, grace=2, backend=table)
+    record = sealab_json("exec", "--backend", "slurm", cwd=root, ok_codes=(1,))
     assert record["status"] == "timeout" and record["exit_code"] is None, record["reason"]
+    assert record["backend"] == "slurm" and record["placement"].startswith("slurm:")
     status = status_of(root, record["id"])
     assert status["timed_out"] is True and 3 <= status["t_ended"] - status["t_started"] < 30
     assert containers_of(engine, record["id"]) == []
