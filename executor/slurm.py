@@ -19,8 +19,10 @@ containerd, not of the job): the script traps TERM/INT and kills and removes it;
 does the same before the time limit, which is the deadline plus `time_margin_s`.
 
 GPUs: `gres` (default `gpu:<resources.gpus>`, one GPU per experiment by default) asks Slurm for the
-devices; `gpu_mode = "nvidia"` passes `--gpus device=$SLURM_JOB_GPUS` to docker, `"env"` (fake GPUs in
-CI) only exports the allocation's indices as SEALAB_GPUS and CUDA_VISIBLE_DEVICES.
+devices; `gpu_mode = "nvidia"` passes `--gpus "device=$SLURM_JOB_GPUS"` to docker (and the node checks
+the container's device IDs), `"env"` (fake GPUs in CI) only exports the allocation's indices as
+SEALAB_GPUS and CUDA_VISIBLE_DEVICES. The container sees /out (and /in), never the job directory, so
+it cannot write the status.json that this side trusts.
 
 Errors: the node refusing the image or the container is IdentityMismatch (the record says
 `rejected`); a failed push, sbatch or squeue, a cancelled job or one that ended without a status is
@@ -390,6 +392,7 @@ class SlurmBackend:
     def __init__(self, engine: Engine, options: SlurmOptions) -> None:
         self.engine, self.options = engine, options
         self._push_lock = threading.Lock()  # one push at a time: concurrent pushes would upload the base twice
+        self._pushed: dict[str, str] = {}  # image ID -> REPO@sha256:… (an eval phase reuses its train phase's)
 
     @classmethod
     def from_options(cls, engine: Engine, options: Mapping[str, Any]) -> SlurmBackend:
@@ -451,11 +454,14 @@ class SlurmBackend:
         verify_image(self.engine, sealed)
         tag = sealed.tag.rpartition(":")[2]
         with self._push_lock:
+            if sealed.image_id in self._pushed:
+                return self._pushed[sealed.image_id]
             self.engine.tag(sealed.image_id, f"{repo}:{tag}")
             digest, problem = self.engine.push_image(repo, tag)
-        if problem or not digest:
-            raise SlurmUnavailable(f"push of {sealed.image_id[:19]} to {repo} failed: {problem}")
-        return f"{repo}@{digest}"
+            if problem or not digest:
+                raise SlurmUnavailable(f"push of {sealed.image_id[:19]} to {repo} failed: {problem}")
+            self._pushed[sealed.image_id] = f"{repo}@{digest}"
+            return self._pushed[sealed.image_id]
 
     def job_dir(self, job: Job) -> Path:
         """`jobs_dir`/<id>-<phase>; by default under the workspace's .sealab/slurm (out dirs lie below .sealab)."""
