@@ -89,9 +89,8 @@ class Dashboard:
         values = [metric_of(r) for r in data.records]
         decisions = [r.get("decision") for r in data.records]
         best = running_best(values, decisions)
-        last_activity = max(filter(None, [run_updated_at(ledger, data.tag), *(parse_time(r.get("created_at"))
-                                                                                for r in data.records[-1:])]),
-                            default=None)
+        moments = [run_updated_at(ledger, data.tag), *(parse_time(r.get("created_at")) for r in data.records[-1:])]
+        last_activity = max(filter(None, moments), default=None)
         return {
             "server_time": iso(now),
             "workspace": str(self.root) if self.root else None,
