@@ -64,7 +64,7 @@ def backend(engine, slurm_cluster, slurm_registry):
 
 
 def workspace(root: Path, base_image, *, steps: int | None = None, budget: float = 60, grace: float = 60,
-              backend: str = "") -> Path:
+              backend: str = "", out_mb: int | None = None) -> Path:
     """A scaffolded workspace asking for one GPU and one CPU, training `steps` steps (or `budget` seconds);
     `backend`: a [backend] table for its sealab.toml."""
     from agent.gitops import commit_file, set_constant
@@ -79,6 +79,8 @@ def workspace(root: Path, base_image, *, steps: int | None = None, budget: float
         toml = set_constant(toml, key, f"{value:g}")
     if steps is not None:
         toml = toml.replace(f"grace_seconds = {grace:g}", f"grace_seconds = {grace:g}\nsteps = {steps}", 1)
+    if out_mb is not None:
+        toml = toml.replace("[resources]\n", f"[resources]\nout_mb = {out_mb}\n", 1)
     if backend:
         toml, count = re.subn(r'^\[backend\]\nname = "local".*\n', backend, toml, count=1, flags=re.MULTILINE)
         assert count == 1, "the scaffold's [backend] table moved"
@@ -216,6 +218,19 @@ def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, 
     assert record["backend"] == "slurm" and record["placement"].startswith("slurm:")
     status = status_of(root, record["id"])
     assert status["timed_out"] is True and 3 <= status["t_ended"] - status["t_started"] < 30
+    assert containers_of(engine, record["id"]) == []
+
+
+def test_out_cap_is_enforced_on_the_node(tmp_path, base_image, engine, backend):
+    """A run writing more to /out than [resources] out_mb (the 2.6 MB model vs 1 MB) is a crash saying so."""
+    root = workspace(tmp_path / "ws", base_image, steps=5, out_mb=1)
+    records: dict = {}
+    head = git.Repo(root).head.commit.hexsha
+    execute_in_thread(root, head, engine, backend, records).join(timeout=300)
+    record = records[head]
+    assert not isinstance(record, BaseException), record
+    assert record["status"] == "crash" and "/out exceeded its cap of 1 MB" in record["reason"], record["reason"]
+    assert status_of(root, record["id"])["over_cap"].startswith("/out exceeded its cap of 1 MB")
     assert containers_of(engine, record["id"]) == []
 
 
