@@ -82,7 +82,7 @@ def _open(ctx: click.Context, *, engine: bool = True, required_engine: bool = Tr
         except EngineUnavailable:
             if required_engine:
                 raise
-    recovered = recover(ledger, eng)
+    recovered = recover(ledger, eng, backend_for=lambda name: _configured_backend(ws, eng, name))
     for eid in recovered:
         err.print(f"[yellow]experiment {eid} was interrupted (its sealab process died); marked interrupted[/]")
     return ws, ledger, eng
@@ -159,6 +159,14 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
         _emit_json({"commit": facts.sha, "image_id": sealed.image_id, "tag": sealed.tag, "labels": sealed.labels})
     else:
         click.echo(f"{sealed.image_id}  {sealed.tag}")
+
+
+def _configured_backend(ws: Any, eng: Any, name: str) -> Any:
+    """The workspace's configured backend if it is `name` (to stop what a dead run left there), else None."""
+    from executor.backends import make_backend
+
+    settings = ws.config()
+    return make_backend(name, eng, dict(settings.backend_options)) if settings.backend == name else None
 
 
 def _backend(ws: Any, eng: Any, name: str | None) -> Any:

@@ -28,7 +28,7 @@ from executor import config, evaluate, git_source, owner, valdata
 from executor.backends import Backend, DockerBackend, Job
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
-from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
+from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, SealabError
 from executor.ledger import Ledger, now
 from executor.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.summary import parse_summary
@@ -163,6 +163,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         "id": eid, "commit": facts.sha, "parent": facts.parent, "tree": facts.tree, "description": facts.subject,
         "base_image_id": base.image_id, "data_digest": base.data_digest, "run_spec": spec.to_dict(),
         "drift": drift, "log_path": str(log_path.relative_to(ws.root)), "created_at": now(), "durations": {},
+        "backend": backend.name,
     }, owner.token())
     if on_record is not None:
         on_record(eid)
@@ -283,14 +284,25 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     return Outcome(Status.OK, None, metrics)
 
 
-def recover(ledger: Ledger, engine: Engine | None) -> list[str]:
-    """Mark records left `running` by a dead process as `interrupted` and remove their containers."""
+def recover(ledger: Ledger, engine: Engine | None,
+            backend_for: Callable[[str], Backend | None] | None = None) -> list[str]:
+    """Mark records left `running` by a dead process as `interrupted` and stop what they left running:
+    the local engine's containers, or (via `backend_for(name)`) a Slurm or Kubernetes job."""
     recovered = []
     for eid, holder in ledger.running():
         if owner.alive(holder):
             continue
-        if engine is not None:
+        name = (ledger.get(eid) or {}).get("backend") or "local"
+        if name == "local" and engine is not None:
             engine.remove_experiment_containers(eid)
+        elif name != "local" and backend_for is not None:
+            try:
+                backend = backend_for(name)
+                if backend is not None:
+                    backend.cleanup(eid)
+            except SealabError as exc:  # the record is still recovered; say what may be left running
+                structlog.get_logger().warning("recover.cleanup_failed", experiment_id=eid, backend=name,
+                                               error=str(exc))
         ledger.finish(eid, status=Status.INTERRUPTED.value,
                       reason=f"the sealab process that ran it ({holder}) died before it finished")
         recovered.append(eid)
