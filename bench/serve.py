@@ -3,8 +3,8 @@
 One `sealab run` (offline proposer, 2 s of training per experiment) while `sealab serve` runs all along
 and one headless Chromium alternates, in blocks of experiments, between the dashboard (polling every
 --interval ms, four times the page's default rate) and about:blank. For each experiment:
-  work              = the containers' own time: durations.run (+ durations.eval_run where the executor
-                      runs the evaluation as a phase of its own)
+  work              = the containers' own time: durations.run, plus durations.eval (or eval_run) where
+                      the executor runs the evaluation as a container phase of its own
   executor overhead = durations.total - work   (seal, load, verify, create, teardown, scoring, ledger)
   loop overhead     = start of the next experiment - start of this one - work
                       (the above plus the loop's drift guards, proposal, commit, decision and saves)
@@ -41,7 +41,6 @@ from executor.workspace import init  # noqa: E402
 from tests.browser import Chromium, find_chromium  # noqa: E402
 
 SEALAB = str(Path(sys.executable).with_name("sealab"))
-WORK = ("run", "eval_run")  # durations spent inside the experiment's containers
 FAST_ACCEPTANCE = """[acceptance]
 min_delta = 0.0001
 noise_runs = 2
@@ -145,7 +144,7 @@ def main() -> None:
         if i not in modes or rec["status"] != "ok":
             continue
         d = rec["durations"]
-        work = sum(d.get(k, 0) for k in WORK)
+        work = d["run"] + d.get("eval", d.get("eval_run", 0))  # inside the experiment's containers
         executor[modes[i]].append(d["total"] - work)
         loop[modes[i]].append(stamp(records[i + 1]["created_at"]) - stamp(rec["created_at"]) - work)
     med = {name: {m: statistics.median(v[m]) for m in (False, True)} for name, v in (("executor", executor),
@@ -161,8 +160,8 @@ def main() -> None:
         for name, values in (("executor (total − work)", executor), ("loop (start to start − work)", loop)):
             cells = [f"{statistics.median(v):.3f} ({len(v)}, {min(v):.2f}–{max(v):.2f})"
                      for v in (values[False], values[True])]
-            ratio = statistics.median(values[True]) / statistics.median(values[False])
-            print(f"| {name} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+            closed, opened = statistics.median(values[False]), statistics.median(values[True])
+            print(f"| {name} | {cells[0]} | {cells[1]} | {opened / closed:.2f} ({opened - closed:+.3f} s) |")
         print(f"\n`sealab serve` used {serve_cpu:.1f} CPU s over the run (~{requests:.0f} API requests).")
     else:
         print(f"machine: {machine}; {len(records)} experiments in {elapsed:.0f} s; interval {args.interval} ms")
