@@ -352,3 +352,31 @@ def test_nvidia_mode_pins_the_allocated_devices(tmp_path, base_image, engine, sl
     shown = (job_dir(root, record["id"]) / "container.txt").read_text()
     assert "ReadonlyRootfs=true" in shown  # the hardening check passed, then the GPU check, then start failed
     assert containers_of(engine, record["id"]) == []
+
+
+def test_research_loop_with_two_workers_on_slurm(tmp_path, base_image, engine, slurm_cluster, slurm_registry):
+    """`sealab run --workers 2 --backend slurm`: the loop's rounds go through Slurm jobs; the two runs of a
+    round hold distinct GPUs at once, and the loop's guarantees (attribution, CAS refs, verify) hold."""
+    from tests.conftest import sealab
+    from tests.integration.test_loop import check_run_consistency
+
+    table = (f'[backend]\nname = "slurm"\nregistry = "{slurm_registry}/{REPO}"\ngpu_mode = "env"\n'
+             f'slurm_conf = "{slurm_cluster.conf}"\npoll_s = 0.5\n')
+    root = workspace(tmp_path / "ws", base_image, steps=3, backend=table)
+    policy = tmp_path / "policy.toml"
+    shipped = open(__import__("policies").policy_path("default")).read()
+    policy.write_text(re.sub(r"\[acceptance\][^\[]*", '[acceptance]\nmin_delta = 0.0001\nnoise_runs = 1\nz = 1.0\n'
+                             'reason = "tests: one baseline run"\n\n', shipped, count=1))
+    from agent.gitops import commit_file
+
+    toml = (root / "sealab.toml").read_text().replace('name = "default"', f'name = "{policy}"')
+    commit_file(git.Repo(root), "sealab.toml", toml, "one baseline run")
+    proc = sealab("run", "--workers", "2", "--experiments", "2", "--proposer", "offline", "--tag", "s", cwd=root,
+                  timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = check_run_consistency(root, "s", engine)
+    pair = [r for r in records if r.get("proposal")]
+    assert len(pair) == 2 and all(r["backend"] == "slurm" and r["status"] == "ok" for r in pair), pair
+    a, b = (status_of(root, r["id"]) for r in pair)
+    assert a["t_started"] < b["t_ended"] and b["t_started"] < a["t_ended"], "the round's two jobs did not overlap"
+    assert {a["gpus"], b["gpus"]} == {"0", "1"}
