@@ -46,12 +46,13 @@ def train(h):
 '''
 
 # Put before TINY_TRAIN's imports: the run signals /out/started and waits (at most 60 s) for the host
-# to create /out/go, so a test can change things at a known point in the middle of a run.
+# to create /out/go (in the training phase), so a test can change things at a known point in the middle of a run.
 GATE = '''import os as _os, time as _time
-open("/out/started", "w").close()
-_t0 = _time.monotonic()
-while not _os.path.exists("/out/go") and _time.monotonic() - _t0 < 60:
-    _time.sleep(0.05)
+if not _os.path.isdir("/in"):  # the training phase only (an eval phase, with /in, imports train.py again)
+    open("/out/started", "w").close()
+    _t0 = _time.monotonic()
+    while not _os.path.exists("/out/go") and _time.monotonic() - _t0 < 60:
+        _time.sleep(0.05)
 '''
 
 FAST_POLICY = """

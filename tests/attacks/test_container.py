@@ -202,6 +202,7 @@ def test_hostile_train_py_is_contained(tiny_workspace, engine):
 
 
 OUT_FLOOD = '''
+import os
 with open("/out/flood", "wb") as fh:  # 1 MB blocks, synced, up to 1 GB
     for _ in range(1024):
         fh.write(os.urandom(1 << 20))
