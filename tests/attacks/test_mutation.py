@@ -16,7 +16,8 @@ import pytest
 
 from bench.soak import mutate
 from executor.docker_build import read_file
-from tests.attacks.conftest import (committed_train, constants, containers_of, started_output, wait_for)
+from tests.attacks.conftest import (TINY_TRAIN, committed_train, constants, containers_of, started_output,
+                                    wait_for)
 from tests.conftest import SEALAB, sealab, sealab_json
 
 
@@ -126,17 +127,17 @@ def test_pre_commit_hook(tiny_workspace, engine):
     """A pre-commit hook rewriting files: sealab's own commits (built from git objects) never run it;
     a user's commit made through it is what runs and is recorded, and what the hook left in the work
     tree only is drift."""
-    root = tiny_workspace(policy=True)
+    from agent.gitops import make_commit
+
+    root = tiny_workspace()
     repo = git.Repo(root)
     hook = root / ".git" / "hooks" / "pre-commit"
     hook.write_text(HOOK)
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
-    proc = sealab("run", "--experiments", "2", "--tag", "hook", "--proposer", "offline", cwd=root, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    # How the loop commits a proposal (agent/gitops.make_commit): from git objects, no hook runs.
+    proposal = make_commit(repo, repo.head.commit.hexsha, {"train.py": _set(TINY_TRAIN, "MARK", "7")}, "proposal")
     assert not (root / ".git" / "hook-ran").exists()
-    for ref in ["sealab/hook", *[r.path for r in repo.refs if r.path.startswith("refs/sealab/")]]:
-        for commit in repo.iter_commits(ref):
-            assert "MARK = 666" not in (commit.tree / "train.py").data_stream.read().decode()
+    assert constants((repo.commit(proposal).tree / "train.py").data_stream.read().decode())["MARK"] == 7
     # A user's commit through the hook (real `git commit`, hooks enabled).
     (root / "train.py").write_text(_set((root / "train.py").read_text(), "MARK", "5"))
     subprocess.run(["git", "commit", "-q", "-am", "user: MARK 5"], cwd=root, check=True,
@@ -159,12 +160,15 @@ MUTATIONS = ("linter", "formatter", "editor", "git_add", "index_only", "checkout
 @pytest.mark.docker
 def test_mutations_during_a_loop(tiny_workspace, engine):
     """During `sealab run`, each of a linter, a formatter, an editor's save, `git add`, a staged-only
-    change and a checkout of another branch is a drift event naming its value; nothing any of them wrote runs or
-    is committed; then another process moves the branch: the loop refuses to overwrite it (exit 4)."""
+    change and a checkout of another branch is a drift event naming its value; nothing any of them (or a
+    pre-commit hook) wrote runs or is committed; then another process moves the branch: the loop refuses to overwrite it (exit 4)."""
     from executor.ledger import Ledger
 
     root = tiny_workspace(policy=True)
     repo = git.Repo(root)
+    hook = root / ".git" / "hooks" / "pre-commit"  # never run by the loop's commits either
+    hook.write_text(HOOK)
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     db = root / ".sealab" / "ledger.db"
     proc = subprocess.Popen([SEALAB, "run", "--experiments", "25", "--tag", "m", "--proposer", "offline"], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -214,4 +218,5 @@ def test_mutations_during_a_loop(tiny_workspace, engine):
     for ref in [r.path for r in repo.refs if r.path.startswith("refs/sealab/")]:
         for commit in repo.iter_commits(ref):
             assert not re.search(r"^MARK = 90\d\d", (commit.tree / "train.py").data_stream.read().decode(), re.M)
+    assert not (root / ".git" / "hook-ran").exists()
     assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []
