@@ -295,27 +295,34 @@ class Loop:
                 while t.is_alive():
                     t.join(0.2)
         except KeyboardInterrupt:  # stop the round's runs now; their records say so
-            for entry in entries:
-                if entry.get("experiment"):
-                    self._stop_experiment(entry["experiment"])
+            self._stop_round(entries, threads)
             raise
         for outcome in results:
             if isinstance(outcome, BaseException):
                 raise outcome
         return [r for r in results if isinstance(r, dict)]
 
-    def _stop_experiment(self, experiment_id: str) -> None:
-        record = self.ledger.get(experiment_id)
-        if record is None or record["status"] != Status.RUNNING.value:
-            return
-        try:
-            if self.backend is not None:
-                self.backend.cleanup(experiment_id)
-            else:
-                self.engine.remove_experiment_containers(experiment_id)
-        except SealabError:
-            pass
-        self.ledger.finish(experiment_id, status=Status.INTERRUPTED.value, reason="stopped by the user")
+    def _stop_round(self, entries: list[dict[str, Any]], threads: list[threading.Thread], wait_s: float = 60) -> None:
+        """Mark the round's running records `interrupted`, then remove their containers (or cancel their
+        jobs) until every worker thread has ended, so that none can start a phase afterwards."""
+        for entry in entries:
+            record = self.ledger.get(entry["experiment"]) if entry.get("experiment") else None
+            if record is not None and record["status"] == Status.RUNNING.value:
+                self.ledger.finish(record["id"], status=Status.INTERRUPTED.value, reason="stopped by the user")
+        deadline = time.monotonic() + wait_s
+        while True:
+            for entry in entries:
+                if entry.get("experiment"):
+                    try:
+                        (self.backend.cleanup if self.backend is not None
+                         else self.engine.remove_experiment_containers)(entry["experiment"])
+                    except SealabError:
+                        pass
+            alive = [t for t in threads if t.is_alive()]
+            if not alive or time.monotonic() > deadline:
+                return
+            for t in alive:
+                t.join(0.5)
 
     def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""

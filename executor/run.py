@@ -214,12 +214,16 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
         reason = "stopped by the user" if interrupted else str(exc)
-        ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations,
-                      backend=backend.name, finished_at=now())
+        if (ledger.get(eid) or {}).get("status") == Status.RUNNING.value:  # a stopping loop may have said so first
+            ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations,
+                          backend=backend.name, finished_at=now())
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         raise
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}
+    current = ledger.get(eid) or {}
+    if current.get("status") != Status.RUNNING.value:  # a stopping loop finished it first (`interrupted`)
+        return current
     record = ledger.finish(
         eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
         backend=backend.name, placement=placement, finished_at=now(),

@@ -68,3 +68,57 @@ def _noise(policy, baseline):
     from policies import noise_floor
 
     return noise_floor(policy, [r["metrics"]["val_bpb"] for r in baseline])
+
+
+def wait_for_round(db, deadline_s: float = 600) -> None:
+    """Until two records of one round (the proposals, not the baseline) are running at once."""
+    import json
+    import time
+
+    from tests.integration.test_loop import sealab_json_rows
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if db.exists():
+            rows = [json.loads(r) for r in sealab_json_rows(db)]
+            if sum(r["status"] == "running" and r.get("run_tag") is None for r in rows) >= 2:
+                return
+    raise AssertionError("no round of two running experiments appeared")
+
+
+@pytest.mark.parametrize("how", ["kill9", "sigterm"])
+def test_stopping_a_round_then_resume(make_workspace, engine, how):
+    """kill -9 (or SIGTERM) while a round's two experiments run, then `--resume`: both end `interrupted`
+    with their commits preserved, no container is left, nothing is run twice, the run finishes."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import SEALAB
+
+    root = fast_workspace(make_workspace)
+    step_budget(root)
+    proc = subprocess.Popen([SEALAB, "run", "--workers", "2", "--experiments", "4", "--tag", "r", "--proposer",
+                             "offline"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_round(root / ".sealab" / "ledger.db")
+    os.kill(proc.pid, signal.SIGKILL if how == "kill9" else signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if how == "sigterm":
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+        running = [r for r in sealab_json("status", cwd=root) if r["status"] == "running"]
+        assert running == []  # SIGTERM finishes the records itself
+    resumed = sealab("run", "--resume", "--tag", "r", "--experiments", "4", cwd=root, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = sealab_json("status", cwd=root)
+    interrupted = [r for r in records if r["status"] == "interrupted"]
+    assert len(interrupted) == 2, [(r["id"], r["status"]) for r in records]
+    repo = git.Repo(root)
+    for r in interrupted:
+        assert repo.git.rev_parse(f"refs/sealab/discarded/{r['id']}") == r["commit"]
+    decided = [r["commit"] for r in records if r.get("decision") in ("keep", "discard")]
+    assert len(decided) == len(set(decided)) and len(decided) >= 2  # nothing run twice; the run went on
+    assert engine.api.containers(all=True, filters={"label": "sealab.experiment"}) == [] or all(
+        c["Labels"].get("sealab.experiment") not in {r["id"] for r in records}
+        for c in engine.api.containers(all=True, filters={"label": "sealab.experiment"}))
+    check_run_consistency(root, "r", engine)
