@@ -17,16 +17,16 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def small_disk(tmp_path, base_image):
-    """A workspace whose state directory `.sealab` is a 24 MiB tmpfs (we are root in CI); yields the
-    workspace and unmounts afterwards whatever happened. (With the whole workspace on the full disk,
-    git itself fails first: see the report in docs/reliability.md.)"""
+    """A workspace whose state directory `.sealab` is a 256 MiB tmpfs (room for the eval phase's ~70 MB
+    of logits; we are root in CI); yields the workspace and unmounts afterwards whatever happened. (With
+    the whole workspace on the full disk, git itself fails first: see docs/reliability.md.)"""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     root = fast_workspace(tmp_path, base_image)
     state = root / ".sealab"
     aside = shutil.move(str(state), str(tmp_path / "state-aside"))
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(state)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(state)], check=True)
     try:
         shutil.copytree(aside, state, dirs_exist_ok=True)
         yield root
