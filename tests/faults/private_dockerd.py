@@ -106,13 +106,13 @@ class PrivateDockerd:
     def cleanup(self) -> None:
         """Undo everything, whatever state it is in (idempotent)."""
         self.kill()
-        for sub in ("exec", "data"):  # a killed daemon may leave its mounts behind
-            path = self.root / sub
-            if path.exists():
-                mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                          if line.split()[1].startswith(str(path))]
-                for mount in sorted(mounts, key=len, reverse=True):
-                    subprocess.run(["umount", "-l", mount], capture_output=True)
+        for _ in range(5):  # a killed daemon may leave its mounts behind, some stacked twice
+            mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                      if line.split()[1].startswith(f"{self.root}/")]
+            if not mounts:
+                break
+            for mount in sorted(mounts, key=len, reverse=True):
+                subprocess.run(["umount", "-l", mount], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         if Path(f"/var/run/netns/{self.netns}").exists():
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)

@@ -24,12 +24,10 @@ PREFIX = "sfaultd"
 
 def stale_daemons() -> list[PrivateDockerd]:
     """Private daemons of earlier test processes that died without their teardown."""
-    found = []
-    for ns in Path("/var/run/netns").glob(f"{PREFIX}*") if Path("/var/run/netns").exists() else ():
-        pid = ns.name[len(PREFIX):]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            found.append(PrivateDockerd(ns.name))
-    return found
+    names = {p.name for p in Path("/var/run/netns").glob(f"{PREFIX}*")} if Path("/var/run/netns").exists() else set()
+    names |= {p.name for p in Path("/tmp").glob(f"{PREFIX}*")}  # the folder outlives an interrupted teardown
+    return [PrivateDockerd(name) for name in sorted(names)
+            if name[len(PREFIX):].isdigit() and not Path(f"/proc/{name[len(PREFIX):]}").exists()]
 
 
 @pytest.fixture(scope="module")
