@@ -24,7 +24,7 @@ from executor import config, git_source
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.backends import Backend
-from executor.errors import SealabError
+from executor.errors import EngineUnavailable, SealabError
 from executor.ledger import Ledger
 from executor.run import execute
 from executor.types import RunSpec, Status
@@ -47,6 +47,7 @@ class RunState:
     best_value: float | None = None
     threshold: float | None = None
     baseline: list[float] = field(default_factory=list)
+    baseline_ids: list[str] | None = field(default_factory=list)  # None: a state saved before they were kept
     experiments: int = 0
     consecutive_crashes: int = 0
     since_improvement: int = 0
@@ -83,9 +84,11 @@ class Loop:
             raise LoopStopped("the working tree has uncommitted changes; commit or stash them before `sealab run`")
         head = self.repo.head.commit.hexsha
         branch = f"sealab/{tag}"
-        gitops.cas(self.repo, f"refs/heads/{branch}", head, gitops.ZERO)
+        if gitops.ref_value(self.repo, f"refs/heads/{branch}") is not None:
+            raise LoopStopped(f"branch {branch} exists already; use another --tag")
         state = RunState(tag=tag, branch=branch, start_commit=head, best_commit=head)
-        self._save(state)
+        self._save(state)  # first: a kill after the branch exists can be resumed
+        gitops.cas(self.repo, f"refs/heads/{branch}", head, gitops.ZERO)
         gitops.restore(self.repo, branch, head)
         return state
 
@@ -93,15 +96,24 @@ class Loop:
         data = self.ledger.run_state(tag)
         if data is None:
             raise LoopStopped(f"no run tagged {tag!r} to resume")
+        data.setdefault("baseline_ids", None)
         state = RunState(**data)
         state.stop_reason = None
         tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+        if tip is None:  # killed between saving the state and creating the branch
+            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, gitops.ZERO)
+            tip = state.best_commit
         if tip not in (state.best_commit, (state.pending or {}).get("commit")):
             raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, which this run never made; "
                               "someone moved it, so sealab will not continue on it")
         self._guard(state, "resume", tip)
+        self._adopt_baselines(state)
         if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
             record = self.ledger.get(state.pending["experiment"]) if state.pending.get("experiment") else None
+            if record is not None and record["status"] == Status.INFRA_ERROR.value:
+                state.pending["retry"] = True  # lost to the engine: `run` runs the commit again
+                self._save(state)
+                return state
             if record is not None and record["status"] not in (Status.RUNNING.value, Status.INTERRUPTED.value):
                 self._decide(state, record)
             else:
@@ -135,10 +147,17 @@ class Loop:
             if value is None:
                 raise LoopStopped(f"the baseline run {record['id']} ended {record['status']}: {record['reason']}")
             state.baseline.append(value)
+            if state.baseline_ids is not None:
+                state.baseline_ids.append(record["id"])
             state.best_value = statistics.fmean(state.baseline)  # the mean: one lucky baseline run sets no bar
             state.threshold = noise_floor(self.policy, state.baseline)
             self._save(state)
             self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)
+        if state.pending and state.pending.get("retry"):  # resumed after the engine lost the pending commit
+            gitops.restore(self.repo, state.branch, state.pending["commit"])
+            record = self._execute(state, None)
+            self._guard(state, "after run")
+            self._decide(state, record)
         while True:
             state.elapsed_s = time.monotonic() - started
             reason = should_stop(self.policy, experiments=state.experiments, hours=state.elapsed_s / 3600,
@@ -147,6 +166,10 @@ class Loop:
                                  max_hours=hours)
             if reason:
                 self._guard(state, "end")
+                tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+                if tip != state.best_commit:
+                    raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
+                                      f"{state.best_commit[:12]}: someone moved it")
                 state.stop_reason = reason
                 self._save(state)
                 self.on_event(f"stopped: {reason}", state)
@@ -186,7 +209,9 @@ class Loop:
             self._save(state)
             return None
         except ModelUnavailable as exc:
-            raise LoopStopped(f"the model is unavailable: {exc}") from None
+            state.cost_usd += exc.usage.cost_usd
+            self._save(state)
+            raise ModelUnavailable(f"the model is unavailable: {exc}", exc.usage) from None
         state.cost_usd += proposal.usage.cost_usd
         changes = {path: (self._read(state.best_commit, path), content) for path, content in proposal.files.items()}
         changes = {p: c for p, c in changes.items() if c[0] != c[1]}
@@ -207,20 +232,67 @@ class Loop:
 
     def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> dict[str, Any]:
         commit = state.pending["commit"] if state.pending else state.best_commit
-        record = execute(self.ws, commit, self.engine, self.ledger,  # the executor re-checks the scope itself
-                         on_record=lambda eid: self._note_pending(state, eid),
-                         editable=self.policy.scope.editable if state.pending else None, backend=self.backend)
+        record = self._run_commit(state, self.ws, self.ledger, commit, lambda eid: self._note_pending(state, eid),
+                                  self._extra(state, decision, proposal), editable=bool(state.pending))
         return self._annotate(self.ledger, record, state, decision, proposal)
 
-    def _annotate(self, ledger: Ledger, record: dict[str, Any], state: RunState, decision: str | None,
-                  proposal: Proposal | None) -> dict[str, Any]:
-        extra = {"run_tag": state.tag}
+    def _extra(self, state: RunState, decision: str | None, proposal: Proposal | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"run_tag": state.tag}
         if decision:
             extra["decision"] = decision
         if proposal is not None:
             extra["proposal"] = {"proposer": proposal.proposer, "description": proposal.description,
                                  "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest}
-        return ledger.annotate(record["id"], **extra)
+        return extra
+
+    def _run_commit(self, state: RunState, ws: Workspace, ledger: Ledger, commit: str,
+                    on_record: Callable[[str], None], extra: dict[str, Any], *, editable: bool) -> dict[str, Any]:
+        """Execute `commit` (the executor re-checks the scope itself); a run lost to the engine
+        (`infra_error`) is run again as a new record, per the policy's [retry], once the engine answers."""
+        attempt, ids = 0, []
+
+        def noted(experiment_id: str) -> None:
+            ids.append(experiment_id)
+            on_record(experiment_id)
+
+        while True:
+            try:
+                return execute(ws, commit, self.engine, ledger, on_record=noted,
+                               editable=self.policy.scope.editable if editable else None, backend=self.backend,
+                               extra=extra)
+            except EngineUnavailable as exc:
+                attempt += 1
+                if attempt > self.policy.retry.infra_error:
+                    raise
+                ledger.add_event(state.tag, "retry", {"commit": commit, "attempt": attempt, "reason": str(exc)})
+                self._wait_for_engine(exc)
+                if ids:  # what the lost run left on the engine (e.g. an exited container after a restart)
+                    self._cleanup(ids[-1])
+
+    def _cleanup(self, experiment_id: str) -> None:
+        try:
+            (self.backend.cleanup if self.backend is not None else self.engine.remove_experiment_containers)(experiment_id)
+        except SealabError:
+            pass
+
+    def _wait_for_engine(self, cause: EngineUnavailable) -> None:
+        """Ping the engine with backoff until it answers, for at most the policy's retry.wait_s."""
+        deadline = time.monotonic() + self.policy.retry.wait_s
+        delay = 0.5
+        while True:
+            try:
+                self.engine.ping()
+                return
+            except EngineUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise cause from None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _annotate(self, ledger: Ledger, record: dict[str, Any], state: RunState, decision: str | None,
+                  proposal: Proposal | None) -> dict[str, Any]:
+        """The loop's keys on a finished record (already there from its first write; idempotent)."""
+        return ledger.annotate(record["id"], **self._extra(state, decision, proposal))
 
     # -- parallel rounds (--workers N) --------------------------------------------------------------
     def _round(self, state: RunState, spec: RunSpec, n: int) -> None:
@@ -277,9 +349,9 @@ class Loop:
         def work(i: int) -> None:
             ledger = Ledger(self.ws.ledger_path)
             try:
-                record = execute(Workspace(self.ws.root), entries[i]["commit"], self.engine, ledger,
-                                 on_record=lambda eid: note(i, eid, ledger), editable=self.policy.scope.editable,
-                                 backend=self.backend)
+                record = self._run_commit(state, Workspace(self.ws.root), ledger, entries[i]["commit"],
+                                          lambda eid: note(i, eid, ledger), self._extra(state, None, proposals[i]),
+                                          editable=True)
                 results[i] = self._annotate(ledger, record, state, None, proposals[i])
             except BaseException as exc:  # re-raised in the loop's thread below
                 results[i] = exc
@@ -313,11 +385,7 @@ class Loop:
         while True:
             for entry in entries:
                 if entry.get("experiment"):
-                    try:
-                        (self.backend.cleanup if self.backend is not None
-                         else self.engine.remove_experiment_containers)(entry["experiment"])
-                    except SealabError:
-                        pass
+                    self._cleanup(entry["experiment"])
             alive = [t for t in threads if t.is_alive()]
             if not alive or time.monotonic() > deadline:
                 return
@@ -360,6 +428,21 @@ class Loop:
         state.round = None
         self._save(state)
         self.on_event(f"round done (best {state.best_value:.6f})", state)
+
+    def _adopt_baselines(self, state: RunState) -> None:
+        """Count baseline runs of this run that finished but were not counted (killed in between)."""
+        if state.baseline_ids is None:
+            return
+        for record in self.ledger.records():
+            if len(state.baseline) >= self.policy.acceptance.noise_runs:
+                return
+            if (record.get("run_tag") == state.tag and record.get("decision") == "baseline"
+                    and record["id"] not in state.baseline_ids and self._metric(record) is not None):
+                state.baseline.append(self._metric(record))
+                state.baseline_ids.append(record["id"])
+                state.best_value = statistics.fmean(state.baseline)
+                state.threshold = noise_floor(self.policy, state.baseline)
+                self._save(state)
 
     def _note_pending(self, state: RunState, experiment_id: str) -> None:
         if state.pending:

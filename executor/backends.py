@@ -38,6 +38,11 @@ class Job:
     command: tuple[str, ...] | None = None  # None: the image's CMD
     in_dir: Path | None = None  # read-only inputs, at /in
     deadline_s: float | None = None  # None: the spec's budget + grace
+    out_cap_mb: int | None = None  # None: the spec's [resources] out_mb
+
+    @property
+    def out_cap(self) -> int:
+        return self.spec.resources.out_cap_mb if self.out_cap_mb is None else self.out_cap_mb
 
     @property
     def name(self) -> str:
@@ -165,7 +170,7 @@ class DockerBackend:
             t = time.monotonic()
             engine.start(container)
             end = engine.wait(container, job.deadline, out_dir=None if self.remote else job.out_dir,
-                              out_cap_mb=job.spec.resources.out_cap_mb)
+                              out_cap_mb=job.out_cap)
             output = engine.logs(container)
             if self.remote:
                 engine.copy_out(container, job.out_dir)

@@ -106,6 +106,11 @@ class Engine:
             client.ping()
             return cls(client)
 
+    def ping(self) -> None:
+        """Raises EngineUnavailable unless the engine answers now."""
+        with engine_errors():
+            self.api.ping()
+
     # -- images -------------------------------------------------------------------------------------
     def image_id(self, ref: str) -> str | None:
         """The ID `ref` (a name or an ID) resolves to now, or None."""
@@ -309,6 +314,12 @@ class Engine:
                     extracted = tar.extractfile(member)
                     if extracted is not None:
                         (dest_dir / name).write_bytes(extracted.read())
+
+    def experiment_containers(self) -> list[tuple[str, str]]:
+        """(container ID, experiment ID) of every container sealab created on this engine."""
+        with engine_errors():
+            return [(c["Id"], c["Labels"][LABEL_EXPERIMENT])
+                    for c in self.api.containers(all=True, filters={"label": LABEL_EXPERIMENT})]
 
     def remove_experiment_containers(self, experiment_id: str | None = None) -> list[str]:
         """Force-remove the containers of one experiment (or of all, with None); returns their IDs."""

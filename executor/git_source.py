@@ -93,11 +93,16 @@ def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
     own diff is added for every file whose staged content differs from both `sha` and the work tree.
     """
     options = ("--no-color", "--no-ext-diff", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/")
-    diff = repo.git.diff(sha, *options)
-    staged = repo.git.diff("--cached", sha, *options)
+    try:
+        diff = repo.git.diff(sha, *options)
+        staged = repo.git.diff("--cached", sha, *options)
+        untracked = list(repo.untracked_files)
+    except git.GitCommandError as exc:  # e.g. a full disk: git cannot refresh the index
+        said = " ".join(str(exc.stderr or exc).split())[:200]
+        raise WorkspaceError(f"{repo.working_tree_dir}: git cannot compare the work tree with {sha[:12]}: {said}") from None
     shown = set(_sections(diff))
     extra = [section for section in _sections(staged) if section not in shown]
-    return "\n".join(filter(None, [diff, *extra])), list(repo.untracked_files)
+    return "\n".join(filter(None, [diff, *extra])), untracked
 
 
 def _sections(diff: str) -> list[str]:

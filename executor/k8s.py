@@ -200,14 +200,14 @@ def job_manifest(job: Job, image_ref: str, options: K8sOptions = K8sOptions(), *
     pinned(image_ref)
     res = job.spec.resources
     limits = {"memory": f"{res.memory_mb}Mi", "cpu": f"{math.ceil(res.cpus * 1000)}m",
-              "ephemeral-storage": f"{res.out_cap_mb + LOG_ALLOWANCE_MB}Mi"}
+              "ephemeral-storage": f"{job.out_cap + LOG_ALLOWANCE_MB}Mi"}
     if res.gpus > 0:
         limits[options.gpu_resource] = str(res.gpus)
     # /tmp and HOME are memory-backed like the Docker backend's tmpfs (charged to the memory limit);
     # /out is disk, capped like the bind mount; /dev/shm as Docker's shm_size for GPU runs.
     volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=f"{res.tmp_mb}Mi")),
                k8s.V1Volume(name="home", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=f"{res.home_mb}Mi")),
-               k8s.V1Volume(name="out", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=f"{res.out_cap_mb}Mi"))]
+               k8s.V1Volume(name="out", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=f"{job.out_cap}Mi"))]
     mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp"), k8s.V1VolumeMount(name="home", mount_path=HOME_DIR),
               k8s.V1VolumeMount(name="out", mount_path=OUT_DIR)]
     if res.gpus > 0:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import structlog
 
@@ -28,7 +28,7 @@ from executor import config, evaluate, git_source, owner, valdata
 from executor.backends import Backend, DockerBackend, Job
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
-from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, SealabError
+from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
 from executor.ledger import Ledger, now
 from executor.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.summary import parse_summary
@@ -128,11 +128,12 @@ def summary_result(output: bytes, metric: str) -> dict | None:
 
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             on_record: Callable[[str], None] | None = None, editable: Sequence[str] | None = None,
-            backend: Backend | None = None) -> dict[str, Any]:
+            backend: Backend | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run commit `ref` of the workspace sealed, and return its finished ledger record.
 
     `backend` runs the image (default: `engine`, this machine's); it verifies the image where it runs.
     `on_record(experiment_id)` is called once the record exists (as `running`), before anything starts.
+    `extra` (e.g. the loop's `run_tag`, `decision`, `proposal`) is part of the record from its first write.
     `editable` (glob patterns): the commit may change only these paths against its parent, as read
     from git here, whatever the caller claims; otherwise it is `rejected` and nothing is loaded.
 
@@ -163,7 +164,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         "id": eid, "commit": facts.sha, "parent": facts.parent, "tree": facts.tree, "description": facts.subject,
         "base_image_id": base.image_id, "data_digest": base.data_digest, "run_spec": spec.to_dict(),
         "drift": drift, "log_path": str(log_path.relative_to(ws.root)), "created_at": now(), "durations": {},
-        "backend": backend.name,
+        "backend": backend.name, **(extra or {}),
     }, owner.token())
     if on_record is not None:
         on_record(eid)
@@ -210,23 +211,33 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 outcome = Outcome(Status.CRASH, "the harness saved no model for the evaluator", exit_code=end.exit_code)
             if end.over_cap and outcome.status in (Status.OK, Status.CRASH):
                 outcome = Outcome(Status.CRASH, end.over_cap, exit_code=end.exit_code)
-    except (KeyboardInterrupt, EngineUnavailable) as exc:
+    except (KeyboardInterrupt, EngineUnavailable, OSError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
-        reason = "stopped by the user" if interrupted else str(exc)
+        reason = ("stopped by the user" if interrupted else str(exc) if isinstance(exc, EngineUnavailable)
+                  else f"the workspace's state directory failed: {exc.strerror or exc}"
+                       + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""))
         if (ledger.get(eid) or {}).get("status") == Status.RUNNING.value:  # a stopping loop may have said so first
             ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations,
                           backend=backend.name, finished_at=now())
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
+        if isinstance(exc, OSError):
+            raise LedgerError(reason) from None
         raise
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}
+    seen = {(d["path"], tuple(d["changes"])) for d in drift}
+    during = [d for d in summarize(*git_source.working_diff(ws.repo, facts.sha))
+              if (d["path"], tuple(d["changes"])) not in seen]  # made while it ran: reported, never run
+    for line in describe(during):
+        log.warning("drift", change=line, note="made during the run; the run used the commit")
+    drift = drift + during
     current = ledger.get(eid) or {}
     if current.get("status") != Status.RUNNING.value:  # a stopping loop finished it first (`interrupted`)
         return current
     record = ledger.finish(
         eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
-        backend=backend.name, placement=placement, finished_at=now(),
+        backend=backend.name, placement=placement, finished_at=now(), drift=drift,
         peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
         durations={k: round(v, 4) for k, v in durations.items()},
     )
@@ -264,7 +275,7 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     model.chmod(0o644)
     try:
         end = backend.run(Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND, in_dir=in_dir,
-                              deadline_s=spec.grace_s,
+                              deadline_s=spec.grace_s, out_cap_mb=(evalset.logits_bytes >> 20) + 16,
                               env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
     except IdentityMismatch as exc:
         return Outcome(Status.REJECTED, f"eval phase: {exc}; nothing was started")
@@ -310,4 +321,9 @@ def recover(ledger: Ledger, engine: Engine | None,
         ledger.finish(eid, status=Status.INTERRUPTED.value,
                       reason=f"the sealab process that ran it ({holder}) died before it finished")
         recovered.append(eid)
+    if engine is not None:  # containers of finished records (e.g. their removal failed while the engine was down)
+        for container, eid in engine.experiment_containers():
+            record = ledger.get(eid)
+            if record is not None and record["status"] != Status.RUNNING.value:
+                engine.remove(container)
     return recovered

@@ -224,7 +224,7 @@ def job_script(job: Job, ref: str, options: SlurmOptions, job_dir: Path) -> str:
     settings = {
         "DOCKER": options.docker, "JOB_DIR": str(job_dir), "REF": ref, "EXPECTED": job.sealed.image_id,
         "NAME": job.name, "OUT_DIR": str(job.out_dir.resolve()), "DEADLINE_NS": str(int(job.deadline * 1e9)),
-        "OUT_CAP_KB": str(job.spec.resources.out_cap_mb << 10), "OUT_CAP_MB": str(job.spec.resources.out_cap_mb),
+        "OUT_CAP_KB": str(job.out_cap << 10), "OUT_CAP_MB": str(job.out_cap),
         "POLL_S": f"{min(options.poll_s, 1.0):g}", "GPU_MODE": options.gpu_mode,
         "NEED_GPUS": str(job.spec.resources.gpus), "INSPECT_FORMAT": INSPECT_FORMAT,
     }

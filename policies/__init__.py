@@ -17,6 +17,7 @@ from policies.rules import (
     Gates,
     Policy,
     PolicyError,
+    Retry,
     RunLimits,
     Scope,
     Stop,
@@ -39,7 +40,7 @@ from policies.rules import (
 __all__ = [
     "ALLOW", "CONFIG_PATH", "POLICY_DIR", "Acceptance", "DiffLimit",
     "Drift", "Forbidden", "Gates", "Policy",
-    "PolicyError", "RunLimits", "Scope", "Stop", "Verdict", "added_lines", "changed_lines",
+    "PolicyError", "Retry", "RunLimits", "Scope", "Stop", "Verdict", "added_lines", "changed_lines",
     "check_proposal", "check_run_spec", "decide", "load_policy", "noise_floor", "parse_policy",
     "pick_winner", "policy_digest", "policy_path", "raised_limits", "should_stop",
 ]

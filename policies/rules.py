@@ -125,6 +125,13 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class Retry:
+    reason: str
+    infra_error: int = 2  # runs of one commit lost to the engine (`infra_error`) that are retried
+    wait_s: float = 120.0  # how long to wait for the engine to answer again before each retry
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     path: str
@@ -137,13 +144,15 @@ class Policy:
     stop: Stop
     gates: Gates
     drift: Drift
+    retry: Retry = Retry("the shipped default: an experiment lost to the engine is run again twice")
 
     def rules(self) -> tuple[tuple[str, str], ...]:
         """Every rule as (name, reason), in file order of sections; forbidden entries are numbered."""
         out = [("scope", self.scope.reason), ("diff", self.diff.reason)]
         out += [(f"forbidden[{i}]", f.reason) for i, f in enumerate(self.forbidden)]
         out += [("run", self.run.reason), ("acceptance", self.acceptance.reason),
-                ("stop", self.stop.reason), ("gates", self.gates.reason), ("drift", self.drift.reason)]
+                ("stop", self.stop.reason), ("gates", self.gates.reason), ("drift", self.drift.reason),
+                ("retry", self.retry.reason)]
         return tuple(out)
 
 
@@ -165,7 +174,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
              "max_consecutive_crashes": (_INT, False), "plateau": (_INT, False), "reason": (_STR, True)},
     "gates": {"protected_paths": (_BOOL, False), "raise_limits": (_BOOL, False), "reason": (_STR, True)},
     "drift": {"action": (_STR, False), "reason": (_STR, True)},
+    "retry": {"infra_error": (_INT, False), "wait_s": (_NUM, False), "reason": (_STR, True)},
 }
+_OPTIONAL_SECTIONS = ("forbidden", "retry")
 # limits that must be > 0 (the rest must be >= 0)
 _POSITIVE = {"max_budget_s", "max_memory_mb", "max_pids", "noise_runs", "max_experiments", "max_hours",
              "max_consecutive_crashes", "plateau", "max_changed_lines", "max_cpus"}
@@ -209,7 +220,7 @@ def parse_policy(data: bytes | str, *, source: str = "<policy>", name: str = "po
     for section in raw:
         if section not in _SCHEMA:
             raise fail(f"unknown section [{section}] (known: {', '.join(_SCHEMA)})")
-    missing = [s for s in _SCHEMA if s not in raw and s != "forbidden"]
+    missing = [s for s in _SCHEMA if s not in raw and s not in _OPTIONAL_SECTIONS]
     if missing:
         raise fail(f"missing section [{missing[0]}] (every policy states every rule)")
 
@@ -277,9 +288,10 @@ def parse_policy(data: bytes | str, *, source: str = "<policy>", name: str = "po
     drift = Drift(**table("[drift]", "drift", raw["drift"]))
     if drift.action not in ("restore", "halt"):
         raise fail(f"[drift].action must be 'restore' or 'halt', not {drift.action!r}")
+    extra = {"retry": Retry(**table("[retry]", "retry", raw["retry"]))} if "retry" in raw else {}
     return Policy(name=name, path=source, digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
                   scope=scope, diff=diff, forbidden=tuple(forbidden), run=run, acceptance=acceptance,
-                  stop=stop, gates=gates, drift=drift)
+                  stop=stop, gates=gates, drift=drift, **extra)
 
 
 def policy_digest(policy: Policy) -> str:

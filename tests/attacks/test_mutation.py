@@ -18,7 +18,7 @@ from bench.soak import mutate
 from executor.docker_build import read_file
 from tests.attacks.conftest import (TINY_TRAIN, committed_train, constants, containers_of, started_output,
                                     wait_for)
-from tests.conftest import SEALAB, sealab, sealab_json
+from tests.conftest import SEALAB, sealab_json
 
 
 def _set(text: str, name: str, value) -> str:
@@ -98,9 +98,6 @@ def test_mutations_before_and_during_exec(tiny_workspace, engine):
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="executor/run.py takes drift only before the start; a change made "
-                   "during the run is reported by the loop's guard, not by `sealab exec` (needs a post-run "
-                   "working_diff appended to the record's drift, in run.py)")
 def test_exec_reports_drift_made_during_the_run(tiny_workspace):
     """`sealab exec` alone reports a work-tree edit made while its container ran."""
     root = tiny_workspace(gate=True)

@@ -63,7 +63,10 @@ def policy_text(noise_runs: int = 1, min_delta: float = 0.0001) -> str:
     shipped = Path(policies.policy_path("default")).read_text()
     acceptance = (f"[acceptance]\nmin_delta = {min_delta}\nnoise_runs = {noise_runs}\nz = 1.0\n"
                   'reason = "fault tests: a short baseline"\n\n')
-    return re.sub(r"\[acceptance\][^\[]*", acceptance, shipped, count=1)
+    retry = ('[retry]\ninfra_error = 1\nwait_s = 20\n'
+             'reason = "fault tests: one retry, after waiting at most 20 s for the engine"\n')
+    text = re.sub(r"\[acceptance\][^\[]*", acceptance, shipped, count=1)
+    return re.sub(r"\[retry\][^\[]*", retry, text, count=1)
 
 
 def fast_workspace(parent: Path, base: Any, *, steps: int = 4, noise_runs: int = 1, name: str = "ws",

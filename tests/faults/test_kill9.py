@@ -22,23 +22,12 @@ POINTS = [
     ("cas-discarded-ref", "cas:3", 1e6),           # refs/sealab/discarded/<id> created, the branch not moved back
     ("cas-branch-back", "cas:4", 1e6),             # the branch moved back to the best commit, state not saved
 ]
-# What agent/loop.py does today at these points (strict xfails: they pass once the loop is fixed):
-LOOP_BUGS = {
-    "finished-baseline": "a baseline record finished but not yet counted is never adopted on resume: the "
-                         "baseline runs again and the first record stays undecided, without its run tag",
-    "finished": "a proposal's record finished before `_execute` annotated it is decided on resume without "
-                "run_tag and proposal: it is attributed to no run",
-    "cas-branch-created": "the branch is created before the run state is saved: --resume finds no run, and "
-                          "the same --tag is refused because the branch exists",
-}
 
 
 @pytest.mark.parametrize("name,point,min_delta", POINTS, ids=[p[0] for p in POINTS])
-def test_kill_9_then_resume(name, point, min_delta, tmp_path, base_image, engine, request):
+def test_kill_9_then_resume(name, point, min_delta, tmp_path, base_image, engine):
     """kill -9 at one exact point, then --resume: zero lost or duplicated records, no commit run twice,
     branch and refs consistent, `verify --all` clean, no container left."""
-    if name in LOOP_BUGS:
-        request.applymarker(pytest.mark.xfail(reason=LOOP_BUGS[name], strict=True))
     root = fast_workspace(tmp_path, base_image, min_delta=min_delta)
     mark = tmp_path / "paused"
     proc = launch(["run", "--experiments", "2", "--tag", "k", "--proposer", "offline"], root, pause=point, mark=mark)

@@ -98,8 +98,6 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(strict=True, reason="agent/loop.py wraps ModelUnavailable (exit 3) in LoopStopped (exit 4); "
-                                       "the README documents exit 3 for `sealab run` when the model is unavailable")
 def test_model_unavailable_exits_3(tmp_path, base_image):
     """`sealab run` exits 3 when the model API is unavailable, as documented."""
     root = fast_workspace(tmp_path, base_image)

@@ -82,7 +82,7 @@ def wait_for_round(db, deadline_s: float = 600) -> None:
         time.sleep(0.3)
         if db.exists():
             rows = [json.loads(r) for r in sealab_json_rows(db)]
-            if sum(r["status"] == "running" and r.get("run_tag") is None for r in rows) >= 2:
+            if sum(r["status"] == "running" and bool(r.get("proposal")) for r in rows) >= 2:
                 return
     raise AssertionError("no round of two running experiments appeared")
 

@@ -282,7 +282,7 @@ def test_result_json_has_the_contract_keys_and_types(real_run, data_dir):
     assert isinstance(r["steps"], int) and r["steps"] > 0
     hp = r["hyperparameters"]
     assert r["tokens"] == r["steps"] * hp["BATCH_SIZE"] * hp["SEQ_LEN"]
-    assert BUDGET_S <= r["training_seconds"] < r["total_seconds"]
+    assert r["steps"] == 8 and 0 < r["training_seconds"] < r["total_seconds"]  # a step budget (real_run)
     assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["training_seconds"])
     assert r["data_digest"] == "sha256:" + hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
     assert r["num_params"] > 10_000
