@@ -92,6 +92,26 @@ def make_commit(repo: git.Repo, parent: str, files: Mapping[str, str], message: 
     return commit.hexsha
 
 
+def move(repo: git.Repo, branch: str, old: str, new: str) -> bool:
+    """Take the checked-out work tree and index from `old` to `new` (`branch` must point at `new` and be
+    checked out) without overwriting a local change: a two-tree merge, `git read-tree -m -u OLD NEW`.
+
+    False when git refuses (a local change in a file that differs between the two, or HEAD elsewhere):
+    nothing was touched, and the caller reports the drift before forcing the tree (see `restore`).
+    """
+    actual = ref_value(repo, f"refs/heads/{branch}")
+    if actual != new:
+        raise RefMoved(f"refs/heads/{branch}", new, actual)
+    try:
+        if repo.git.symbolic_ref("-q", "HEAD") != f"refs/heads/{branch}":
+            return False
+        repo.git.update_index("-q", "--refresh", with_exceptions=False)
+        repo.git.read_tree("-m", "-u", old, new)
+        return True
+    except git.GitCommandError:
+        return False
+
+
 def restore(repo: git.Repo, branch: str, commit: str) -> None:
     """Check out `branch` (which must point at `commit`) with index and work tree equal to it."""
     actual = ref_value(repo, f"refs/heads/{branch}")

@@ -191,7 +191,7 @@ class Loop:
         state.pending = {"commit": commit, "experiment": None}
         self._save(state)  # before the branch moves, so that --resume knows this commit
         gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
-        gitops.restore(self.repo, state.branch, commit)
+        self._move(state, state.best_commit, commit, "before run")
         record = self._execute(state, None, proposal)
         self._guard(state, "after run")
         self._decide(state, record)
@@ -402,8 +402,9 @@ class Loop:
         if win is not None:
             entry, record = finished[win]
             gitops.cas(self.repo, f"refs/heads/{state.branch}", entry["commit"], state.best_commit)
+            old_best = state.best_commit
             state.best_commit, state.best_value = entry["commit"], self._metric(record)
-            gitops.restore(self.repo, state.branch, state.best_commit)
+            self._move(state, old_best, state.best_commit, "after round")
         for i, (entry, record) in enumerate(finished):
             value = self._metric(record)
             state.experiments += 1
@@ -478,19 +479,42 @@ class Loop:
             gitops.cas(self.repo, keep, commit, gitops.ZERO)
         if gitops.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
             gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, commit)
-        gitops.restore(self.repo, state.branch, state.best_commit)
+            self._move(state, commit, state.best_commit, "after run")
+        elif not self._on_branch(state):
+            gitops.restore(self.repo, state.branch, state.best_commit)
+
+    def _move(self, state: RunState, old: str, new: str, where: str) -> None:
+        """Take the work tree from `old` to `new` without overwriting anything: if git refuses, what is
+        in the way is reported as drift against `old` before the tree is forced to `new`."""
+        if not gitops.move(self.repo, state.branch, old, new):
+            if not self._guard(state, where, tip=old, restore_to=new):
+                gitops.restore(self.repo, state.branch, new)
 
     # -- drift guard --------------------------------------------------------------------------------
-    def _guard(self, state: RunState, where: str, tip: str | None = None) -> None:
+    def _guard(self, state: RunState, where: str, tip: str | None = None, restore_to: str | None = None) -> bool:
         """Any difference between the work tree/index and the branch's commit is drift: record it, then
-        restore the tree (default) or halt. The agent never sees or builds on drifted content."""
+        restore the tree (default) or halt. The agent never sees or builds on drifted content.
+
+        The tree is diffed again just before the (forced) restore, and anything new is reported too,
+        so a change made while the first report was written is not erased unseen. Returns whether
+        there was drift (and so whether the tree was restored, to `restore_to` or `tip`)."""
         tip = tip or (state.pending["commit"] if state.pending else state.best_commit)
-        moved = [] if self._on_branch(state) else [{"path": "HEAD", "changes": [f"HEAD is not {state.branch}"],
-                                                     "patch": ""}]
-        diff, _untracked = git_source.working_diff(self.repo, tip)
-        entries = moved + summarize(diff, [])
-        if not entries:
-            return
+        reported: set[tuple[str, tuple[str, ...]]] = set()
+        for _ in range(3):
+            moved = [] if self._on_branch(state) else [{"path": "HEAD", "changes": [f"HEAD is not {state.branch}"],
+                                                         "patch": ""}]
+            diff, _untracked = git_source.working_diff(self.repo, tip)
+            entries = [e for e in moved + summarize(diff, []) if (e["path"], tuple(e["changes"])) not in reported]
+            if not entries:
+                break
+            reported |= {(e["path"], tuple(e["changes"])) for e in entries}
+            self._report_drift(state, where, tip, entries)
+        if not reported:
+            return False
+        gitops.restore(self.repo, state.branch, restore_to or tip)
+        return True
+
+    def _report_drift(self, state: RunState, where: str, tip: str, entries: list[dict[str, Any]]) -> None:
         state.drift_events += 1
         patch_dir = self.ws.state / "drift"
         patch_dir.mkdir(parents=True, exist_ok=True)
@@ -503,7 +527,6 @@ class Loop:
         self.on_event(f"drift {where}: {'; '.join(describe(entries))}", state)
         if self.drift_action == "halt":
             raise LoopStopped(f"drift {where} ({'; '.join(describe(entries))}); halted per policy, patch in {patch}")
-        gitops.restore(self.repo, state.branch, tip)
 
     def check_drift(self, state: RunState, where: str) -> None:
         """Run the drift guard now (e.g. once the loop has stopped)."""

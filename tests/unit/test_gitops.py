@@ -53,3 +53,24 @@ def test_set_constant_keeps_the_comment():
     assert gitops.set_constant(text, "SCALAR_LR", "0.3") == "A = 1  # a\nSCALAR_LR = 0.3   # lr\n"
     with pytest.raises(ValueError):
         gitops.set_constant(text, "MISSING", "1")
+
+
+def test_move_never_overwrites_a_local_change(repo, tmp_path):
+    """`move` takes the tree from one commit to the next (a two-tree merge); a local edit of a file the
+    move would change makes it refuse and touch nothing, so the loop can report it before forcing."""
+    head = repo.head.commit.hexsha
+    nxt = gitops.make_commit(repo, head, {"train.py": "NEXT = 1\n"}, "next")
+    gitops.cas(repo, "refs/heads/sealab/m", head, gitops.ZERO)
+    gitops.restore(repo, "sealab/m", head)
+    train = tmp_path / "ws" / "train.py"
+    train.write_text("SCALAR_LR = 0.3  # a linter, between the check and the move\n")
+    gitops.cas(repo, "refs/heads/sealab/m", nxt, head)
+    assert gitops.move(repo, "sealab/m", head, nxt) is False
+    assert train.read_text() == "SCALAR_LR = 0.3  # a linter, between the check and the move\n"  # not erased
+    gitops.restore(repo, "sealab/m", nxt)
+    back = gitops.make_commit(repo, nxt, {"train.py": "BACK = 1\n"}, "back")
+    gitops.cas(repo, "refs/heads/sealab/m", back, nxt)
+    assert gitops.move(repo, "sealab/m", nxt, back) is True
+    assert train.read_text() == "BACK = 1\n" and not repo.is_dirty(untracked_files=False)
+    with pytest.raises(gitops.RefMoved):
+        gitops.move(repo, "sealab/m", back, nxt)  # the branch is not at `nxt`
