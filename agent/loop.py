@@ -70,6 +70,7 @@ class Loop:
     on_event: Callable[[str, RunState], None] = lambda line, state: None
     workers: int = 1  # experiments per round, run at once; 1 is the plain one-at-a-time loop
     backend: Backend | None = None  # where experiments run (None: the local engine)
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)  # a round is being stopped
 
     @property
     def repo(self) -> git.Repo:
@@ -262,8 +263,8 @@ class Loop:
                                extra=extra)
             except EngineUnavailable as exc:
                 attempt += 1
-                if attempt > self.policy.retry.infra_error:
-                    raise
+                if attempt > self.policy.retry.infra_error or self.stopping.is_set():
+                    raise  # (a stopping round removes its containers: that is no loss to retry)
                 ledger.add_event(state.tag, "retry", {"commit": commit, "attempt": attempt, "reason": str(exc)})
                 self._wait_for_engine(exc)
                 if ids:  # what the lost run left on the engine (e.g. an exited container after a restart)
@@ -375,17 +376,20 @@ class Loop:
         return [r for r in results if isinstance(r, dict)]
 
     def _stop_round(self, entries: list[dict[str, Any]], threads: list[threading.Thread], wait_s: float = 60) -> None:
-        """Mark the round's running records `interrupted`, then remove their containers (or cancel their
-        jobs) until every worker thread has ended, so that none can start a phase afterwards."""
-        for entry in entries:
-            record = self.ledger.get(entry["experiment"]) if entry.get("experiment") else None
-            if record is not None and record["status"] == Status.RUNNING.value:
-                self.ledger.finish(record["id"], status=Status.INTERRUPTED.value, reason="stopped by the user")
+        """Mark the round's running records `interrupted` and remove their containers (or cancel their
+        jobs), again until every worker thread has ended, so that none can start a phase or a retry
+        afterwards; a record begun while this runs is marked before its container is removed."""
+        self.stopping.set()
         deadline = time.monotonic() + wait_s
         while True:
             for entry in entries:
-                if entry.get("experiment"):
-                    self._cleanup(entry["experiment"])
+                experiment_id = entry.get("experiment")
+                if not experiment_id:
+                    continue
+                record = self.ledger.get(experiment_id)
+                if record is not None and record["status"] == Status.RUNNING.value:
+                    self.ledger.finish(experiment_id, status=Status.INTERRUPTED.value, reason="stopped by the user")
+                self._cleanup(experiment_id)
             alive = [t for t in threads if t.is_alive()]
             if not alive or time.monotonic() > deadline:
                 return
