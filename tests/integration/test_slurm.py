@@ -213,6 +213,10 @@ def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, 
     table = (f'[backend]\nname = "slurm"\nregistry = "{slurm_registry}/{REPO}"\ngpu_mode = "env"\n'
              f'slurm_conf = "{slurm_cluster.conf}"\npoll_s = 0.5\n')
     root = workspace(tmp_path / "ws", base_image, budget=1, grace=2, backend=table)
+    from agent.gitops import commit_file
+
+    # (a train.py that stops at its budget may end inside budget + grace on a fast machine: this one never does)
+    commit_file(git.Repo(root), "train.py", "import time\ntime.sleep(600)\n", "sleeps past the deadline")
     record = sealab_json("exec", "--backend", "slurm", cwd=root, ok_codes=(1,))
     assert record["status"] == "timeout" and record["exit_code"] is None, record["reason"]
     assert record["backend"] == "slurm" and record["placement"].startswith("slurm:")
