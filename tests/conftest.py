@@ -15,6 +15,13 @@ SEALAB = str(Path(sys.executable).with_name("sealab"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def unavailable(why: str) -> None:
+    """Skip for lack of `why`, except in CI, where every integration test must run: fail there."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """The real Docker engine; in CI its absence fails the run instead of skipping tests."""

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, sealab, wait_for
+from tests.conftest import unavailable
 
 pytestmark = pytest.mark.docker
 
@@ -21,7 +22,7 @@ def small_disk(tmp_path, base_image):
     of logits; we are root in CI); yields the workspace and unmounts afterwards whatever happened. (With
     the whole workspace on the full disk, git itself fails first: see docs/reliability.md.)"""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     root = fast_workspace(tmp_path, base_image)
     state = root / ".sealab"
     aside = shutil.move(str(state), str(tmp_path / "state-aside"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.kit import audit, fast_workspace, launch, said, sealab, wait_for
+from tests.conftest import unavailable
 from tests.faults.private_dockerd import PrivateDockerd
 
 pytestmark = pytest.mark.docker
@@ -34,7 +35,7 @@ def stale_daemons() -> list[PrivateDockerd]:
 def private_engine(base_image):
     """A private dockerd holding the base image; removed afterwards, and any stale one before."""
     if os.geteuid() != 0:
-        pytest.skip("a second dockerd needs root")
+        unavailable("a second dockerd needs root")
     for stale in stale_daemons():
         stale.cleanup()
     daemon = PrivateDockerd(f"{PREFIX}{os.getpid()}")

@@ -10,12 +10,13 @@ import pytest
 
 from executor.errors import LedgerError
 from executor.ledger import Ledger
+from tests.conftest import unavailable
 
 
 @pytest.fixture
 def tiny_disk(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)

@@ -30,6 +30,7 @@ from executor.base import (
 )
 from executor.errors import BaseImageError, EngineUnavailable
 from executor.types import BaseImage, sha256_hex
+from tests.conftest import unavailable
 
 WHEELS = Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels"))
 SEALED = {"read_only": True, "user": "1000:1000", "network_mode": "none", "cap_drop": ["ALL"],
@@ -37,10 +38,6 @@ SEALED = {"read_only": True, "user": "1000:1000", "network_mode": "none", "cap_d
           "tmpfs": {"/tmp": "rw,size=64m", "/home/sealab": "rw,size=64m,uid=1000,gid=1000,mode=0700"}}
 
 
-def _unavailable(why: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +45,7 @@ def api():
     try:
         return docker_build.connect(None)
     except EngineUnavailable as exc:
-        _unavailable(str(exc))
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +58,7 @@ def client(api):
 @pytest.fixture(scope="session")
 def built(api) -> tuple[BaseImage, list[tuple[str, str]], float]:
     if not list(WHEELS.glob("torch-*cp311*.whl")):
-        _unavailable(f"no torch wheel in {WHEELS} (set SEALAB_WHEELS)")
+        unavailable(f"no torch wheel in {WHEELS} (set SEALAB_WHEELS)")
     events: list[tuple[str, str]] = []
     started = time.monotonic()
     base = build_base(source=None, wheels_dir=WHEELS, cache_dir=default_cache_dir(), engine_client=api,
@@ -109,7 +106,7 @@ def test_context_is_laid_out_like_the_repository(tmp_path):
     assert names[0] == "Dockerfile.train" and f"wheels/{wheel.name}" in names
 
 
-def test_unreachable_engine_is_engine_unavailable(monkeypatch):
+def test_unreachable_engine_is_engineunavailable(monkeypatch):
     """A Docker host that does not answer raises EngineUnavailable, not a docker-py error."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/sealab-test.sock")
     with pytest.raises(EngineUnavailable):

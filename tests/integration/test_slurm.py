@@ -18,7 +18,7 @@ from pathlib import Path
 import git
 import pytest
 
-from tests.conftest import IN_CI, sealab_json
+from tests.conftest import sealab_json, unavailable
 from tests.slurm_cluster import missing_slurm, registry_binary, start_cluster, start_registry
 
 pytestmark = pytest.mark.docker
@@ -26,10 +26,6 @@ pytestmark = pytest.mark.docker
 REPO = "sealab-slurm"
 
 
-def _unavailable(why: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true but {why}")
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +33,10 @@ def slurm_cluster(tmp_path_factory):
     """One node, two fake GPUs, for the session; stopped (jobs cancelled, daemons killed) at the end."""
     missing = missing_slurm()
     if missing:
-        _unavailable(f"Slurm is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
+        unavailable(f"Slurm is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
                      "slurm-client munge, or ./dev test)")
     if os.geteuid() != 0:
-        _unavailable("the test Slurm cluster needs root (slurmd, mknod)")
+        unavailable("the test Slurm cluster needs root (slurmd, mknod)")
     cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()
@@ -49,7 +45,7 @@ def slurm_cluster(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slurm_registry(tmp_path_factory, engine):
     if registry_binary() is None:
-        _unavailable("docker-registry is not installed (apt-get install docker-registry)")
+        unavailable("docker-registry is not installed (apt-get install docker-registry)")
     registry = start_registry(tmp_path_factory.mktemp("slurm-registry"))
     yield registry.address
     registry.stop()

@@ -3,6 +3,7 @@
 (a real SQLite ledger; the executor and the backend are replaced by recorders)."""
 
 import threading
+import time
 
 import pytest
 
@@ -55,8 +56,8 @@ def test_a_stopping_round_does_not_retry_what_it_removed(tmp_path, monkeypatch, 
     if stopping:
         loop.stopping.set()
     with pytest.raises(EngineUnavailable):
-        loop._run_commit(RunState(tag="t", branch="b", start_commit="c" * 40, best_commit="c" * 40), None, ledger, "c" * 40,
-                         lambda eid: None, {}, editable=False)
+        state = RunState(tag="t", branch="b", start_commit="c" * 40, best_commit="c" * 40)
+        loop._run_commit(state, None, ledger, "c" * 40, lambda eid: None, {}, editable=False)
     assert len(calls) == runs == 1 + (0 if stopping else loop.policy.retry.infra_error)
 
 
@@ -73,7 +74,7 @@ def test_a_record_begun_during_the_stop_is_interrupted_before_its_container_goes
         entries[1]["experiment"] = "b"
         ledger_b.close()
         while not any(eid == "b" for eid, _ in loop.backend.cleaned):
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
 
     worker = threading.Thread(target=late_worker, daemon=True)
     worker.start()
