@@ -98,7 +98,8 @@ def constants(source: str) -> dict:
 
 
 def committed_train(root: Path, commit: str) -> str:
-    return (git.Repo(root).commit(commit).tree / "train.py").data_stream.read().decode()
+    with git.Repo(root) as repo:  # held until read: a collected Repo kills the cat-file process mid-stream
+        return (repo.commit(commit).tree / "train.py").data_stream.read().decode()
 
 
 def containers_of(engine, experiment_id: str) -> list:

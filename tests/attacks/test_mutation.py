@@ -162,12 +162,14 @@ def test_mutations_during_a_loop(tiny_workspace, engine):
     from executor.ledger import Ledger
 
     root = tiny_workspace(policy=True)
+    policy = root.parent / "ws-policy.toml"  # no plateau stop before the attacker is done
+    policy.write_text(re.sub(r"^plateau = \d+", "plateau = 1000", policy.read_text(), count=1, flags=re.M))
     repo = git.Repo(root)
     hook = root / ".git" / "hooks" / "pre-commit"  # never run by the loop's commits either
     hook.write_text(HOOK)
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     db = root / ".sealab" / "ledger.db"
-    proc = subprocess.Popen([SEALAB, "run", "--experiments", "25", "--tag", "m", "--proposer", "offline"], cwd=root,
+    proc = subprocess.Popen([SEALAB, "run", "--experiments", "60", "--tag", "m", "--proposer", "offline"], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     detected, failure = [], []
 
@@ -188,8 +190,10 @@ def test_mutations_during_a_loop(tiny_workspace, engine):
                 wait_for(lambda: drift_with(token), timeout=120, what=f"the {kind} drift event")
                 detected.append(kind)
             moved_to = repo.git.rev_parse("main")
-            # another process moves the branch, with experiments left (so the loop has a ref to move:
-            # a move after its last compare-and-swap goes unnoticed, see the report in docs/reliability.md)
+            # another process moves the branch while an experiment runs, so the loop is still there to see
+            # it (a move after the process has exited is no one's to notice; on a fast machine 25
+            # experiments ended before the attacker got here)
+            wait_for(running_here, timeout=120, what="a running experiment")
             repo.git.update_ref("refs/heads/sealab/m", moved_to)
             detected.append(("moved", moved_to))
         except BaseException as exc:  # noqa: BLE001 - reported by the test below
@@ -197,10 +201,10 @@ def test_mutations_during_a_loop(tiny_workspace, engine):
 
     thread = threading.Thread(target=attacker, daemon=True)
     thread.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        thread.join(timeout=5)
+    thread.join(timeout=900)
+    if thread.is_alive() or failure:  # the loop would run its 60 experiments for nothing
+        proc.kill()
+    stdout, stderr = proc.communicate(timeout=300)
     assert not failure, failure
     assert detected[:-1] == list(MUTATIONS)
     assert proc.returncode == 4 and "moved" in stderr, (proc.returncode, stderr[-2000:])

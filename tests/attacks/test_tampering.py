@@ -11,7 +11,7 @@ import pytest
 
 from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
 from executor.types import sha256_hex
-from tests.attacks.conftest import containers_of
+from tests.attacks.conftest import committed_train, containers_of
 from tests.conftest import commit_train, sealab, sealab_json
 
 pytestmark = pytest.mark.docker
@@ -174,7 +174,7 @@ def test_name_swapped_after_verification_still_runs_the_sealed_image(tiny_worksp
         assert swapped and set(swapped) == {sealed["image_id"]}  # by ID, each phase
         assert record["status"] == "ok" and record["image_id"] == sealed["image_id"]
         assert record["metrics"]["hyperparameters"]["MARK"] == 0
-        committed = (git.Repo(root).head.commit.tree / "train.py").data_stream.read()
+        committed = committed_train(root, "HEAD").encode()
         assert read_file(engine.api, record["image_id"], "/workspace/train.py") == committed
     finally:
         engine.remove_image(forged)
