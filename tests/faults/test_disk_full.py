@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, sealab, wait_for
 from tests.conftest import unavailable
+from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, sealab, wait_for
 
 pytestmark = pytest.mark.docker
 

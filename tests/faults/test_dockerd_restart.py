@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.kit import audit, fast_workspace, launch, said, sealab, wait_for
 from tests.conftest import unavailable
+from tests.faults.kit import audit, fast_workspace, launch, said, sealab, wait_for
 from tests.faults.private_dockerd import PrivateDockerd
 
 pytestmark = pytest.mark.docker

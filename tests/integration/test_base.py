@@ -38,8 +38,6 @@ SEALED = {"read_only": True, "user": "1000:1000", "network_mode": "none", "cap_d
           "tmpfs": {"/tmp": "rw,size=64m", "/home/sealab": "rw,size=64m,uid=1000,gid=1000,mode=0700"}}
 
 
-
-
 @pytest.fixture(scope="session")
 def api():
     try:
@@ -106,7 +104,7 @@ def test_context_is_laid_out_like_the_repository(tmp_path):
     assert names[0] == "Dockerfile.train" and f"wheels/{wheel.name}" in names
 
 
-def test_unreachable_engine_is_engineunavailable(monkeypatch):
+def test_unreachable_engine_is_engine_unavailable(monkeypatch):
     """A Docker host that does not answer raises EngineUnavailable, not a docker-py error."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/sealab-test.sock")
     with pytest.raises(EngineUnavailable):

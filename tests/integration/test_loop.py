@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import random
 import re
@@ -16,6 +15,7 @@ import git
 import pytest
 
 from tests.conftest import SEALAB, sealab, sealab_json
+from tests.faults.kit import ledger_rows
 
 pytestmark = pytest.mark.docker
 
@@ -138,13 +138,10 @@ def test_kill_9_then_resume(make_workspace, engine):
     proc = subprocess.Popen([SEALAB, "run", "--experiments", "3", "--tag", "k", "--proposer", "offline"], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    db = root / ".sealab" / "ledger.db"
     while time.monotonic() < deadline:  # wait for the first proposal's experiment to be running
         time.sleep(0.3)
-        if db.exists():
-            rows = [json.loads(r) for r in sealab_json_rows(db)]
-            if any(r["status"] == "running" and r.get("proposal") for r in rows):  # a proposal's run
-                break
+        if any(r["status"] == "running" and r.get("proposal") for r in ledger_rows(root)):  # a proposal's run
+            break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     resumed = sealab("run", "--resume", "--tag", "k", "--experiments", "3", cwd=root, timeout=600)
@@ -158,18 +155,6 @@ def test_kill_9_then_resume(make_workspace, engine):
     commits = [r["commit"] for r in finished]
     assert len(commits) == len(set(commits))  # nothing run twice
     check_run_consistency(root, "k")
-
-
-def sealab_json_rows(db):
-    import sqlite3
-
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in con.execute("SELECT record FROM experiments ORDER BY seq")]
-    except sqlite3.Error:
-        return []
-    finally:
-        con.close()
 
 
 KEY = "sk-ant-loop-test-SECRET-0123456789"

@@ -26,15 +26,13 @@ pytestmark = pytest.mark.docker
 REPO = "sealab-slurm"
 
 
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """One node, two fake GPUs, for the session; stopped (jobs cancelled, daemons killed) at the end."""
     missing = missing_slurm()
     if missing:
         unavailable(f"Slurm is not installed (missing {', '.join(missing)}; apt-get install slurmctld slurmd "
-                     "slurm-client munge, or ./dev test)")
+                    "slurm-client munge, or ./dev test)")
     if os.geteuid() != 0:
         unavailable("the test Slurm cluster needs root (slurmd, mknod)")
     cluster = start_cluster(tmp_path_factory.mktemp("slurm"))

@@ -8,6 +8,7 @@ import git
 import pytest
 
 from tests.conftest import sealab, sealab_json
+from tests.faults.kit import ledger_rows
 from tests.integration.test_loop import check_run_consistency, fast_workspace
 
 pytestmark = pytest.mark.docker
@@ -70,20 +71,15 @@ def _noise(policy, baseline):
     return noise_floor(policy, [r["metrics"]["val_bpb"] for r in baseline])
 
 
-def wait_for_round(db, deadline_s: float = 600) -> None:
+def wait_for_round(root, deadline_s: float = 600) -> None:
     """Until two records of one round (the proposals, not the baseline) are running at once."""
-    import json
     import time
-
-    from tests.integration.test_loop import sealab_json_rows
 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        if db.exists():
-            rows = [json.loads(r) for r in sealab_json_rows(db)]
-            if sum(r["status"] == "running" and bool(r.get("proposal")) for r in rows) >= 2:
-                return
+        if sum(r["status"] == "running" and bool(r.get("proposal")) for r in ledger_rows(root)) >= 2:
+            return
     raise AssertionError("no round of two running experiments appeared")
 
 
@@ -91,7 +87,6 @@ def wait_for_round(db, deadline_s: float = 600) -> None:
 def test_stopping_a_round_then_resume(make_workspace, engine, how):
     """kill -9 (or SIGTERM) while a round's two experiments run, then `--resume`: both end `interrupted`
     with their commits preserved, no container is left, nothing is run twice, the run finishes."""
-    import json
     import os
     import signal
     import subprocess
@@ -102,15 +97,13 @@ def test_stopping_a_round_then_resume(make_workspace, engine, how):
     step_budget(root)
     proc = subprocess.Popen([SEALAB, "run", "--workers", "2", "--experiments", "4", "--tag", "r", "--proposer",
                              "offline"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_round(root / ".sealab" / "ledger.db")
+    wait_for_round(root)
     os.kill(proc.pid, signal.SIGKILL if how == "kill9" else signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     if how == "sigterm":
         assert proc.returncode == 130 and "Traceback" not in stderr, stderr
-        from tests.integration.test_loop import sealab_json_rows
-
         # read the ledger directly: `sealab status` would mark records of a dead process itself
-        statuses = [json.loads(r)["status"] for r in sealab_json_rows(root / ".sealab" / "ledger.db")]
+        statuses = [r["status"] for r in ledger_rows(root)]
         assert "running" not in statuses and statuses.count("interrupted") == 2, statuses  # SIGTERM did it
     resumed = sealab("run", "--resume", "--tag", "r", "--experiments", "4", cwd=root, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
