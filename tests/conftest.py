@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -15,11 +16,18 @@ SEALAB = str(Path(sys.executable).with_name("sealab"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def unavailable(why: str) -> None:
+def unavailable(why: str) -> NoReturn:
     """Skip for lack of `why`, except in CI, where every integration test must run: fail there."""
     if IN_CI:
         pytest.fail(f"CI=true but {why}")
     pytest.skip(why)
+
+
+def chromium() -> str:
+    """The headless browser's binary (skip without one, fail under CI=true)."""
+    from tests.browser import find_chromium
+
+    return find_chromium() or unavailable("Chromium is not installed (apt-get install chromium)")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.html_report import CHART_SIZE_PX, running_best
-from tests.conftest import IN_CI, sealab
+from tests.conftest import chromium, sealab
 
 SCRIPT = "<script>alert(1)</script>"
 BOLD = "<b>x</b>"
@@ -151,16 +151,6 @@ def test_report_out_and_unknown_tag(report_ws, tmp_path):
 
 
 # -- rendered in a real browser ---------------------------------------------------------------------
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if IN_CI:
-        pytest.fail("Chromium is not installed (apt-get install chromium); CI must run the browser test")
-    pytest.skip("Chromium is not installed")
-
-
 def _browse(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     flags = ["--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
@@ -173,7 +163,7 @@ def test_report_renders_in_chromium(report_ws, tmp_path):
     """Headless Chromium shows every section, the chart image, and the ledger's HTML only as text."""
     from PIL import Image
 
-    browser = _chromium()
+    browser = chromium()
     page, _ = _report(report_ws["root"])
     url = page.resolve().as_uri()
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import git
 import pytest
 
-from tests.browser import Chromium, find_chromium
-from tests.conftest import IN_CI, SEALAB, sealab, sealab_json
+from tests.browser import Chromium
+from tests.conftest import SEALAB, chromium, sealab, sealab_json
 from tests.integration.test_loop import fast_workspace
 
 MARKUP = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
@@ -61,15 +61,6 @@ class Server:
         out, err = self.proc.communicate(timeout=30)
         self.stderr = err
         assert self.proc.returncode == 0 and "Traceback" not in err, err
-
-
-def chromium() -> str:
-    path = find_chromium()
-    if path:
-        return path
-    if IN_CI:
-        pytest.fail("Chromium is not installed (apt-get install chromium); CI must run the browser test")
-    pytest.skip("Chromium is not installed")
 
 
 # -- errors ------------------------------------------------------------------------------------------------
