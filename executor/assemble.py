@@ -35,7 +35,7 @@ from executor.types import canonical_json, sha256_hex
 PYTHON = "python3.11"  # bookworm's interpreter; the wheels and the .pyc files are for it
 SITE = f"usr/local/lib/{PYTHON}/dist-packages"
 ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
-       "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "HOME=/home/sealab")
+       "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONHASHSEED=0", "HOME=/home/sealab")
 USER_DIRS = {"home/sealab": (1000, 1000), "out": (1000, 1000)}
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
 

@@ -52,6 +52,29 @@ import warnings
 sys.dont_write_bytecode = True  # /workspace is read-only in the container; keep the host tree clean too
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy is fine here
 
+
+def run_spec_threads(spec_path: str) -> int:
+    """The CPU threads of this run: the run spec's `cpus` (at least 1; 1 without a spec)."""
+    try:
+        with open(spec_path, encoding="utf-8") as f:
+            cpus = json.load(f).get("resources", {}).get("cpus", 1)
+        return max(1, int(float(cpus or 1)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
+# Numerics are part of the experiment's identity: every knob that can change the bits of a CPU run is
+# set here, from the run spec, before torch (and its OpenMP and MKL) is loaded. The team sizes are fixed
+# (no dynamic adjustment to the machine's load), MKL runs in conditional-numerical-reproducibility mode
+# with the code path of this CPU (AUTO) made alignment-independent (STRICT). PYTHONHASHSEED=0 comes
+# from the base image's environment (it must be set before the interpreter starts).
+THREADS = run_spec_threads(os.environ.get("SEALAB_RUN_SPEC", "/sealab/run_spec.json"))
+NUMERIC_ENV = {
+    "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "OMP_DYNAMIC": "FALSE",
+    "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "AUTO,STRICT",
+}
+os.environ.update(NUMERIC_ENV)
+
 import torch
 import torch.nn.functional as F
 
@@ -317,11 +340,7 @@ def logits_main(argv: list[str]) -> None:
             spec = json.load(f)
     seed = int(spec.get("seed", 42))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(float(spec.get("resources", {}).get("cpus", 1) or 1))))
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True  # as in the train phase
-        torch.backends.cudnn.allow_tf32 = True
+    pin_numerics(device)  # as in the train phase
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -361,6 +380,48 @@ def collect_hyperparameters(module) -> dict:
                 continue
             out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def pin_numerics(device: str) -> None:
+    """Fix what decides the bits of a run on this device: thread counts and deterministic kernels."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device == "cpu":
+        torch.set_num_threads(THREADS)
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
+            torch.set_num_interop_threads(1)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def cpu_identity() -> dict:
+    """The CPU this process runs on: its model name and x86-64 micro-architecture level (v1-v4), as far
+    as /proc/cpuinfo says. Bit-exact reruns are expected on the same model and level only."""
+    model, flags = "unknown", set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "CPU part") and model == "unknown":
+                    model = " ".join(value.split())
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    import platform
+    machine = platform.machine()
+    isa = machine
+    if machine == "x86_64":
+        levels = [("x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
+                  ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}),
+                  ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})]
+        isa = "x86-64"
+        for name, needed in levels:
+            if not needed <= flags:
+                break
+            isa = name
+        if {"amx_tile", "amx_bf16"} <= flags:
+            isa += "+amx"
+    return {"model": model, "isa": isa, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -431,7 +492,6 @@ def main() -> None:
     budget_s = float(spec["budget_s"])
     budget_steps = int(spec["steps"]) if spec.get("steps") else None
     seed = int(spec.get("seed", 42))
-    cpus = float(spec.get("resources", {}).get("cpus", 1) or 1)
 
     try:
         train_tokens, val_tokens, data_digest = load_data(data_dir)
@@ -440,11 +500,7 @@ def main() -> None:
         sys.exit(1)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(cpus)))
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    pin_numerics(device)
     random.seed(seed)
     torch.manual_seed(seed)
     if device == "cuda":
@@ -508,6 +564,7 @@ def main() -> None:
         "train_py_blob": train_blob,
         "hyperparameters": collect_hyperparameters(train_mod),
         "mfu_percent": finite_or_none(mfu),
+        "cpu": cpu_identity(),
     }
     if val_tokens is None and error is None and model is not None:
         result["model_file"] = MODEL_FILE  # val_bpb stays null: the orchestrator scores this model

@@ -122,7 +122,8 @@ def test_base_builds(built, api):
     assert info["Config"]["Labels"][LABEL_RECIPE] == base.recipe
     assert base.diff_ids == tuple(info["RootFS"]["Layers"]) and len(base.diff_ids) >= 2
     assert base.source == OFFLINE_SOURCE and (base.architecture, base.os) == ("amd64", "linux")
-    for var in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "LANG=C.UTF-8", "HOME=/home/sealab"):
+    for var in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONHASHSEED=0", "LANG=C.UTF-8",
+                "HOME=/home/sealab"):
         assert var in base.env
     assert BaseImage.from_dict(base.to_dict()) == base
 

@@ -25,7 +25,7 @@ BUDGET_S = 2.0
 RESULT_KEYS = {
     "metric", "val_bpb", "peak_memory_mb", "training_seconds", "total_seconds", "steps", "tokens",
     "tokens_per_s", "num_params", "device", "seed", "budget_s", "data_digest", "train_py_blob",
-    "hyperparameters", "mfu_percent",
+    "hyperparameters", "mfu_percent", "cpu",
 }
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "device"]
@@ -101,7 +101,8 @@ class Run:
 
 
 def run_harness(tmp: Path, data: Path, train_src: str | None = None, entry: str = "prepare.py",
-                budget_s: float = BUDGET_S, seed: int = 42, steps: int | None = None) -> Run:
+                budget_s: float = BUDGET_S, seed: int = 42, steps: int | None = None,
+                hash_seed: str | None = None) -> Run:
     ws, out = tmp / "workspace", tmp / "out"
     ws.mkdir()
     out.mkdir()
@@ -117,6 +118,8 @@ def run_harness(tmp: Path, data: Path, train_src: str | None = None, entry: str 
     (tmp / "run_spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "SEALAB_RUN_SPEC": str(tmp / "run_spec.json"), "SEALAB_DATA": str(data),
            "SEALAB_OUT": str(out)}
+    if hash_seed is not None:
+        env["PYTHONHASHSEED"] = hash_seed
     proc = subprocess.run([sys.executable, entry], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
     return Run(proc, ws, out)
 
@@ -487,6 +490,43 @@ def test_train_phase_saves_the_model_and_does_not_evaluate(train_phase, no_val_d
     assert r["data_digest"] == "sha256:" + hashlib.sha256((no_val_dir / "manifest.json").read_bytes()).hexdigest()
     assert summary(train_phase.proc.stdout)["val_bpb"] == "n/a" and "FAIL" not in train_phase.proc.stdout
     assert sum(p.numel() for p in load_trained(train_phase).parameters()) == r["num_params"]
+
+
+def test_train_phase_pins_the_numerics_from_the_run_spec(train_phase, prepare):
+    """The run records the CPU it had (model, x86-64 level) and the thread count the run spec fixed."""
+    cpu = train_phase.result["cpu"]
+    assert cpu["threads"] == 2 and cpu["torch"] == torch.__version__  # run_harness's spec: cpus = 2.0
+    model = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None)
+    assert cpu["model"] == (" ".join(model) if model else "unknown")
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+                .split(":", 1)[1].split())
+    assert cpu["isa"].startswith("x86-64-v4" if "avx512bw" in flags else "x86-64")
+    assert ("+amx" in cpu["isa"]) == ({"amx_tile", "amx_bf16"} <= flags)
+    assert prepare.NUMERIC_ENV["OMP_DYNAMIC"] == "FALSE" and prepare.NUMERIC_ENV["MKL_CBWR"] == "AUTO,STRICT"
+
+
+def test_run_spec_threads_reads_cpus_and_defaults_to_one(prepare, tmp_path):
+    """The thread count comes from the run spec's resources.cpus (floored, at least 1); a missing spec is 1."""
+    spec = tmp_path / "spec.json"
+    for cpus, threads in ((2.0, 2), (3.7, 3), (0.5, 1), (None, 1)):
+        spec.write_text(json.dumps({"resources": {"cpus": cpus}}))
+        assert prepare.run_spec_threads(str(spec)) == threads
+    assert prepare.run_spec_threads(str(tmp_path / "missing.json")) == 1
+    spec.write_text("not json")
+    assert prepare.run_spec_threads(str(spec)) == 1
+
+
+def test_saved_model_is_byte_identical_with_the_images_hash_seed(tmp_path, no_val_dir):
+    """Two train phases with a step budget and the image's PYTHONHASHSEED=0 save the same model.pt bytes
+    (with hash randomization the pickled set of non-persistent buffers changes order from run to run)."""
+    runs = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        runs.append(run_harness(tmp_path / str(i), no_val_dir, steps=3, hash_seed="0"))
+        assert runs[-1].proc.returncode == 0, runs[-1].proc.stdout + runs[-1].proc.stderr
+    a, b = ((run.out / "model.pt").read_bytes() for run in runs)
+    assert a == b
 
 
 def test_train_phase_checks_the_train_split(tmp_path, no_val_dir):
