@@ -295,6 +295,8 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
         shown = ", ".join("-" if v is None else f"{v:.6f}" for v in report["values"])
         click.echo(f"{report['verdict']}: experiment {report['experiment']} recorded {report['metric']} "
                    f"{report['recorded']:.6f}, reran {shown} (tolerance {report['tolerance']:g})")
+        if report["note"]:
+            click.echo(f"note: {report['note']}")
     ctx.exit(1 if report["verdict"] == "diverged" else 0)
 
 

@@ -3,10 +3,17 @@
 Verdicts: `exact` (every rerun gives the recorded number to the last bit: a step budget on a CPU),
 `within-noise` (every rerun is within the tolerance), `diverged`. A rerun happens only after the
 record's identity checks out against git, the base and the engine; otherwise it is refused.
+
+What `exact` covers: the same sealed image on the same CPU (model and x86-64 level, as each run's harness
+recorded them in `cpu`). Float kernels take other code paths on another CPU (AVX-512 or AMX against AVX2,
+other blockings), so a rerun there is not expected to give the same bits: it is judged within noise,
+and the report names both CPUs. Where no tolerance was given and the run has no noise floor, the
+cross-CPU tolerance is CROSS_CPU_RTOL of the recorded value.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from executor.docker_engine import Engine
@@ -16,6 +23,46 @@ from executor.registry import ensure_by_digest
 from executor.run import current_base, execute
 from executor.verify import verify
 from executor.workspace import Workspace
+
+
+CROSS_CPU_RTOL = 1e-3  # relative: float32 rounding on other kernels, not a change of the code or data
+
+
+def cpu_label(cpu: Any) -> str:
+    """One line naming a recorded CPU: "MODEL (ISA)", or "unknown CPU" for records made before it was kept."""
+    if not isinstance(cpu, dict) or not cpu.get("model"):
+        return "unknown CPU"
+    return f"{cpu['model']} ({cpu.get('isa') or 'unknown ISA'})"
+
+
+def same_cpu(a: Any, b: Any) -> bool:
+    """Whether two recorded CPUs run the same kernels: same model and ISA level. Unknown counts as same
+    (records made before the CPU was recorded keep their old meaning: bit-exact expected)."""
+    if not isinstance(a, dict) or not isinstance(b, dict) or not a.get("model") or not b.get("model"):
+        return True
+    return (a.get("model"), a.get("isa")) == (b.get("model"), b.get("isa"))
+
+
+def judge(recorded: float, values: Sequence[float | None], tolerance: float, recorded_cpu: Any,
+          rerun_cpus: Sequence[Any]) -> dict[str, Any]:
+    """The verdict on reruns `values` of a run that recorded `recorded`: its `verdict`, the `tolerance`
+    used, and, when a rerun ran on another CPU than the original, a `note` naming both (exact bits are
+    then not expected, and a zero tolerance becomes CROSS_CPU_RTOL of the recorded value)."""
+    other = [c for c in rerun_cpus if not same_cpu(recorded_cpu, c)]
+    note = None
+    if other:
+        names = sorted({cpu_label(c) for c in other})
+        if not tolerance:
+            tolerance = CROSS_CPU_RTOL * abs(recorded)
+        note = (f"recorded on {cpu_label(recorded_cpu)}, rerun on {', '.join(names)}: bit-exact results are "
+                f"expected on the same CPU only, so the reruns are judged within noise (tolerance {tolerance:g})")
+    if all(v is not None and abs(v - recorded) <= tolerance for v in values):
+        verdict = "within-noise"
+        if not other and all(v == recorded for v in values):
+            verdict = "exact"
+    else:
+        verdict = "diverged"
+    return {"verdict": verdict, "tolerance": tolerance, "note": note}
 
 
 def find_record(ledger: Ledger, ref: str) -> dict[str, Any]:
@@ -75,11 +122,7 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
             raise IdentityMismatch("rerun image", original["image_id"], str(rerun["image_id"]))
         reruns.append(rerun)
     values = [(r.get("metrics") or {}).get(metric) if r["status"] == "ok" else None for r in reruns]
-    if all(v == recorded for v in values):
-        verdict = "exact"
-    elif all(v is not None and abs(v - recorded) <= tolerance for v in values):
-        verdict = "within-noise"
-    else:
-        verdict = "diverged"
+    judged = judge(recorded, values, tolerance, original.get("cpu"), [r.get("cpu") for r in reruns])
     return {"experiment": original["id"], "image_id": original["image_id"], "metric": metric, "recorded": recorded,
-            "values": values, "reruns": [r["id"] for r in reruns], "tolerance": tolerance, "verdict": verdict}
+            "values": values, "reruns": [r["id"] for r in reruns], **judged,
+            "cpus": {"recorded": original.get("cpu"), "reruns": [r.get("cpu") for r in reruns]}}

@@ -239,11 +239,22 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
         backend=backend.name, placement=placement, finished_at=now(), drift=drift,
         peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
-        durations={k: round(v, 4) for k, v in durations.items()},
+        durations={k: round(v, 4) for k, v in durations.items()}, cpu=cpu_of(result),
     )
     log.info("experiment.finished", status=record["status"], reason=record["reason"],
              metric=metrics.get(spec.metric), durations=record["durations"], drift=len(drift))
     return record
+
+
+def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The CPU the harness says the train phase ran on (model, ISA level, torch, threads), or None.
+    Written by the experiment's own process, so it is a statement of the run, not a proof: what
+    `reproduce` uses it for is to say when bit-exactness is expected."""
+    cpu = (result or {}).get("cpu")
+    if not isinstance(cpu, dict):
+        return None
+    return {k: str(cpu[k])[:200] if k != "threads" else cpu[k] for k in ("model", "isa", "torch", "threads")
+            if k in cpu and (k != "threads" or isinstance(cpu[k], int))}
 
 
 EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")

@@ -33,6 +33,29 @@ def test_step_budget_reproduces_exactly(make_workspace):
     assert [r["id"] for r in reruns] == report["reruns"] and {r["image_id"] for r in reruns} == {record["image_id"]}
     by_image = sealab_json("reproduce", record["image_id"], cwd=root)  # found by its image ID too
     assert by_image["experiment"] in (record["id"], *report["reruns"]) and by_image["verdict"] == "exact"
+    assert report["note"] is None and report["cpus"]["reruns"] == [record["cpu"]] * 2
+
+
+def test_the_record_names_its_cpu_and_another_cpu_is_judged_within_noise(make_workspace):
+    """The record names the CPU model and x86-64 level of its run; reproduced on another CPU (the record says
+    another one), bit-exactness is not claimed: the verdict is within noise, and both CPUs are named."""
+    from executor.ledger import Ledger
+
+    root = step_budget_workspace(make_workspace, steps=3)
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok", record["reason"]
+    here = next(" ".join(line.split(":", 1)[1].split()) for line in open("/proc/cpuinfo")
+                if line.startswith("model name"))
+    cpu = record["cpu"]
+    assert cpu["model"] == here and cpu["isa"].startswith("x86-64") and cpu["threads"] == 2
+    elsewhere = {**record["cpu"], "model": "AMD EPYC 7763 64-Core Processor", "isa": "x86-64-v3"}
+    Ledger(root / ".sealab" / "ledger.db").annotate(record["id"], cpu=elsewhere)
+    proc = sealab("reproduce", record["id"], cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdict, note = proc.stdout.strip().splitlines()
+    assert verdict.startswith("within-noise: ") and f"(tolerance {1e-3 * record['metrics']['val_bpb']:g})" in verdict
+    assert note.startswith("note: recorded on AMD EPYC 7763 64-Core Processor (x86-64-v3), rerun on "
+                           f"{here} ({cpu['isa']})") and "bit-exact" in note
 
 
 def test_changed_data_digest_is_refused(make_workspace, base_image):

@@ -1,0 +1,59 @@
+"""reproduce's verdict: exact on the same CPU, within noise across CPUs, with both CPUs named."""
+
+import pytest
+
+from executor.reproduce import CROSS_CPU_RTOL, cpu_label, judge, same_cpu
+
+SPR = {"model": "Intel(R) Xeon(R) Platinum 8480+", "isa": "x86-64-v4+amx", "torch": "2.13.0+cpu", "threads": 2}
+ZEN = {"model": "AMD EPYC 7763 64-Core Processor", "isa": "x86-64-v3", "torch": "2.13.0+cpu", "threads": 2}
+
+
+def test_same_cpu_same_bits_is_exact():
+    """On the recorded CPU, identical numbers are `exact` and nothing needs a note."""
+    assert judge(4.617084456350108, [4.617084456350108] * 2, 0.0, SPR, [SPR, SPR]) == {
+        "verdict": "exact", "tolerance": 0.0, "note": None}
+
+
+def test_same_cpu_one_ulp_is_diverged_at_zero_tolerance():
+    """On the recorded CPU any difference is a divergence when no noise is allowed."""
+    assert judge(4.617084456, [4.617084456, 4.617085509], 0.0, SPR, [SPR, SPR])["verdict"] == "diverged"
+
+
+def test_same_cpu_within_a_given_tolerance():
+    """A tolerance (the run's noise floor or --tolerance) turns a small difference into `within-noise`."""
+    judged = judge(2.0, [2.01], 0.05, SPR, [SPR])
+    assert judged == {"verdict": "within-noise", "tolerance": 0.05, "note": None}
+
+
+def test_other_cpu_is_judged_within_noise_and_names_both():
+    """A rerun on another CPU is never expected bit-exact: the verdict is within noise (a default relative
+    tolerance when none is known), and the note names the recorded CPU and the rerun's."""
+    judged = judge(4.0, [4.0 + 1e-6], 0.0, SPR, [ZEN])
+    assert judged["verdict"] == "within-noise" and judged["tolerance"] == pytest.approx(CROSS_CPU_RTOL * 4.0)
+    assert "Platinum 8480+ (x86-64-v4+amx)" in judged["note"]
+    assert "EPYC 7763 64-Core Processor (x86-64-v3)" in judged["note"]
+    assert "bit-exact" in judged["note"]
+    assert judge(4.0, [4.0], 0.0, SPR, [ZEN])["verdict"] == "within-noise"  # same bits: still not claimed exact
+
+
+def test_other_cpu_beyond_noise_diverges():
+    """Across CPUs a difference beyond the tolerance is still `diverged`; a given tolerance is kept."""
+    judged = judge(4.0, [4.5], 0.1, SPR, [ZEN])
+    assert judged["verdict"] == "diverged" and judged["tolerance"] == 0.1 and judged["note"]
+
+
+def test_a_failed_rerun_diverges():
+    """A rerun without a metric (it crashed) is never within noise."""
+    assert judge(4.0, [None], 1.0, SPR, [SPR])["verdict"] == "diverged"
+
+
+def test_an_isa_difference_alone_is_another_cpu():
+    """The same model name with another ISA level (a VM that hides AVX-512) runs other kernels."""
+    assert not same_cpu(SPR, {**SPR, "isa": "x86-64-v3"})
+    assert same_cpu(SPR, {**SPR, "threads": 4, "torch": "other"})  # what the image and spec pin is not the CPU's
+
+
+def test_records_without_a_cpu_keep_the_exact_expectation():
+    """Records made before the CPU was recorded are judged as before: bit-exact expected."""
+    assert same_cpu(None, SPR) and same_cpu(SPR, {}) and cpu_label(None) == "unknown CPU"
+    assert judge(4.0, [4.0], 0.0, None, [SPR])["verdict"] == "exact"
