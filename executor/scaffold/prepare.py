@@ -66,12 +66,13 @@ def run_spec_threads(spec_path: str) -> int:
 # Numerics are part of the experiment's identity: every knob that can change the bits of a CPU run is
 # set here, from the run spec, before torch (and its OpenMP and MKL) is loaded. The team sizes are fixed
 # (no dynamic adjustment to the machine's load), MKL runs in conditional-numerical-reproducibility mode
-# with the code path of this CPU (AUTO) made alignment-independent (STRICT). PYTHONHASHSEED=0 comes
-# from the base image's environment (it must be set before the interpreter starts).
+# with the code path of this CPU (AUTO) made alignment-independent (STRICT); on a GPU, cuBLAS gets the
+# fixed workspace that deterministic algorithms need. PYTHONHASHSEED=0 comes from the base image's
+# environment (it must be set before the interpreter starts).
 THREADS = run_spec_threads(os.environ.get("SEALAB_RUN_SPEC", "/sealab/run_spec.json"))
 NUMERIC_ENV = {
     "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS), "OMP_DYNAMIC": "FALSE",
-    "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "AUTO,STRICT",
+    "MKL_DYNAMIC": "FALSE", "MKL_CBWR": "AUTO,STRICT", "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 os.environ.update(NUMERIC_ENV)
 
