@@ -215,8 +215,9 @@ class Ledger:
 
     def get(self, experiment_id: str) -> dict[str, Any] | None:
         """The record whose id is `experiment_id`, or starts with it when that is unambiguous."""
-        rows = self._query("SELECT record FROM experiments WHERE id = ? OR id LIKE ? ORDER BY seq",
-                           (experiment_id, experiment_id.replace("%", "") + "%")).fetchall()
+        prefix = experiment_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._query("SELECT record FROM experiments WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY seq",
+                           (experiment_id, prefix + "%")).fetchall()
         exact = [json.loads(r[0]) for r in rows if json.loads(r[0])["id"] == experiment_id]
         if exact:
             return exact[0]

@@ -60,6 +60,17 @@ def test_ambiguous_prefix_finds_nothing(tmp_path):
     assert ledger.get("ab") is None and ledger.get("ab2")["id"] == "ab2"
 
 
+def test_like_wildcards_in_a_prefix_match_only_themselves(tmp_path):
+    """`_`, `%` and `\\` in what the user typed are literal characters, not SQL LIKE wildcards."""
+    ledger = Ledger(tmp_path / "l.db")
+    ledger.begin({"id": "abc123", "commit": "c", "created_at": "t"}, "o")
+    assert ledger.get("abc")["id"] == "abc123"
+    for typed in ("a_c", "_bc", "a%", "%", "ab\\", "abc12_"):
+        assert ledger.get(typed) is None, typed
+    ledger.begin({"id": "a_c9", "commit": "c", "created_at": "t"}, "o")
+    assert ledger.get("a_c")["id"] == "a_c9"
+
+
 def test_version_1_ledger_is_migrated_in_place(tmp_path):
     """A schema-1 file gains the run and event tables and keeps its records."""
     from executor.ledger import _SCHEMA
