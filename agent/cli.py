@@ -8,6 +8,7 @@ base unavailable · 4 identity mismatch or rejected · 5 ledger problem · 70 in
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -43,11 +44,26 @@ class SealabGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug of ours: say so in one line, keep the trace in a file
-            crash = Path.home() / ".cache" / "sealab" / "last-error.txt"
-            crash.parent.mkdir(parents=True, exist_ok=True)
-            crash.write_text(traceback.format_exc())
-            click.echo(f"sealab: internal error: {type(exc).__name__}: {exc} (trace in {crash})", err=True)
+            click.echo(f"sealab: internal error: {type(exc).__name__}: {exc} ({_keep_trace()})", err=True)
             ctx.exit(70)
+
+
+def _keep_trace() -> str:
+    """Write the current exception's trace to ~/.cache/sealab/last-error.txt (or, if that cannot be
+    written, a temporary file); says where, or that it could not be kept."""
+    import tempfile
+
+    trace = traceback.format_exc()
+    places = (Path.home() / ".cache" / "sealab" / "last-error.txt",
+              Path(tempfile.gettempdir()) / f"sealab-last-error-{os.getuid()}.txt")
+    for crash in places:
+        try:
+            crash.parent.mkdir(parents=True, exist_ok=True)
+            crash.write_text(trace)
+            return f"trace in {crash}"
+        except OSError:
+            continue
+    return "the trace could not be written: ~/.cache and the temporary directory are not writable"
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
