@@ -168,8 +168,7 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
 
     ws, ledger, eng = _open(ctx)
     facts = git_source.resolve(ws.repo, commit)
-    toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), b"")
-    sealed = seal(facts, current_base(ledger, eng), config.parse(toml, f"{config.CONFIG_NAME} at {commit}").run_spec)
+    sealed = seal(facts, current_base(ledger, eng), config.of_commit(facts.files, facts.sha).run_spec)
     ensure_image(eng, sealed)
     if as_json:
         _emit_json({"commit": facts.sha, "image_id": sealed.image_id, "tag": sealed.tag, "labels": sealed.labels})

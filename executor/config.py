@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from executor.errors import ConfigError
+from executor.errors import ConfigError, WorkspaceError
 from executor.types import Resources, RunSpec
 
 CONFIG_NAME = "sealab.toml"
@@ -36,6 +36,21 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 }
 METRIC_SOURCES = ("result.json", "summary")
 BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends.py implements them
+
+
+def of_commit(files: Any, sha: str) -> Config:
+    """The settings committed in `sha` (whose blobs are `files`, each with .path and .data): what a run
+    of that commit uses, never the work tree's.
+
+    Raises:
+        WorkspaceError: the commit has no sealab.toml.
+        ConfigError: it has one, and it is not valid.
+    """
+    toml = next((f.data for f in files if f.path == CONFIG_NAME), None)
+    if toml is None:
+        raise WorkspaceError(f"commit {sha[:12]} has no {CONFIG_NAME}: a run uses the commit's own settings; "
+                             f"commit one (git add {CONFIG_NAME} && git commit)")
+    return parse(toml, f"{CONFIG_NAME} at {sha[:12]}")
 
 
 def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:

@@ -138,17 +138,15 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     from git here, whatever the caller claims; otherwise it is `rejected` and nothing is loaded.
 
     Raises:
-        SourceError, ConfigError: bad commit or committed sealab.toml (nothing is recorded).
+        SourceError, ConfigError, WorkspaceError: bad commit, or a committed sealab.toml that is bad or
+            missing (nothing is recorded).
         BaseImageError: no usable base image (nothing is recorded).
         EngineUnavailable: the engine failed mid-way (the record says `infra_error`).
     """
     started = time.monotonic()
     backend = backend or DockerBackend(engine)
     facts = git_source.resolve(ws.repo, ref)
-    toml = next((f.data for f in facts.files if f.path == config.CONFIG_NAME), None)
-    if toml is None:
-        raise BaseImageError(f"commit {facts.sha[:12]} has no {config.CONFIG_NAME}")
-    settings = config.parse(toml, f"{config.CONFIG_NAME} at {facts.sha[:12]}")
+    settings = config.of_commit(facts.files, facts.sha)
     spec = settings.run_spec
     orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)

@@ -89,6 +89,24 @@ def train(h):
 '''
 
 
+def test_a_commit_without_sealab_toml_is_refused_alike_by_seal_and_exec(make_workspace, engine):
+    """The work tree keeps its sealab.toml, the commit has none: seal and exec both refuse in one line, exit 2
+    (a run uses the commit's settings, never the work tree's), and nothing is sealed or recorded."""
+    root = make_workspace()
+    repo = git.Repo(root)
+    repo.index.remove(["sealab.toml"])
+    repo.index.commit("drop the config from the commit only")
+    for command in ("seal", "exec"):
+        proc = sealab(command, cwd=root)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert proc.stderr.strip().splitlines() == [
+            f"sealab: error: commit {repo.head.commit.hexsha[:12]} has no sealab.toml: a run uses the commit's "
+            "own settings; commit one (git add sealab.toml && git commit)"], command
+    assert (root / "sealab.toml").exists() and sealab_json("status", cwd=root) == []
+    tags = [t for i in engine.api.images(name="sealab/exp") for t in i.get("RepoTags") or []]
+    assert not [t for t in tags if t.startswith(f"sealab/exp:{repo.head.commit.hexsha[:12]}-")]
+
+
 def test_fork_bomb_is_stopped(make_workspace, engine):
     """A fork bomb hits the pids limit, is killed at the deadline, and leaves no container behind."""
     root = make_workspace(budget=1, grace=8, pids=64)
