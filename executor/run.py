@@ -251,8 +251,10 @@ def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     cpu = (result or {}).get("cpu")
     if not isinstance(cpu, dict):
         return None
-    return {k: str(cpu[k])[:200] if k != "threads" else cpu[k] for k in ("model", "isa", "torch", "threads")
-            if k in cpu and (k != "threads" or isinstance(cpu[k], int))}
+    kept: dict[str, Any] = {k: str(cpu[k])[:200] for k in ("model", "isa", "torch") if k in cpu}
+    if isinstance(cpu.get("threads"), int):
+        kept["threads"] = cpu["threads"]
+    return kept
 
 
 EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
