@@ -17,6 +17,12 @@ from executor.docker_engine import dir_usage
 from tests.attacks.conftest import TINY_TRAIN, containers_of, set_steps
 from tests.conftest import commit_train, sealab_json
 
+# What the container's environment may hold beyond the image's: HOME and HOSTNAME from the engine, the
+# numerics the harness pins from the run spec before torch loads (prepare.NUMERIC_ENV), and the cache
+# directory torch's deterministic mode names for itself.
+HARNESS_ENV = {"HOME", "HOSTNAME", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC", "MKL_DYNAMIC",
+               "MKL_CBWR", "CUBLAS_WORKSPACE_CONFIG", "TORCHINDUCTOR_CACHE_DIR"}
+
 SECRET = "sk-ant-HOSTONLY-attack-suite-0123456789"
 HOSTILE = r'''
 import ctypes, ctypes.util, errno, json, os, shutil, socket, subprocess, sys, time
@@ -170,8 +176,7 @@ def test_hostile_train_py_is_contained(tiny_workspace, engine):
     # Nothing of the host's: environment, workspace state, files.
     assert "ANTHROPIC_API_KEY" not in probe["env"] and SECRET not in json.dumps(probe)
     image_env = {e.split("=", 1)[0] for e in engine.api.inspect_image(record["image_id"])["Config"]["Env"]}
-    assert {k for k in probe["env"] if not k.startswith("SEALAB_")} <= image_env | {"HOME", "HOSTNAME",
-                                                                                    "OMP_NUM_THREADS"}
+    assert {k for k in probe["env"] if not k.startswith("SEALAB_")} <= image_env | HARNESS_ENV
     assert ".sealab" not in probe["workspace"] and ".git" not in probe["workspace"]
     assert probe["secret_files"] == []
     host_paths = [line.split()[3] for line in probe["mounts"].splitlines() if str(root) in line]
