@@ -292,6 +292,14 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     serve_dashboard(ws.root, ws.ledger_path, host, port, announce=lambda line: click.echo(line, err=True))
 
 
+PARTED = {  # executor.reproduce.diverged_in's phases, as the report says them
+    "train": "in the train phase: its model.pt differs",
+    "eval": "in the eval phase: the same model.pt gave other logits",
+    "score": "in the scoring: the same logits gave another number",
+    "unknown": "somewhere: the record keeps no digests of its phases (made before they were kept)",
+}
+
+
 @main.command()
 @click.argument("ref", metavar="EXPERIMENT|IMAGE")
 @click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="How many reruns.")
@@ -307,11 +315,15 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
     if as_json:
         _emit_json(report)
     else:
-        shown = ", ".join("-" if v is None else f"{v:.6f}" for v in report["values"])
+        spec = "r" if report["verdict"] == "diverged" else ".6f"  # all digits where they differ
+        shown = ", ".join("-" if v is None else format(v, spec) for v in report["values"])
         click.echo(f"{report['verdict']}: experiment {report['experiment']} recorded {report['metric']} "
-                   f"{report['recorded']:.6f}, reran {shown} (tolerance {report['tolerance']:g})")
+                   f"{format(report['recorded'], spec)}, reran {shown} (tolerance {report['tolerance']:g})")
         if report["note"]:
             click.echo(f"note: {report['note']}")
+        for rerun, phase in zip(report["reruns"], report["diverged_in"]):
+            if phase is not None:
+                click.echo(f"rerun {rerun} parted from the record {PARTED[phase]}")
     ctx.exit(1 if report["verdict"] == "diverged" else 0)
 
 

@@ -102,6 +102,7 @@ class Score:
     probe_tolerance: float | None  # what that probe allowed, nats
     failure: str | None = None
     windows_digest: str = ""
+    logits_digest: str | None = None  # sha256 of the logits file scored: names the eval phase's output
 
     @property
     def ok(self) -> bool:
@@ -116,6 +117,7 @@ class Score:
             "eval_probe_max_delta": self.probe_max_delta,
             "eval_probe_tolerance": self.probe_tolerance,
             "eval_windows": self.windows_digest,
+            "eval_logits": self.logits_digest,
             "metric_source": "evaluator",
         }
 
@@ -201,7 +203,8 @@ def score(evalset: EvalSet, logits: bytes) -> Score:
         failure = (f"not causal: the log-probabilities at position {where[1]} changed by {delta:.4g} nats "
                    f"(allowed {allowed:.3g}) when the bytes after position {probe.cut} were replaced "
                    f"(rows {probe.original} and {probe.row} of windows.bin)")
-    return Score(bpb, evalset.target_bytes, causal, delta, allowed, failure, evalset.digest)
+    return Score(bpb, evalset.target_bytes, causal, delta, allowed, failure, evalset.digest,
+                 "sha256:" + hashlib.sha256(logits).hexdigest())
 
 
 def score_file(evalset: EvalSet, path: Path) -> Score:

@@ -65,6 +65,23 @@ def judge(recorded: float, values: Sequence[float | None], tolerance: float, rec
     return {"verdict": verdict, "tolerance": tolerance, "note": note}
 
 
+PHASE_KEYS = (("train", "eval_model"), ("eval", "eval_logits"))  # what each phase made, as its digest
+
+
+def diverged_in(recorded: dict[str, Any], rerun: dict[str, Any], metric: str) -> str | None:
+    """Where a rerun's metrics part from the recorded ones: None (same metric), "train" (another model.pt),
+    "eval" (same model, other logits), "score" (same logits, another number) or "unknown" (a record made
+    before the phases' digests were kept, or scored from the run's own summary)."""
+    if rerun.get(metric) == recorded.get(metric):
+        return None
+    for phase, key in PHASE_KEYS:
+        if not recorded.get(key) or not rerun.get(key):
+            return "unknown"
+        if recorded[key] != rerun[key]:
+            return phase
+    return "score"
+
+
 def find_record(ledger: Ledger, ref: str) -> dict[str, Any]:
     """The record named by an experiment ID (or unambiguous prefix), an image ID (newest first) or a pushed
     `repo@sha256:…` (its `registry_digest`).
@@ -123,6 +140,7 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
         reruns.append(rerun)
     values = [(r.get("metrics") or {}).get(metric) if r["status"] == "ok" else None for r in reruns]
     judged = judge(recorded, values, tolerance, original.get("cpu"), [r.get("cpu") for r in reruns])
+    parted = [diverged_in(original.get("metrics") or {}, r.get("metrics") or {}, metric) for r in reruns]
     return {"experiment": original["id"], "image_id": original["image_id"], "metric": metric, "recorded": recorded,
-            "values": values, "reruns": [r["id"] for r in reruns], **judged,
+            "values": values, "reruns": [r["id"] for r in reruns], **judged, "diverged_in": parted,
             "cpus": {"recorded": original.get("cpu"), "reruns": [r.get("cpu") for r in reruns]}}

@@ -11,6 +11,7 @@ result.json, to the `---` summary its train.py printed; such metrics carry `metr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -260,6 +261,12 @@ def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
 EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in chunks (a model can be large)."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
                 backend: Backend, out_dir: Path, durations: dict[str, float]) -> Outcome:
     """The eval phase: the trained model turns the evaluation windows into logits in a fresh container
@@ -278,11 +285,12 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     in_dir, eval_out = out_dir / "eval-in", out_dir / "eval-out"
     in_dir.mkdir(parents=True, exist_ok=True)
     evaluate.write(evalset, in_dir)
-    model = in_dir / evaluate.MODEL_FILE
+    model, model_file = in_dir / evaluate.MODEL_FILE, out_dir / evaluate.MODEL_FILE
+    trained = file_digest(model_file)  # what the train phase made: reproduce tells the phases apart by it
     try:
-        os.link(out_dir / evaluate.MODEL_FILE, model)
+        os.link(model_file, model)
     except OSError:
-        shutil.copyfile(out_dir / evaluate.MODEL_FILE, model)
+        shutil.copyfile(model_file, model)
     model.chmod(0o644)
     try:
         end = backend.run(Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND, in_dir=in_dir,
@@ -302,7 +310,7 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     score = evaluate.score_file(evalset, eval_out / evaluate.LOGITS_FILE)
     durations["eval"] = time.monotonic() - t
     shutil.rmtree(eval_out, ignore_errors=True)  # 70 MB of logits; eval_windows keeps their provenance
-    metrics = score.to_metrics()
+    metrics = {**score.to_metrics(), "eval_model": trained}
     if score.causal is False:
         return Outcome(Status.REJECTED, f"the evaluator does not believe the model: {score.failure}", metrics)
     if not score.ok:

@@ -34,6 +34,10 @@ def test_step_budget_reproduces_exactly(make_workspace):
     by_image = sealab_json("reproduce", record["image_id"], cwd=root)  # found by its image ID too
     assert by_image["experiment"] in (record["id"], *report["reruns"]) and by_image["verdict"] == "exact"
     assert report["note"] is None and report["cpus"]["reruns"] == [record["cpu"]] * 2
+    # Each phase's output is named in the record, and the reruns made the same ones.
+    assert report["diverged_in"] == [None, None]
+    phases = {(r["metrics"]["eval_model"], r["metrics"]["eval_logits"]) for r in [record, *reruns]}
+    assert len(phases) == 1 and all(d.startswith("sha256:") for d in phases.pop())
 
 
 def test_the_record_names_its_cpu_and_another_cpu_is_judged_within_noise(make_workspace):

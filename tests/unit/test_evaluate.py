@@ -1,5 +1,6 @@
 """The trusted scorer (executor/evaluate.py): windows, probes, val_bpb from raw logits, and bad files."""
 
+import hashlib
 import math
 import os
 
@@ -75,6 +76,17 @@ def test_bigram_bpb_is_exact():
     assert got.ok and got.causal and got.probe_max_delta == 0.0
     assert got.target_bytes == EVAL_BYTES
     assert got.val_bpb == pytest.approx(nats / (math.log(2) * EVAL_BYTES), rel=1e-9)
+
+
+def test_the_score_names_the_logits_it_read():
+    """The record keeps the sha256 of the scored logits (reproduce tells the eval phase from the train by it)."""
+    es = small(make_val())
+    data = logits_bytes(Bigram()(rows_of(es)))
+    got = evaluate.score(es, data).to_metrics()
+    assert got["eval_logits"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    other = bytearray(data)
+    other[-1] ^= 1  # one bit of the last logit
+    assert evaluate.score(es, bytes(other)).to_metrics()["eval_logits"] != got["eval_logits"]
 
 
 def test_uniform_logits_score_eight_bits_whatever_their_offset():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from executor.reproduce import CROSS_CPU_RTOL, cpu_label, judge, same_cpu
+from executor.reproduce import CROSS_CPU_RTOL, cpu_label, diverged_in, judge, same_cpu
 
 SPR = {"model": "Intel(R) Xeon(R) Platinum 8480+", "isa": "x86-64-v4+amx", "torch": "2.13.0+cpu", "threads": 2}
 ZEN = {"model": "AMD EPYC 7763 64-Core Processor", "isa": "x86-64-v3", "torch": "2.13.0+cpu", "threads": 2}
@@ -57,3 +57,29 @@ def test_records_without_a_cpu_keep_the_exact_expectation():
     """Records made before the CPU was recorded are judged as before: bit-exact expected."""
     assert same_cpu(None, SPR) and same_cpu(SPR, {}) and cpu_label(None) == "unknown CPU"
     assert judge(4.0, [4.0], 0.0, None, [SPR])["verdict"] == "exact"
+
+
+def metrics(value, model="sha256:m1", logits="sha256:l1"):
+    return {"val_bpb": value, "eval_model": model, "eval_logits": logits}
+
+
+def test_a_rerun_that_agrees_parted_nowhere():
+    assert diverged_in(metrics(4.0), metrics(4.0), "val_bpb") is None
+
+
+def test_another_model_means_the_train_phase_parted():
+    assert diverged_in(metrics(4.0), metrics(4.1, model="sha256:m2", logits="sha256:l2"), "val_bpb") == "train"
+
+
+def test_the_same_model_with_other_logits_means_the_eval_phase_parted():
+    assert diverged_in(metrics(4.0), metrics(4.1, logits="sha256:l2"), "val_bpb") == "eval"
+
+
+def test_the_same_logits_with_another_number_means_the_scoring_parted():
+    assert diverged_in(metrics(4.0), metrics(4.1), "val_bpb") == "score"
+
+
+def test_a_record_without_the_phase_digests_parted_somewhere_unknown():
+    old = {"val_bpb": 4.0}
+    assert diverged_in(old, metrics(4.1), "val_bpb") == "unknown"
+    assert diverged_in(metrics(4.0), {"val_bpb": None}, "val_bpb") == "unknown"
