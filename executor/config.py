@@ -34,6 +34,19 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "base": {"wheels": (str, "wheels"), "from": (str, "base_from")},
     "harness": {"metric_source": (str, "metric_source")},
 }
+# Lower bounds (inclusive, or exclusive where marked) of the numeric settings. Zero is refused where the
+# engine reads it as "no limit" (Docker: cpus, tmpfs sizes, memory; Kubernetes alike): a limit of 0 would
+# lift the limit, not tighten it.
+_MINIMUM: dict[tuple[str, str], tuple[float, bool, str]] = {  # (section, key): (bound, exclusive, why)
+    ("budget", "train_seconds"): (0, True, "a run needs time to train"),
+    ("budget", "steps"): (1, False, "a run trains at least one step"),
+    ("resources", "memory_mb"): (64, False, "0 is no limit to the engine; below 64 MB Python does not start"),
+    ("resources", "cpus"): (0.01, False, "0 is no limit to the engine"),
+    ("resources", "pids"): (16, False, "0 is no limit to the engine; a Python with torch needs threads"),
+    ("resources", "tmp_mb"): (1, False, "a tmpfs of size 0 has no limit"),
+    ("resources", "home_mb"): (1, False, "a tmpfs of size 0 has no limit"),
+    ("resources", "out_mb"): (1, False, "the run writes its result there"),
+}
 METRIC_SOURCES = ("result.json", "summary")
 BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends.py implements them
 
@@ -89,22 +102,25 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
                 raise ConfigError(source, f"{section}.{key} has the wrong type: {value!r}")
             if isinstance(value, (int, float)) and value < 0:
                 raise ConfigError(source, f"{section}.{key} must not be negative: {value!r}")
+            _check_minimum(source, section, key, value)
             target = resources if section == "resources" else spec if section in ("metric", "budget", "run") else other
             target["metric" if (section, key) == ("metric", "name") else name] = value
     if spec.get("direction", "minimize") not in ("minimize", "maximize"):
         raise ConfigError(source, f"metric.direction must be 'minimize' or 'maximize', not {spec['direction']!r}")
-    if spec.get("steps", 1) < 1:
-        raise ConfigError(source, "budget.steps must be at least 1")
-    if spec.get("budget_s", 1) <= 0:
-        raise ConfigError(source, "budget.train_seconds must be positive")
-    if resources.get("memory_mb", 1024) < 64 or resources.get("pids", 64) < 16:
-        raise ConfigError(source, "resources.memory_mb must be >= 64 and resources.pids >= 16")
-    if resources.get("out_mb", 1) < 1:
-        raise ConfigError(source, "resources.out_mb must be at least 1")
     if other.get("metric_source", METRIC_SOURCES[0]) not in METRIC_SOURCES:
         raise ConfigError(source, f"harness.metric_source must be 'result.json' or 'summary', not {other['metric_source']!r}")
     run_spec = RunSpec(**spec, resources=Resources(**resources))
     return Config(run_spec=run_spec, **other)
+
+
+def _check_minimum(source: str, section: str, key: str, value: Any) -> None:
+    bound = _MINIMUM.get((section, key))
+    if bound is None or not isinstance(value, (int, float)):
+        return
+    least, exclusive, why = bound
+    if value < least or (exclusive and value == least):
+        raise ConfigError(source, f"{section}.{key} must be {'more than' if exclusive else 'at least'} "
+                                  f"{least:g} ({why}): {value!r}")
 
 
 def load(path: Path) -> Config:

@@ -15,10 +15,12 @@ import posixpath
 import re
 import statistics
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from executor.config import parse as parse_config
+from executor.errors import ConfigError
 from executor.types import Resources, RunSpec
 
 POLICY_DIR = Path(__file__).parent
@@ -374,18 +376,13 @@ def raised_limits(current: RunSpec, proposed: RunSpec) -> list[str]:
 
 
 def _spec_from_config(text: str, current: RunSpec) -> RunSpec | None:
-    """Best-effort limits of a proposed sealab.toml (None when it is unreadable: then it only parks)."""
+    """The limits of a proposed sealab.toml, read by the same validator as a run's (executor.config);
+    the metric and seed stay the current ones. None when it is not valid: then it only parks."""
     try:
-        raw = tomllib.loads(text)
-        budget, res = raw.get("budget", {}), raw.get("resources", {})
-        spec_defaults, res_defaults = RunSpec(), Resources()
-        resources = Resources(**{k: res.get(k, getattr(res_defaults, k)) for k in
-                                 ("memory_mb", "cpus", "pids", "gpus", "tmp_mb", "home_mb")})
-        return RunSpec(budget_s=budget.get("train_seconds", spec_defaults.budget_s),
-                       grace_s=budget.get("grace_seconds", spec_defaults.grace_s), seed=current.seed,
-                       metric=current.metric, direction=current.direction, resources=resources)
-    except (tomllib.TOMLDecodeError, AttributeError, TypeError, ValueError):
+        proposed = parse_config(text).run_spec
+    except ConfigError:
         return None
+    return replace(current, budget_s=proposed.budget_s, grace_s=proposed.grace_s, resources=proposed.resources)
 
 
 # ---------------------------------------------------------------- proposals

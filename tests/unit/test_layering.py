@@ -1,4 +1,4 @@
-"""Dependencies go one way: agent → executor, policies; policies → executor.types; executor → nothing of ours."""
+"""Dependencies go one way: agent → executor, policies; policies → executor.types and the config validator; executor → nothing of ours."""
 
 import ast
 from pathlib import Path
@@ -23,10 +23,10 @@ def imports(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("package, allowed", [
     ("executor", ("executor",)),
-    ("policies", ("policies", "executor.types")),
+    ("policies", ("policies", "executor.types", "executor.config", "executor.errors")),
 ])
 def test_trusted_side_imports_nothing_upstream(package, allowed):
-    """The executor imports nothing from agent/ or policies/; policies import only executor.types of ours."""
+    """The executor imports nothing from agent/ or policies/; policies import only executor.types and the config validator (executor.config, its errors) of ours."""
     ours = ("executor", "agent", "policies")
     for path, names in imports(package).items():
         for name in names:

@@ -296,6 +296,19 @@ def test_lowering_limits_in_sealab_toml_is_still_protected(default):
     assert (verdict.action, verdict.rule) == ("park", "gates.protected_paths")
 
 
+def test_a_zero_limit_in_sealab_toml_is_not_read_as_a_lowered_one(default):
+    """cpus = 0 is no limit to Docker: the proposal's limits are read by the run's own validator, which
+    refuses it, so it is not taken for a lowered limit (the proposal parks, as any protected change)."""
+    from policies.rules import _spec_from_config
+
+    new = DEFAULT_TOML.replace("cpus = 2 ", "cpus = 0 ")
+    assert new != DEFAULT_TOML and _spec_from_config(new, SPEC) is None
+    lowered = _spec_from_config(DEFAULT_TOML.replace("cpus = 2 ", "cpus = 1 "), SPEC)
+    assert lowered is not None and lowered.resources.cpus == 1.0 and lowered.metric == SPEC.metric
+    verdict = check(default, {"sealab.toml": (DEFAULT_TOML, new)})
+    assert (verdict.action, verdict.rule) == ("park", "gates.protected_paths")
+
+
 def test_raised_proposed_spec_is_parked(default):
     """A proposed spec with more memory than the current one is parked even without a sealab.toml diff."""
     proposed = RunSpec(resources=Resources(memory_mb=8192))
