@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from executor import logs
+from executor import record as recorded
 from executor.errors import EngineUnavailable, SealabError
 from executor.types import Status
 from policies import PolicyError
@@ -218,13 +219,13 @@ def exec_cmd(ctx: click.Context, commit: str, as_json: bool, backend: str | None
 
 
 def _print_record(rec: dict[str, Any]) -> None:
-    metric = rec["run_spec"]["metric"]
-    value = (rec.get("metrics") or {}).get(metric)
+    metric = recorded.run_spec(rec).get("metric", "val_bpb")
+    value = recorded.metrics(rec).get(metric)
     shown = f"{metric} {value:.6f}" if isinstance(value, float) else escape(rec.get("reason") or "")
     colour = "green" if rec["status"] == "ok" else "red"
     err.print(f"[{colour}]{rec['status']}[/] experiment {rec['id']} commit {rec['commit'][:12]} "
               f"image {str(rec['image_id'])[:19]}  {shown}")
-    for entry in rec.get("drift") or []:
+    for entry in recorded.drift(rec):
         for change in entry["changes"]:
             err.print(f"[yellow]drift (not run): {escape(entry['path'])}: {escape(change)}[/]")
 
@@ -241,12 +242,12 @@ def status(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("id", "status", "commit", "metric", "image", "seal s", "run s", "drift", "description")
     for rec in records:
-        metric = rec["run_spec"]["metric"] if rec.get("run_spec") else "val_bpb"
-        value = (rec.get("metrics") or {}).get(metric)
-        d = rec.get("durations") or {}
+        metric = recorded.run_spec(rec).get("metric", "val_bpb")
+        value = recorded.metrics(rec).get(metric)
+        d = recorded.durations(rec)
         table.add_row(rec["id"], rec["status"], rec["commit"][:12], f"{value:.6f}" if isinstance(value, float) else "-",
                       str(rec.get("image_id") or "-")[7:19], f"{d.get('seal', 0):.3f}", f"{d.get('run', 0):.1f}",
-                      str(len(rec.get("drift") or [])), rec.get("description") or "")
+                      str(len(recorded.drift(rec))), rec.get("description") or "")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -17,6 +17,7 @@ import git
 
 from agent.html_report import ReportData, _read_patch, collect, metric_of, running_best
 from executor import owner
+from executor import record as recorded
 from executor.errors import SealabError
 from executor.ledger import Ledger, record_digest
 from executor.types import Status
@@ -136,14 +137,14 @@ class Dashboard:
     def _patience(data: ReportData) -> float:
         """How long a live loop may stay silent between experiments: a proposal (a model call) and the
         decision take well under one experiment's deadline."""
-        spec = next((r.get("run_spec") for r in reversed(data.records) if r.get("run_spec")), None) or {}
-        return float(spec.get("budget_s", 60)) + float(spec.get("grace_s", 60)) + 300
+        spec = next((recorded.run_spec(r) for r in reversed(data.records) if recorded.run_spec(r)), {})
+        return (recorded.number(spec.get("budget_s")) or 60) + (recorded.number(spec.get("grace_s")) or 60) + 300
 
     @staticmethod
     def _current(record: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
         if record is None:
             return None
-        spec = record.get("run_spec") or {}
+        spec = recorded.run_spec(record)
         started = parse_time(record.get("created_at"))
         return {"id": record["id"], "commit": record.get("commit"), "description": description_of(record),
                 "run_tag": record.get("run_tag"), "started_at": record.get("created_at"),
@@ -174,8 +175,8 @@ class Dashboard:
             "n": n, "id": r["id"], "status": r.get("status"), "decision": r.get("decision"),
             "decision_reason": r.get("decision_reason"), "reason": r.get("reason"), "value": value, "best": best,
             "commit": r.get("commit"), "parent": r.get("parent"), "image_id": r.get("image_id"),
-            "description": description_of(r), "created_at": r.get("created_at"), "durations": r.get("durations") or {},
-            "drift": len(r.get("drift") or []), "verification": self._verification(r, digest, ledger, chain),
+            "description": description_of(r), "created_at": r.get("created_at"), "durations": recorded.durations(r),
+            "drift": len(recorded.drift(r)), "verification": self._verification(r, digest, ledger, chain),
             "log_tail": self._log_tail(r, digest) if r.get("status") in _FAILED else None,
         }
 
@@ -241,10 +242,10 @@ class Dashboard:
                    "patch_path": ev.get("patch_path"), "patch": _read_patch(self.root, ev.get("patch_path"))}
                   for ev in data.events["drift"]]
         for r in data.records:
-            for entry in r.get("drift") or []:
+            for entry in recorded.drift(r):
                 events.append({"created_at": r.get("created_at"), "where": "at exec (not run)", "action": None,
                                "commit": r.get("commit"), "experiment": r["id"],
-                               "changes": [f"{entry.get('path')}: {c}" for c in entry.get("changes") or []],
+                               "changes": [f"{entry['path']}: {c}" for c in entry["changes"]],
                                "patch_path": None, "patch": entry.get("patch")})
         return {"tag": data.tag, "drift": events}
 

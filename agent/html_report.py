@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import git
 
+from executor import record as recorded
 from executor.ledger import Ledger
 
 CHART_NAME = "progress.png"
@@ -43,9 +44,7 @@ def metric_of(record: dict[str, Any]) -> float | None:
     """The record's own metric value when it ended ok, else None."""
     if record.get("status") != "ok":
         return None
-    metric = (record.get("run_spec") or {}).get("metric", "val_bpb")
-    value = (record.get("metrics") or {}).get(metric)
-    return float(value) if isinstance(value, (int, float)) else None
+    return recorded.number(recorded.metrics(record).get(recorded.run_spec(record).get("metric", "val_bpb")))
 
 
 @dataclass
@@ -65,7 +64,7 @@ def collect(ledger: Ledger, tag: str | None = None) -> ReportData:
     records = [r for r in ledger.records() if tag is None or r.get("run_tag") == tag]
     events = {kind: [e for e in ledger.events(kind) if tag is None or e.get("run_tag") == tag]
               for kind in ("drift", "rejected", "parked", "proposal_failed")}
-    spec = next((r["run_spec"] for r in records if r.get("run_spec")), {}) or {}
+    spec = next((recorded.run_spec(r) for r in records if recorded.run_spec(r)), {})
     return ReportData(tag, state, records, events, spec.get("metric", "val_bpb"), spec.get("direction", "minimize"))
 
 

@@ -14,6 +14,7 @@ from importlib import resources
 import pytest
 
 from agent.dashboard import Dashboard
+from agent.html_report import collect
 from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, StrictJSON, create_app, is_loopback, reading
 from executor.ledger import Ledger
 from executor.types import BaseImage
@@ -300,3 +301,30 @@ def test_missing_ledger_is_not_created(tmp_path):
     with reading(tmp_path / ".sealab" / "ledger.db") as ledger:
         assert ledger.records() == []
     assert not (tmp_path / ".sealab").exists()
+
+
+def test_a_record_of_an_older_shape_is_served_as_json(ws):
+    """A record written by an older sealab (drift as plain strings, metrics not a table, no durations, a
+    run spec without resources) is answered with JSON on every route, never a 500."""
+    ledger = Ledger(ws["ws"].ledger_path)
+    commit = ws["commits"][1]
+    ledger.begin({"id": "e0006", "commit": commit, "parent": ws["commits"][0], "tree": "t",
+                  "description": "old shape", "base_image_id": BASE.image_id, "data_digest": BASE.data_digest,
+                  "run_spec": {"metric": "val_bpb"}, "drift": ["train.py: SCALAR_LR 0.5 -> 0.3"],
+                  "log_path": None, "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1"}, owner="test")
+    ledger.finish("e0006", status="ok", reason=None, image_id=None, metrics="0.9", durations=None)
+    ledger.close()
+    app = create_app(ws["ws"].root, ledger_path=ws["ws"].ledger_path, allowed_hosts=LOOPBACK_NAMES)
+    for name in ("state", "experiments", "kept", "drift", "review"):
+        status, headers, body = call(app, "GET", f"/api/{name}?tag=t1")
+        assert status == 200 and headers["content-type"] == "application/json", (name, status, body[:300])
+    rows = json.loads(call(app, "GET", "/api/experiments?tag=t1")[2])["experiments"]
+    old = next(r for r in rows if r["id"] == "e0006")
+    assert old["value"] is None and old["drift"] == 1
+    drift = json.loads(call(app, "GET", "/api/drift?tag=t1")[2])["drift"]
+    assert [d["changes"] for d in drift if d["experiment"] == "e0006"] == [["train.py: SCALAR_LR 0.5 -> 0.3"]]
+    from agent.html_report import render_html
+
+    with reading(ws["ws"].ledger_path) as ledger:
+        page = render_html(collect(ledger, "t1"), ws["ws"].repo, ws["ws"].root)
+    assert "e0006" in page

@@ -18,3 +18,12 @@ def test_columns_and_rows():
     assert ok["commit"] == "abcdef1" and ok["val_bpb"] == "1.234568" and ok["memory_gb"] == "2.0"
     assert ok["description"] == "tab here" and ok["run_spec"] == RunSpec().digest()
     assert crash["val_bpb"] == "0.000000" and crash["memory_gb"] == "0.0" and crash["status"] == "crash"
+
+
+def test_a_record_of_an_older_shape_is_a_row_not_an_error():
+    """Metrics that are not a table, or a run spec an older sealab wrote otherwise, give a row of dashes
+    and zeros for what cannot be read, not a traceback."""
+    lines = results_tsv([rec("ok", None, metrics="1.5", run_spec={"budget_s": "sixty"}),
+                         rec("ok", None, metrics={"val_bpb": True})]).splitlines()
+    rows = [dict(zip(COLUMNS, line.split("\t"))) for line in lines[1:]]
+    assert [(r["val_bpb"], r["status"], r["run_spec"]) for r in rows] == [("0.000000", "ok", ""), ("0.000000", "ok", RunSpec().digest())]
