@@ -1,13 +1,17 @@
 """A small Messages API server of our own, for driving the real `anthropic` client in tests.
 
 `FakeMessagesAPI` serves `POST /v1/messages` on 127.0.0.1 (a free port) from a SCRIPT of replies,
-in order: each is either a JSON message body (a dict, answered 200) or a tuple
-`(status_code, error_body)` / `(status_code, error_body, headers)`. Error replies carry
+in order: each is a JSON message body (a dict, answered 200), a tuple
+`(status_code, error_body)` / `(status_code, error_body, headers)`, or one that misbehaves:
+`("raw", status_code, text)` sends `text` as the body (malformed JSON, an HTML error page) labelled
+application/json, `("hang", seconds)` reads the request and answers nothing for that long, then
+closes the connection. Error replies carry
 `retry-after-ms: 10` unless their headers say otherwise, so the SDK's own retries are fast (the SDK
 honours `retry-after-ms` before its exponential backoff). When the script runs out the server
 answers 500 with `x-should-retry: false`, so a test fails fast instead of hanging.
 
-Every request is recorded in `requests` as `{"method", "path", "headers" (lower-case names), "body"}`;
+Every request is recorded in `requests` as `{"method", "path", "headers" (lower-case names), "body"
+(parsed JSON), "raw" (the body's text)}`;
 `responses` records what was sent back (status, headers, raw body text).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -93,22 +98,29 @@ class FakeMessagesAPI:
                 with api._lock:
                     api.requests.append({"method": "POST", "path": self.path,
                                          "headers": {k.lower(): v for k, v in self.headers.items()},
-                                         "body": body})
+                                         "body": body, "raw": raw.decode("utf-8", "replace")})
                     item = api.script.popleft() if api.script else None
                 headers = {"content-type": "application/json", "request-id": f"req_fake{next(_ids):06d}"}
+                if isinstance(item, tuple) and item[0] == "hang":
+                    time.sleep(item[1])
+                    self.close_connection = True
+                    return
+                raw_text = item[2] if isinstance(item, tuple) and item[0] == "raw" else None
                 if self.path.split("?")[0] != "/v1/messages":
                     status, payload = 404, {"type": "error", "error": {"type": "not_found_error", "message": "no such path"}}
                     headers["x-should-retry"] = "false"
                 elif item is None:
                     status, payload = 500, {"type": "error", "error": {"type": "api_error", "message": "fake script exhausted"}}
                     headers["x-should-retry"] = "false"
+                elif raw_text is not None:
+                    status, payload = item[1], None
                 elif isinstance(item, tuple):
                     status, payload = item[0], item[1]
                     extra = item[2] if len(item) > 2 else {"retry-after-ms": "10"}
                     headers.update({k.lower(): str(v) for k, v in extra.items()})
                 else:
                     status, payload = 200, item
-                text = json.dumps(payload)
+                text = raw_text if raw_text is not None else json.dumps(payload)
                 data = text.encode("utf-8")
                 self.send_response(status)
                 for k, v in headers.items():

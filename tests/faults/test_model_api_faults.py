@@ -9,22 +9,15 @@ from __future__ import annotations
 import pytest
 
 from agent.proposal import ModelUnavailable, ProposalContext, ProposalFailed
-from tests.faults.flaky_api import FlakyAPI
+from tests.fake_messages_api import FakeMessagesAPI, error_reply as error, tool_use_reply
 from tests.faults.kit import fast_workspace, sealab
 
 KEY = "sk-ant-fault-test-SECRET-0123456789abcdef"
 MALFORMED = '{"id": "msg_1", "type": "message", "content": ['
 
 
-def error(status: int, kind: str, message: str) -> tuple:
-    return status, {"type": "error", "error": {"type": kind, "message": message}}
-
-
-def tool_use(name: str, tool_input: dict, n: int) -> dict:
-    return {"id": f"msg_{n}", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-            "content": [{"type": "tool_use", "id": f"toolu_{n}", "name": name, "input": tool_input}],
-            "stop_reason": "tool_use", "stop_sequence": None,
-            "usage": {"input_tokens": 100, "output_tokens": 10}}
+def tool_use(name: str, tool_input: dict) -> dict:
+    return tool_use_reply([(name, tool_input)], {"input_tokens": 100, "output_tokens": 10})
 
 
 CASES = [  # id, script, exception, text in its message, requests made (max_retries=2: 3 tries)
@@ -44,7 +37,7 @@ def test_proposer_maps_api_faults(script, kind, text, tries, monkeypatch):
     from agent.claude import ClaudeProposer
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    with FlakyAPI(script) as api:
+    with FakeMessagesAPI(script) as api:
         proposer = ClaudeProposer(base_url=api.base_url, max_retries=2, timeout=0.5)
         ctx = ProposalContext(program="p", train_source="LR = 0.1\n", read_file=lambda path: None)
         with pytest.raises(kind) as caught:
@@ -54,7 +47,7 @@ def test_proposer_maps_api_faults(script, kind, text, tries, monkeypatch):
     assert text in message and "\n" not in message and KEY not in message
     for r in api.requests:  # the key went only where it belongs: the auth header
         assert KEY in (r["headers"].get("x-api-key", "") + r["headers"].get("authorization", ""))
-        assert KEY not in r["body"]
+        assert KEY not in r["raw"]
 
 
 @pytest.mark.docker
@@ -66,13 +59,13 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
 
     root = fast_workspace(tmp_path, base_image)
     run = ["run", "--experiments", "2", "--tag", "m", "--proposer", "claude"]
-    with FlakyAPI([("raw", 200, MALFORMED), *[error(529, "overloaded_error", "Overloaded")] * 5]) as api:
+    with FakeMessagesAPI([("raw", 200, MALFORMED), *[error(529, "overloaded_error", "Overloaded")] * 5]) as api:
         env = {"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.base_url}
         first = sealab(*run, cwd=root, env=env)
         api.push(error(401, "authentication_error", f"invalid x-api-key: {KEY}"))
         second = sealab(*run, "--resume", cwd=root, env=env)
-        api.push(tool_use("edit_train_py", {"old": "LR = 0.1 ", "new": "LR = 0.2 "}, 1),
-                 tool_use("submit", {"description": "LR 0.1 -> 0.2"}, 2))
+        api.push(tool_use("edit_train_py", {"old": "LR = 0.1 ", "new": "LR = 0.2 "}),
+                 tool_use("submit", {"description": "LR 0.1 -> 0.2"}))
         third = sealab(*run, "--resume", cwd=root, env=env)
         tries = len(api.requests)
     for proc in (first, second):
@@ -101,7 +94,7 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
 def test_model_unavailable_exits_3(tmp_path, base_image):
     """`sealab run` exits 3 when the model API is unavailable, as documented."""
     root = fast_workspace(tmp_path, base_image)
-    with FlakyAPI([error(401, "authentication_error", "invalid x-api-key")]) as api:
+    with FakeMessagesAPI([error(401, "authentication_error", "invalid x-api-key")]) as api:
         proc = sealab("run", "--experiments", "1", "--tag", "u", "--proposer", "claude", cwd=root,
                       env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.base_url})
     assert proc.returncode == 3, proc.stderr
