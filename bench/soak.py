@@ -52,38 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 SEALAB = str(Path(sys.executable).with_name("sealab"))
 
-TINY_TRAIN = '''"""A tiny deterministic train.py: a bigram table, a fixed number of SGD steps."""
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-LR = 0.5            # SGD learning rate
-BATCH_SIZE = 8      # sequences per step
-SEQ_LEN = 64        # bytes per sequence
-MARK = 0            # a constant the soak mutates
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab):
-        super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
-
-    def forward(self, idx):
-        return self.table(idx)
-
-
-def train(h):
-    model = Bigram(h.vocab_size).to(h.device)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    while h.time_left() > 0:
-        x, y = h.get_batch(BATCH_SIZE, SEQ_LEN)
-        loss = F.cross_entropy(model(x).view(-1, h.vocab_size), y.view(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        h.step(x.numel(), loss.detach())
-    return model
-'''
+from tests.conftest import TINY_TRAIN  # noqa: E402  (one tiny train.py for the tests and the soak)
 
 SOAK_POLICY = """
 [acceptance]

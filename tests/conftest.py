@@ -15,6 +15,40 @@ ROOT = Path(__file__).resolve().parents[1]
 SEALAB = str(Path(sys.executable).with_name("sealab"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# A bigram table trained for `[budget] steps` SGD steps: deterministic on a CPU, a few seconds a run.
+TINY_TRAIN = '''"""A tiny deterministic train.py: a bigram table, a fixed number of SGD steps."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LR = 0.5            # SGD learning rate
+BATCH_SIZE = 8      # sequences per step
+SEQ_LEN = 64        # bytes per sequence
+MARK = 0            # a constant the attacks and the soak mutate
+
+
+class Bigram(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.table = nn.Embedding(vocab, vocab)
+
+    def forward(self, idx):
+        return self.table(idx)
+
+
+def train(h):
+    model = Bigram(h.vocab_size).to(h.device)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    while h.time_left() > 0:
+        x, y = h.get_batch(BATCH_SIZE, SEQ_LEN)
+        loss = F.cross_entropy(model(x).view(-1, h.vocab_size), y.view(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        h.step(x.numel(), loss.detach())
+    return model
+'''
+
 
 def unavailable(why: str) -> NoReturn:
     """Skip for lack of `why`, except in CI, where every integration test must run: fail there."""

@@ -11,39 +11,7 @@ from pathlib import Path
 import git
 import pytest
 
-# A bigram table trained for `[budget] steps` SGD steps: deterministic on a CPU, a few seconds a run.
-TINY_TRAIN = '''"""A tiny deterministic train.py: a bigram table, a fixed number of SGD steps."""
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-LR = 0.5            # SGD learning rate
-BATCH_SIZE = 8      # sequences per step
-SEQ_LEN = 64        # bytes per sequence
-MARK = 0            # a constant the attacks mutate
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab):
-        super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
-
-    def forward(self, idx):
-        return self.table(idx)
-
-
-def train(h):
-    model = Bigram(h.vocab_size).to(h.device)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    while h.time_left() > 0:
-        x, y = h.get_batch(BATCH_SIZE, SEQ_LEN)
-        loss = F.cross_entropy(model(x).view(-1, h.vocab_size), y.view(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        h.step(x.numel(), loss.detach())
-    return model
-'''
+from tests.conftest import TINY_TRAIN
 
 # Put before TINY_TRAIN's imports: the run signals /out/started and waits (at most 60 s) for the host
 # to create /out/go (in the training phase), so a test can change things at a known point in the middle of a run.

@@ -14,8 +14,8 @@ import git
 import pytest
 
 from executor.docker_engine import dir_usage
-from tests.attacks.conftest import TINY_TRAIN, containers_of, set_steps
-from tests.conftest import commit_train, sealab_json
+from tests.attacks.conftest import containers_of, set_steps
+from tests.conftest import TINY_TRAIN, commit_train, sealab_json
 
 # What the container's environment may hold beyond the image's: HOME and HOSTNAME from the engine, the
 # numerics the harness pins from the run spec before torch loads (prepare.NUMERIC_ENV), and the cache

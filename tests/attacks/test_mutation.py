@@ -16,9 +16,8 @@ import pytest
 
 from bench.soak import mutate
 from executor.docker_build import read_file
-from tests.attacks.conftest import (TINY_TRAIN, committed_train, constants, containers_of, started_output,
-                                    wait_for)
-from tests.conftest import SEALAB, sealab_json
+from tests.attacks.conftest import committed_train, constants, containers_of, started_output, wait_for
+from tests.conftest import SEALAB, TINY_TRAIN, sealab_json
 
 
 def _set(text: str, name: str, value) -> str:

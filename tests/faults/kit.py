@@ -25,34 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import TINY_TRAIN
+
 ROOT = Path(__file__).resolve().parents[2]
 SEALAB = str(Path(sys.executable).with_name("sealab"))
 PAUSE = str(Path(__file__).with_name("pause.py"))
 FINISHED = ("ok", "crash", "timeout", "oom", "rejected")  # ran to an end the loop must decide on
 
-TINY_TRAIN = '''"""A tiny deterministic bigram model: fast fault and soak runs (a fixed number of steps)."""
-
-import torch
-import torch.nn.functional as F
-
-LR = 0.1            # SGD learning rate
-WIDTH = 32          # embedding width
-BATCH_SIZE = 8      # sequences per step
-SEQ_LEN = 64        # bytes per sequence
-
-
-def train(h):
-    model = torch.nn.Sequential(torch.nn.Embedding(h.vocab_size, WIDTH), torch.nn.Linear(WIDTH, h.vocab_size))
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    while h.time_left() > 0:
-        x, y = h.get_batch(BATCH_SIZE, SEQ_LEN)
-        loss = F.cross_entropy(model(x).view(-1, h.vocab_size), y.view(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        h.step(x.numel(), loss.item())
-    return model
-'''
 
 
 def policy_text(noise_runs: int = 1, min_delta: float = 0.0001) -> str:

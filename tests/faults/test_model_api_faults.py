@@ -64,8 +64,8 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
         first = sealab(*run, cwd=root, env=env)
         api.push(error(401, "authentication_error", f"invalid x-api-key: {KEY}"))
         second = sealab(*run, "--resume", cwd=root, env=env)
-        api.push(tool_use("edit_train_py", {"old": "LR = 0.1 ", "new": "LR = 0.2 "}),
-                 tool_use("submit", {"description": "LR 0.1 -> 0.2"}))
+        api.push(tool_use("edit_train_py", {"old": "LR = 0.5 ", "new": "LR = 0.2 "}),
+                 tool_use("submit", {"description": "LR 0.5 -> 0.2"}))
         third = sealab(*run, "--resume", cwd=root, env=env)
         tries = len(api.requests)
     for proc in (first, second):
@@ -81,7 +81,7 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
     assert "malformed response" in failed["reason"]
     records = [r for r in ledger.records() if r.get("run_tag") == "m"]
     assert [r["decision"] for r in records][0] == "baseline" and len(records) == 2
-    assert records[1]["proposal"]["description"] == "LR 0.1 -> 0.2" and records[1]["status"] == "ok"
+    assert records[1]["proposal"]["description"] == "LR 0.5 -> 0.2" and records[1]["status"] == "ok"
     assert records[1]["metrics"]["hyperparameters"]["LR"] == 0.2
     for proc in (first, second, third):
         assert KEY not in proc.stdout + proc.stderr
