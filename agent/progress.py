@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 from rich.console import Console
 from rich.markup import escape
 
@@ -78,20 +78,18 @@ class LoopDisplay:
             self._status.__exit__(*exc)
 
     def event(self, line: str, state) -> None:
+        """One loop event: a log line (the same renderer as every other line on stderr) and, on a
+        terminal, the live status line."""
         elapsed = time.monotonic() - self.started
         done = state.experiments
         eta_s = (elapsed / done) * max(0, self.total - done) if self.total and done else None
-        if not self.console.is_terminal:  # plain structured lines for logs and pipes
-            fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": line, "experiment": done,
-                      "of": self.total, "elapsed_s": round(elapsed), "eta_s": None if eta_s is None else round(eta_s),
-                      "best": state.best_value, "best_commit": state.best_commit[:12]}
-            self.console.print(" ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in fields.items()
-                                        if v is not None),
-                               markup=False, highlight=False, soft_wrap=True)
-            return
-        eta = f" · ETA {eta_s / 60:.1f} min" if eta_s is not None else ""
-        best = f"best {state.best_value:.6f} @ {state.best_commit[:12]}" if state.best_value is not None else "baseline"
-        summary = f"experiment {done}{f' of {self.total}' if self.total else ''} · {elapsed / 60:.1f} min{eta} · {best}"
-        self.console.print(f"[{time.strftime('%H:%M:%S')}] {escape(line)}  ({summary})", markup=True)
+        fields = {"experiment": done, "of": self.total, "elapsed_s": round(elapsed),
+                  "eta_s": None if eta_s is None else round(eta_s), "best": state.best_value,
+                  "best_commit": state.best_commit[:12]}
+        structlog.get_logger().info(line, progress=True, **{k: v for k, v in fields.items() if v is not None})
         if self._status is not None:
-            self._status.update(f"{summary} · last: {escape(line)[:60]}")
+            eta = f" · ETA {eta_s / 60:.1f} min" if eta_s is not None else ""
+            best = (f"best {state.best_value:.6f} @ {state.best_commit[:12]}" if state.best_value is not None
+                    else "baseline")
+            self._status.update(f"experiment {done}{f' of {self.total}' if self.total else ''} · "
+                                f"{elapsed / 60:.1f} min{eta} · {best} · last: {escape(line)[:60]}")

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines into the workspace's log file, readable lines on a terminal.
+"""structlog set-up: JSON lines into the workspace's log file; on stderr one renderer for every line
+(the experiments' events and the loop's progress alike): console lines on a terminal, logfmt otherwise.
 
 Configured once, at the edge (the CLI). Nothing here binds context at module scope.
 """
@@ -28,10 +29,30 @@ class JsonLinesFile:
 
 
 def _quiet_unless_tty(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Off a terminal, stderr only gets warnings and errors; the file gets everything."""
-    if not sys.stderr.isatty() and method not in ("warning", "error", "critical"):
+    """Off a terminal, stderr only gets warnings, errors and progress events; the file gets everything."""
+    if not sys.stderr.isatty() and method not in ("warning", "error", "critical") and not event.get("progress"):
         raise structlog.DropEvent
+    event.pop("progress", None)
     return event
+
+
+class _Stderr:
+    """Whatever sys.stderr is at the time of each write: under a live progress line (rich replaces
+    sys.stderr while it shows one) log lines print above it instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def renderer() -> Any:
+    """The one renderer of every line on stderr: structlog's console lines on a terminal, logfmt
+    (`timestamp=… level=… event=…`, one line per event) for pipes and log collectors."""
+    if sys.stderr.isatty():
+        return structlog.dev.ConsoleRenderer(colors=True)
+    return structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
 
 
 def configure(log_file: Path | None) -> None:
@@ -42,8 +63,8 @@ def configure(log_file: Path | None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             JsonLinesFile(log_file),
             _quiet_unless_tty,
-            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+            renderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )

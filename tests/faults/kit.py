@@ -114,9 +114,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> bool:
 
 
 def said(stderr: str) -> list[str]:
-    """What a command said on stderr, without its progress and log lines (`time=…`, `2026-…Z [error …]`)."""
-    return [line for line in stderr.splitlines()
-            if line.strip() and not line.startswith("time=") and not re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z \[", line)]
+    """What a command said on stderr, without its log and progress lines (logfmt off a terminal:
+    `timestamp=… level=… event=…`)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("timestamp=")]
 
 
 def kill9(proc: subprocess.Popen) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import unavailable
-from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, sealab, wait_for
+from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, said, sealab, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -50,9 +50,9 @@ def fill(mnt) -> int:
 
 
 def one_error_line(proc) -> str:
-    said = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("time=")]
-    assert len(said) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return said[0]
+    lines = said(proc.stderr)
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
 
 
 def test_disk_full_before_a_run(small_disk, engine):

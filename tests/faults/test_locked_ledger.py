@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, sealab, wait_for
+from tests.faults.kit import audit, fast_workspace, integrity, launch, ledger_rows, said, sealab, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -61,9 +61,9 @@ def test_lock_held_past_the_busy_timeout_mid_run(tmp_path, base_image, engine):
     finally:
         holder.kill()
         holder.wait()
-    said = [line for line in err.decode().splitlines() if line.strip() and not line.startswith("time=")]
+    lines = said(err.decode())
     assert proc.returncode == 5, err
-    assert len(said) == 1 and said[0].startswith("sealab: error: ") and "database is locked" in said[0], said
+    assert len(lines) == 1 and lines[0].startswith("sealab: error: ") and "database is locked" in lines[0], lines
     records = json.loads(sealab("status", "--json", cwd=root).stdout)
     assert records[: len(before)] == before and len(records) == len(before) + 1
     assert records[-1]["status"] == "interrupted", records[-1]

@@ -10,7 +10,7 @@ import pytest
 
 from agent.proposal import ModelUnavailable, ProposalContext, ProposalFailed
 from tests.fake_messages_api import FakeMessagesAPI, error_reply as error, tool_use_reply
-from tests.faults.kit import fast_workspace, sealab
+from tests.faults.kit import fast_workspace, said, sealab
 
 KEY = "sk-ant-fault-test-SECRET-0123456789abcdef"
 MALFORMED = '{"id": "msg_1", "type": "message", "content": ['
@@ -70,8 +70,8 @@ def test_loop_records_failed_proposals_stops_and_resumes(tmp_path, base_image):
         tries = len(api.requests)
     for proc in (first, second):
         assert proc.returncode in (3, 4), proc.stderr  # 3 per the README; see test_model_unavailable_exits_3
-        said = [line for line in proc.stderr.splitlines() if not line.startswith("time=")]  # progress lines
-        assert len(said) == 1 and said[0].startswith("sealab: error: the model is unavailable: "), proc.stderr
+        lines = said(proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("sealab: error: the model is unavailable: "), proc.stderr
         assert "Traceback" not in proc.stderr
     assert "HTTP 529 overloaded_error" in first.stderr and "HTTP 401 authentication_error" in second.stderr
     assert third.returncode == 0, third.stderr
