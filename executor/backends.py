@@ -19,8 +19,9 @@ from typing import Mapping, Protocol, Sequence
 
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
 from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch
+from executor.hardening import Hardening
 from executor.seal import Sealed
-from executor.types import RunSpec
+from executor.types import Resources, RunSpec
 
 BACKENDS = ("local", "docker-host", "slurm", "kubernetes")
 
@@ -104,26 +105,22 @@ def verify_image(engine: Engine, sealed: Sealed) -> None:
             raise IdentityMismatch(f"label {key} of {sealed.image_id[:19]}", value, labels.get(key) or "missing")
 
 
-HARDENING = {"ReadonlyRootfs": True, "NetworkMode": "none", "CapDrop": ["ALL"], "Privileged": False}
-
-
-def check_container(engine: Engine, container: str, sealed: Sealed, command: Sequence[str] | None = None) -> None:
-    """The created container must run the sealed image and command, with the hardening we asked for.
+def check_container(engine: Engine, container: str, sealed: Sealed, resources: Resources,
+                    command: Sequence[str] | None = None) -> None:
+    """The created container must run the sealed image and command, confined as asked: every field of
+    the run's Hardening (the one the Slurm node checks too) as the engine reports it.
 
     Raises:
-        IdentityMismatch: another image or command, or a weakened host configuration.
+        IdentityMismatch: another image or command, or a weakened or different confinement.
     """
-    actual = engine.container_image(container)
-    if actual != sealed.image_id:
-        raise IdentityMismatch("container image", sealed.image_id, actual)
-    if command is not None and engine.container_command(container) != list(command):
-        raise IdentityMismatch("container command", " ".join(command), " ".join(engine.container_command(container)))
-    host = engine.host_config(container)
-    for key, wanted in HARDENING.items():
-        if host.get(key) != wanted:
-            raise IdentityMismatch(f"container HostConfig.{key}", str(wanted), str(host.get(key)))
-    if "no-new-privileges" not in (host.get("SecurityOpt") or []):
-        raise IdentityMismatch("container HostConfig.SecurityOpt", "no-new-privileges", str(host.get("SecurityOpt")))
+    inspect = engine.inspect(container)
+    if inspect.get("Image") != sealed.image_id:
+        raise IdentityMismatch("container image", sealed.image_id, str(inspect.get("Image")))
+    actual = list((inspect.get("Config") or {}).get("Cmd") or [])
+    if command is not None and actual != list(command):
+        raise IdentityMismatch("container command", " ".join(command), " ".join(actual))
+    for name, expected, found in Hardening.of(resources).problems(inspect):
+        raise IdentityMismatch(f"container {name}", expected, found)
 
 
 class DockerBackend:
@@ -163,7 +160,7 @@ class DockerBackend:
                 env=dict(job.env), labels={LABEL_EXPERIMENT: job.experiment_id, "sealab.phase": job.phase,
                                            "sealab.commit": sealed.labels.get("org.opencontainers.image.revision", "")},
             )
-            check_container(engine, container, sealed, job.command)
+            check_container(engine, container, sealed, job.spec.resources, job.command)
             if self.remote and job.in_dir is not None:
                 engine.copy_in(container, job.in_dir)
             timings["verify"] = time.monotonic() - t

@@ -23,12 +23,11 @@ import requests
 from docker.types import DeviceRequest
 
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
+from executor.hardening import Hardening
 from executor.types import Resources
 
-CONTAINER_USER = "1000:1000"
 OUT_DIR = "/out"
 IN_DIR = "/in"
-HOME_DIR = "/home/sealab"
 LABEL_EXPERIMENT = "sealab.experiment"
 LABEL_READER = "sealab.reader"  # a never-started container that only reads a file of an image
 
@@ -165,41 +164,27 @@ class Engine:
                 binds[str(in_dir)] = {"bind": IN_DIR, "mode": "ro"}
         else:
             volumes = [OUT_DIR] + ([IN_DIR] if in_dir is not None else [])
+        hardening = Hardening.of(resources)
         host_config = self.api.create_host_config(
-            read_only=True,
-            network_mode="none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            pids_limit=resources.pids,
-            mem_limit=f"{resources.memory_mb}m",
-            memswap_limit=f"{resources.memory_mb}m",
-            nano_cpus=int(resources.cpus * 1e9),
-            tmpfs={
-                "/tmp": f"rw,nosuid,nodev,size={resources.tmp_mb}m,mode=1777",
-                HOME_DIR: f"rw,nosuid,nodev,size={resources.home_mb}m,uid=1000,gid=1000,mode=0700",
-            },
+            **hardening.docker_api(),
             binds=binds or None,
-            init=True,  # a real PID 1 reaps and forwards signals, so nothing outlives the kill
             device_requests=[DeviceRequest(count=resources.gpus, capabilities=[["gpu"]])] if resources.gpus else None,
             shm_size="1g" if resources.gpus else None,
         )
         with engine_errors():
             try:
                 created = self.api.create_container(
-                    image_id, command=list(command) if command else None, user=CONTAINER_USER, environment=env,
+                    image_id, command=list(command) if command else None, user=hardening.user, environment=env,
                     labels=labels, name=name, network_disabled=True, host_config=host_config, volumes=volumes,
                 )
             except docker.errors.ImageNotFound:
                 raise IdentityMismatch("image to start", image_id, "gone from the engine") from None
         return created["Id"]
 
-    def container_image(self, container: str) -> str:
+    def inspect(self, container: str) -> dict:
+        """The engine's whole description of a container (`docker inspect`)."""
         with engine_errors():
-            return self.api.inspect_container(container)["Image"]
-
-    def host_config(self, container: str) -> dict:
-        with engine_errors():
-            return self.api.inspect_container(container)["HostConfig"]
+            return self.api.inspect_container(container)
 
     def start(self, container: str) -> None:
         with engine_errors():
@@ -278,10 +263,6 @@ class Engine:
         with engine_errors():
             with contextlib.suppress(docker.errors.NotFound):
                 self.api.remove_container(container, force=True, v=True)
-
-    def container_command(self, container: str) -> list[str]:
-        with engine_errors():
-            return list(self.api.inspect_container(container)["Config"].get("Cmd") or [])
 
     def copy_in(self, container: str, src_dir: Path, dest: str = IN_DIR) -> None:
         """Put the files of `src_dir` into `dest` of a created container (a tar over the API)."""

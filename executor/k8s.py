@@ -36,14 +36,14 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
 from executor.backends import Finished, Job, ensure_image, verify_image
-from executor.docker_engine import HOME_DIR, IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
+from executor.docker_engine import IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
 from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch, SealabError
+from executor.hardening import HOME_DIR, Hardening
 from executor.outlog import unpack, wrap
 from executor.registry import BadReference, parse_digest_ref, parse_registry
 from executor.seal import CMD, REVISION
 
 CONTAINER = "experiment"
-UID = 1000
 LABEL_PHASE = "sealab.phase"
 LOG_ALLOWANCE_MB = 256  # ephemeral storage beyond /out: the container's log and writable layer
 CONFIG_MAP_MAX = 1000 * 1024  # a ConfigMap holds at most 1 MiB; /in must fit in one
@@ -217,23 +217,24 @@ def job_manifest(job: Job, image_ref: str, options: K8sOptions = K8sOptions(), *
         volumes.append(k8s.V1Volume(name="in", config_map=k8s.V1ConfigMapVolumeSource(name=inputs, default_mode=0o444)))
         mounts.append(k8s.V1VolumeMount(name="in", mount_path=IN_DIR, read_only=True))
     seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
+    context = Hardening.of(res).k8s_security_context()
+    drop = context.pop("drop")
     container = k8s.V1Container(
         name=CONTAINER, image=image_ref, image_pull_policy="IfNotPresent",
         command=wrap(job.command or CMD, options.log_out_mb << 20),
         env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(job.env.items())],
         resources=k8s.V1ResourceRequirements(limits=limits), volume_mounts=mounts,
-        security_context=k8s.V1SecurityContext(
-            read_only_root_filesystem=True, run_as_non_root=True, run_as_user=UID, run_as_group=UID,
-            allow_privilege_escalation=False, privileged=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            seccomp_profile=seccomp),
+        security_context=k8s.V1SecurityContext(**context, capabilities=k8s.V1Capabilities(drop=drop),
+                                               seccomp_profile=seccomp),
     )
     pod = k8s.V1PodSpec(
         containers=[container], volumes=volumes, restart_policy="Never",
         automount_service_account_token=False, enable_service_links=False,
         host_network=False, host_pid=False, host_ipc=False, share_process_namespace=False,
         termination_grace_period_seconds=15,  # the wrapper needs a moment to print /out
-        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=UID, run_as_group=UID,
-                                                  fs_group=UID, seccomp_profile=seccomp),
+        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=context["run_as_user"],
+                                                  run_as_group=context["run_as_group"],
+                                                  fs_group=context["run_as_group"], seccomp_profile=seccomp),
         node_selector=dict(options.node_selector) or None,
         tolerations=[k8s.V1Toleration(**_snake(t)) for t in options.tolerations] or None,
         image_pull_secrets=[k8s.V1LocalObjectReference(name=options.image_pull_secret)]

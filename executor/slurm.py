@@ -43,10 +43,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from executor.backends import Finished, Job, ensure_image, verify_image
-from executor.docker_engine import CONTAINER_USER, HOME_DIR, IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
+from executor.docker_engine import IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
 from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch
+from executor.hardening import Hardening, go_value, template
 from executor.registry import BadReference, parse_registry
 from executor.seal import REVISION
+from executor.types import Resources
 
 GPU_MODES = ("nvidia", "env")
 QUEUED = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -54,23 +56,13 @@ QUEUED = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUE
 SLURM_TIMEOUT_S = 60  # one sbatch / squeue / scancel call
 STATUS_FILE, OUTPUT_FILE, SCRIPT_FILE, EXPECTED_FILE = "status.json", "output.log", "job.sh", "container.expected"
 
-# What the node reads back from the created container; every line must equal container.expected.
+# What the node reads back from the created container; every line must equal container.expected:
+# the image, command and label, then every field of the run's Hardening (executor/hardening.py).
 INSPECT_FIELDS = (
     ("Image", "{{.Image}}"),
-    ("User", "{{.Config.User}}"),
     ("Cmd", "{{json .Config.Cmd}}"),
     ("Label", '{{index .Config.Labels "%s"}}' % LABEL_EXPERIMENT),
-    ("ReadonlyRootfs", "{{.HostConfig.ReadonlyRootfs}}"),
-    ("NetworkMode", "{{.HostConfig.NetworkMode}}"),
-    ("CapDrop", "{{json .HostConfig.CapDrop}}"),
-    ("Privileged", "{{.HostConfig.Privileged}}"),
-    ("SecurityOpt", "{{json .HostConfig.SecurityOpt}}"),
-    ("PidsLimit", "{{.HostConfig.PidsLimit}}"),
-    ("Memory", "{{.HostConfig.Memory}}"),
-    ("MemorySwap", "{{.HostConfig.MemorySwap}}"),
-    ("NanoCpus", "{{.HostConfig.NanoCpus}}"),
-    ("Init", "{{.HostConfig.Init}}"),
-    ("Tmpfs", "{{json .HostConfig.Tmpfs}}"),
+    *((name, template(name)) for name in Hardening.of(Resources()).fields()),
 )
 # One `Bind=` line per bind mount; the engine may list them in any order, so both sides are sorted.
 INSPECT_FORMAT = "".join(f"{key}={template}\n" for key, template in INSPECT_FIELDS) + \
@@ -133,18 +125,6 @@ class SlurmOptions:
 
 
 # -- the job (pure) ---------------------------------------------------------------------------------
-def go_json(value: Any) -> str:
-    """JSON as docker's `{{json …}}` template function writes it: compact, UTF-8, no HTML escaping."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def tmpfs_options(job: Job) -> dict[str, str]:
-    """The /tmp and HOME tmpfs, exactly as Engine.create mounts them."""
-    res = job.spec.resources
-    return {"/tmp": f"rw,nosuid,nodev,size={res.tmp_mb}m,mode=1777",
-            HOME_DIR: f"rw,nosuid,nodev,size={res.home_mb}m,uid=1000,gid=1000,mode=0700"}
-
-
 def binds(job: Job) -> list[str]:
     """/out (read-write) and /in (read-only) bind mounts from the shared file system.
 
@@ -168,15 +148,11 @@ def container_command(job: Job) -> list[str]:
 
 
 def create_args(job: Job) -> list[str]:
-    """`docker create` options with Engine.create's hardening (GPU options are added on the node)."""
-    res = job.spec.resources
+    """`docker create` options: the name, labels, the run's Hardening, mounts and environment (GPU
+    options are added on the node)."""
     args = ["--name", job.name, "--label", f"{LABEL_EXPERIMENT}={job.experiment_id}", "--label",
             f"sealab.phase={job.phase}", "--label", f"sealab.commit={job.sealed.labels.get(REVISION, '')}",
-            "--read-only", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--user", CONTAINER_USER, "--pids-limit", str(res.pids), "--memory", f"{res.memory_mb}m",
-            "--memory-swap", f"{res.memory_mb}m", "--cpus", f"{res.cpus:g}", "--init"]
-    for target, options in tmpfs_options(job).items():
-        args += ["--tmpfs", f"{target}:{options}"]
+            *Hardening.of(job.spec.resources).docker_cli()]
     for bind in binds(job):
         args += ["--volume", bind]
     for key, value in sorted(job.env.items()):
@@ -186,16 +162,8 @@ def create_args(job: Job) -> list[str]:
 
 def expected_container(job: Job) -> str:
     """What `docker inspect --format INSPECT_FORMAT` must print for the created container, lines sorted."""
-    res = job.spec.resources
-    values = {
-        "Image": job.sealed.image_id, "User": CONTAINER_USER, "Cmd": go_json(container_command(job)),
-        "Label": job.experiment_id, "ReadonlyRootfs": "true", "NetworkMode": "none", "CapDrop": '["ALL"]',
-        "Privileged": "false", "SecurityOpt": '["no-new-privileges"]', "PidsLimit": str(res.pids),
-        "Memory": str(res.memory_mb << 20), "MemorySwap": str(res.memory_mb << 20),
-        "NanoCpus": str(int(round(res.cpus * 1e9))), "Init": "true",
-        "Tmpfs": go_json(dict(sorted(tmpfs_options(job).items()))),
-    }
-    lines = [f"{key}={values[key]}" for key, _ in INSPECT_FIELDS] + [f"Bind={bind}" for bind in binds(job)]
+    lines = [f"Image={job.sealed.image_id}", f"Cmd={go_value(container_command(job))}", f"Label={job.experiment_id}",
+             *Hardening.of(job.spec.resources).expected_lines(), *(f"Bind={bind}" for bind in binds(job))]
     return "".join(f"{line}\n" for line in sorted(lines))  # code point order = the node's `LC_ALL=C sort`
 
 

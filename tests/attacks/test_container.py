@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -270,3 +271,32 @@ def test_out_mb_is_optional_in_the_run_spec():
         config.parse(config.DEFAULT_TOML.replace("home_mb = 64", "home_mb = 64\nout_mb = 0"))
     with pytest.raises(Exception, match="out_mb"):
         config.parse(config.DEFAULT_TOML.replace("home_mb = 64", "home_mb = 64\nout_mb = 1.5"))
+
+
+@pytest.mark.docker
+def test_the_before_start_check_reads_every_hardening_field_from_the_real_engine(engine, base_image, tmp_path):
+    """A container created by Engine.create passes the local before-start check on every field the Slurm
+    node checks (the engine reports them as asked); checked against other limits, the first difference
+    is refused, naming expected and found."""
+    from types import SimpleNamespace
+
+    from executor.backends import check_container
+    from executor.errors import IdentityMismatch
+    from executor.types import Resources
+
+    asked = Resources(memory_mb=512, cpus=1.5, pids=96, tmp_mb=32, home_mb=16)
+    out = tmp_path / "out"
+    out.mkdir()
+    container = engine.create(base_image.image_id, name=f"sealab-hardening-{os.getpid()}", resources=asked,
+                              out_dir=out, env={}, labels={"sealab.test": "hardening"}, command=["true"])
+    try:
+        sealed = SimpleNamespace(image_id=base_image.image_id)
+        check_container(engine, container, sealed, asked, ["true"])  # every field as asked
+        for other, field in ((Resources(memory_mb=512, cpus=1.5, pids=97, tmp_mb=32, home_mb=16), "PidsLimit"),
+                             (Resources(memory_mb=512, cpus=1.5, pids=96, tmp_mb=64, home_mb=16), "Tmpfs"),
+                             (Resources(memory_mb=1024, cpus=1.5, pids=96, tmp_mb=32, home_mb=16), "Memory")):
+            with pytest.raises(IdentityMismatch) as refused:
+                check_container(engine, container, sealed, other, ["true"])
+            assert f"container {field}" in str(refused.value), str(refused.value)
+    finally:
+        engine.remove(container)
