@@ -22,6 +22,7 @@ from rich.table import Table
 
 from executor import logs
 from executor import record as recorded
+from executor.config import BACKENDS
 from executor.errors import EngineUnavailable, SealabError
 from executor.types import Status
 from policies import PolicyError
@@ -179,7 +180,7 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
 
 def _configured_backend(ws: Any, eng: Any, name: str) -> Any:
     """The workspace's configured backend if it is `name` (to stop what a dead run left there), else None."""
-    from executor.backends import make_backend
+    from executor.backend_factory import make_backend
 
     settings = ws.config()
     return make_backend(name, eng, dict(settings.backend_options)) if settings.backend == name else None
@@ -187,7 +188,7 @@ def _configured_backend(ws: Any, eng: Any, name: str) -> Any:
 
 def _backend(ws: Any, eng: Any, name: str | None) -> Any:
     """The backend named on the command line, else the one of the workspace's sealab.toml."""
-    from executor.backends import make_backend
+    from executor.backend_factory import make_backend
 
     settings = ws.config()
     chosen = name or settings.backend
@@ -196,7 +197,7 @@ def _backend(ws: Any, eng: Any, name: str | None) -> Any:
 
 
 BACKEND_OPTION = click.option(
-    "--backend", type=click.Choice(["local", "docker-host", "slurm", "kubernetes"]), default=None,
+    "--backend", type=click.Choice(BACKENDS), default=None,
     help="Where experiments run (default: [backend] name of sealab.toml, else local).")
 
 
@@ -455,7 +456,7 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
     """The overnight loop: propose, gate, commit, run sealed, keep or discard, record."""
     from agent.loop import Loop, default_tag
     from agent.progress import LoopDisplay
-    from agent.proposal import select_proposer
+    from agent.proposers import select_proposer
     from policies import load_policy
 
     ws, ledger, eng = _open(ctx)

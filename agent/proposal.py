@@ -94,18 +94,3 @@ def one_line(text: str, limit: int = 200) -> str:
     """Collapse whitespace to one line and cap its length."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def select_proposer(name: str | None = None, *, model: str | None = None, seed: int = 0, environ=None) -> Proposer:
-    """The proposer called `name` ("claude" or "offline"); with None, Claude when `ANTHROPIC_API_KEY`
-    is set, else the offline search (the default)."""
-    env = os.environ if environ is None else environ
-    if name is None:
-        name = "claude" if (env.get("ANTHROPIC_API_KEY") or "").strip() else "offline"
-    if name == "claude":
-        from agent.claude import DEFAULT_MODEL, ClaudeProposer
-
-        return ClaudeProposer(model or DEFAULT_MODEL)
-    from agent.offline import OfflineProposer
-
-    return OfflineProposer(seed)

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
-from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch
+from executor.errors import EngineUnavailable, IdentityMismatch
 from executor.hardening import Hardening
 from executor.seal import Sealed
 from executor.types import Resources, RunSpec
-
-BACKENDS = ("local", "docker-host", "slurm", "kubernetes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,34 +213,3 @@ def transfer(source: Engine, target: Engine, image_id: str) -> None:
         raise failure[0]
     if target.image_id(image_id) != image_id:
         raise IdentityMismatch("transferred image", image_id, target.image_id(image_id) or "nothing")
-
-
-def make_backend(name: str, engine: Engine | None, options: Mapping[str, object] | None = None) -> Backend:
-    """The backend called `name`, configured from `[backend]` of sealab.toml (or --backend).
-
-    Raises:
-        ConfigError: an unknown backend, or one whose settings are missing.
-        EngineUnavailable: the remote engine does not answer.
-    """
-    options = dict(options or {})
-    if name == "local":
-        if engine is None:
-            engine = Engine.connect()
-        return DockerBackend(engine)
-    if name == "docker-host":
-        url = options.get("url")
-        if not isinstance(url, str) or not url:
-            raise ConfigError("sealab.toml", 'backend "docker-host" needs [backend] url = "ssh://user@host" or "tcp://host:2376"')
-        tls = bool(options.get("tls", url.startswith("tcp://")))
-        cert_path = options.get("cert_path")
-        remote = Engine.connect(base_url=url, tls=tls, cert_path=str(cert_path) if cert_path else None)
-        return DockerBackend(remote, remote=True, where=url, source=engine)
-    if name == "slurm":
-        from executor.slurm import SlurmBackend
-
-        return SlurmBackend.from_options(engine or Engine.connect(), options)
-    if name == "kubernetes":
-        from executor.k8s import KubernetesBackend
-
-        return KubernetesBackend.from_options(options, engine)
-    raise ConfigError("sealab.toml", f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")

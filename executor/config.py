@@ -48,7 +48,7 @@ _MINIMUM: dict[tuple[str, str], tuple[float, bool, str]] = {  # (section, key): 
     ("resources", "out_mb"): (1, False, "the run writes its result there"),
 }
 METRIC_SOURCES = ("result.json", "summary")
-BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends.py implements them
+BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backend_factory.py makes them
 
 
 def of_commit(files: Any, sha: str) -> Config:

@@ -51,7 +51,7 @@ def slurm_registry(tmp_path_factory, engine):
 
 @pytest.fixture(scope="session")
 def backend(engine, slurm_cluster, slurm_registry):
-    from executor.backends import make_backend
+    from executor.backend_factory import make_backend
 
     return make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "env",
                                           "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})
@@ -332,7 +332,7 @@ def test_node_rejects_a_container_unlike_the_expected(tmp_path, base_image, engi
 def test_nvidia_mode_pins_the_allocated_devices(tmp_path, base_image, engine, slurm_cluster, slurm_registry):
     """gpu_mode nvidia: the created container requests exactly SLURM_JOB_GPUS (checked on the node); without an
     NVIDIA runtime here, the start then fails: infra_error, nothing left behind."""
-    from executor.backends import make_backend
+    from executor.backend_factory import make_backend
 
     nvidia = make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "nvidia",
                                             "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})

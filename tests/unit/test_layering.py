@@ -41,3 +41,39 @@ def test_one_module_per_outside_library():
              for lib in ("anthropic", "docker")}
     assert users["anthropic"] == ["agent/llm.py"]
     assert users["docker"] == ["executor/docker_build.py", "executor/docker_engine.py"]
+
+
+def test_no_import_cycle():
+    """No module of executor/, agent/ or policies/ reaches itself through imports (function-level ones
+    included): interfaces do not import the factories that pick their implementations."""
+    graph: dict[str, set[str]] = {}
+    paths = {}
+    for package in ("executor", "agent", "policies"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for name, path in paths.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                edges.add(node.module)
+                edges |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {e for e in edges if e in paths and e != name}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in sorted(graph[node]):
+                if nxt == start:
+                    return trail + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+        return None
+
+    cycles = [c for c in map(cycle_from, sorted(graph)) if c]
+    assert not cycles, " -> ".join(cycles[0])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.backends import Job, make_backend
+from executor.backend_factory import make_backend
+from executor.backends import Job
 from executor.errors import ConfigError, IdentityMismatch
 from executor.seal import REVISION, Sealed
 from executor.slurm import (NODE_BODY, SlurmBackend, SlurmOptions, SlurmUnavailable, expected_container,
