@@ -63,6 +63,9 @@ CREATE TABLE chain (
 );
 """,
 }
+# What may be added to a finished record from outside the run (Ledger.annotate); the rest (metrics,
+# identity, status, timings, the CPU) is written by the executor's begin/finish only.
+ANNOTATIONS = frozenset({"run_tag", "decision", "decision_reason", "proposal", "registry_digest", "reproduces"})
 GENESIS = "0" * 64
 
 
@@ -228,7 +231,17 @@ class Ledger:
         return list(self._query("SELECT id, owner FROM experiments WHERE status = ?", (Status.RUNNING.value,)))
 
     def annotate(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
-        """Add keys (e.g. the loop's decision) to a finished record, keeping its status."""
+        """Add what others say about a finished record (ANNOTATIONS: the loop's decision, a push, a
+        rerun's link), keeping everything the run wrote.
+
+        Raises:
+            LedgerError: an unknown experiment, or a key that is the run's own (metrics, identity,
+                status, ...): those are written by the executor's `finish` only.
+        """
+        theirs = sorted(set(updates) - ANNOTATIONS)
+        if theirs:
+            raise LedgerError(f"{', '.join(theirs)} of experiment {experiment_id} cannot be annotated: only the "
+                              f"run writes them (annotations: {', '.join(sorted(ANNOTATIONS))})")
         record = self.get(experiment_id)
         if record is None:
             raise LedgerError(f"no experiment {experiment_id} in {self.path}")

@@ -113,7 +113,7 @@ def test_verification_reports_a_wrong_image_id_and_an_edited_record(ws):
     SQLite file breaks the hash chain and says so on its row; a running record is listed, pending."""
     path = ws["ws"].ledger_path
     ledger = Ledger(path)
-    ledger.annotate("e0004", image_id="sha256:" + "f" * 64)  # a write through sealab: chained, but wrong
+    ledger.finish("e0004", status="ok", image_id="sha256:" + "f" * 64)  # a write through sealab: chained, but wrong
     ledger.begin({"id": "e0006", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW),
                   "run_tag": "t1"}, owner="test")
     ledger.begin({"id": "e0007", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW)}, owner="test")

@@ -137,3 +137,20 @@ def test_edited_chain_link_is_reported(tmp_path):
     db.execute("UPDATE chain SET record_sha256 = 'f' || substr(record_sha256, 2) WHERE seq = 2")
     db.commit()
     assert any(p["field"] == "chain link" for p in ledger.chain_problems())
+
+
+def test_annotations_cannot_rewrite_what_the_run_wrote(tmp_path):
+    """The loop and the commands add decisions, pushes and rerun links; metrics, identity and status stay
+    the run's own: annotating them is refused, naming the keys, and the record is unchanged."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    ledger.begin({"id": "e1", "commit": "c" * 40, "created_at": "2026-01-01T00:00:00Z"}, owner="t")
+    ledger.finish("e1", status="ok", metrics={"val_bpb": 1.5}, image_id="sha256:" + "a" * 64)
+    before = ledger.get("e1")
+    for forged in ({"metrics": {"val_bpb": 0.1}}, {"status": "crash"}, {"image_id": "sha256:" + "b" * 64},
+                   {"decision": "keep", "commit": "d" * 40}):
+        with pytest.raises(LedgerError) as refused:
+            ledger.annotate("e1", **forged)
+        assert "cannot be annotated" in str(refused.value) and "decision" not in str(refused.value).split(" of ")[0]
+    assert ledger.get("e1") == before and ledger.chain_problems() == []
+    annotated = ledger.annotate("e1", decision="keep", decision_reason="better", run_tag="t")
+    assert annotated["metrics"] == {"val_bpb": 1.5} and annotated["decision"] == "keep"
