@@ -44,7 +44,7 @@ class MessagesClient:
             self._client = anthropic.Anthropic(api_key=key, base_url=self.base_url,
                                                max_retries=max_retries, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - anything the SDK raises at construction
-            raise ModelUnavailable(self._describe(exc)) from None
+            raise ModelUnavailable(self._describe(exc)) from exc
 
     def __repr__(self) -> str:
         return f"MessagesClient(base_url={self.base_url!r}, max_retries={self.max_retries}, timeout={self.timeout})"
@@ -55,10 +55,10 @@ class MessagesClient:
             message = self._client.messages.create(**params)
             return message.model_dump(mode="json")
         except anthropic.AnthropicError as exc:
-            raise ModelUnavailable(self._describe(exc)) from None
+            raise ModelUnavailable(self._describe(exc)) from exc
         except ValueError as exc:  # the SDK does not wrap a body that is not JSON (JSONDecodeError)
             raise ProposalFailed(self._scrub(one_line(
-                f"Anthropic API returned a malformed response ({type(exc).__name__}): {exc}", 300))) from None
+                f"Anthropic API returned a malformed response ({type(exc).__name__}): {exc}", 300))) from exc
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, anthropic.APITimeoutError):

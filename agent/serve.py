@@ -81,7 +81,7 @@ class ReadOnlyLedger(Ledger):
                                       isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from None
+            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from exc
 
 
 @contextmanager
@@ -91,7 +91,7 @@ def reading(ledger_path: Path) -> Iterator[Ledger]:
     try:
         yield ledger
     except sqlite3.DatabaseError as exc:  # e.g. a ledger written before the chain existed
-        raise LedgerError(f"{ledger_path}: {exc}") from None
+        raise LedgerError(f"{ledger_path}: {exc}") from exc
     finally:
         ledger.close()
 
@@ -139,7 +139,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise ServeError(f"cannot serve on {host}: {exc.strerror}") from None
+        raise ServeError(f"cannot serve on {host}: {exc.strerror}") from exc
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -148,7 +148,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise ServeError(f"port {port} on {host} is already in use; choose another with --port") from None
-        raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+        raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from exc
     return sock
 
 

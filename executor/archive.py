@@ -170,7 +170,7 @@ def _open_archive(path: Path) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInf
         tar = tarfile.open(path, "r:")
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
     except (OSError, tarfile.TarError) as exc:
-        raise WorkspaceError(f"{path}: not a readable sealab archive ({exc})") from None
+        raise WorkspaceError(f"{path}: not a readable sealab archive ({exc})") from exc
     missing = [name for name in (MANIFEST, RECORDS, BASES, IMAGES) if name not in members]
     if missing:
         tar.close()
@@ -215,7 +215,7 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
             records = json.loads(contents[RECORDS])
             bases = [BaseImage.from_dict(b) for b in json.loads(contents[BASES])]
         except (ValueError, TypeError, KeyError) as exc:
-            raise WorkspaceError(f"{path}: unreadable records or bases ({exc})") from None
+            raise WorkspaceError(f"{path}: unreadable records or bases ({exc})") from exc
         if [r["id"] for r in records] != manifest.get("experiments"):
             raise WorkspaceError(f"{path}: {RECORDS} does not hold the experiments its manifest lists")
 

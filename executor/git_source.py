@@ -99,7 +99,7 @@ def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
         untracked = list(repo.untracked_files)
     except git.GitCommandError as exc:  # e.g. a full disk: git cannot refresh the index
         said = " ".join(str(exc.stderr or exc).split())[:200]
-        raise WorkspaceError(f"{repo.working_tree_dir}: git cannot compare the work tree with {sha[:12]}: {said}") from None
+        raise WorkspaceError(f"{repo.working_tree_dir}: git cannot compare the work tree with {sha[:12]}: {said}") from exc
     shown = set(_sections(diff))
     extra = [section for section in _sections(staged) if section not in shown]
     return "\n".join(filter(None, [diff, *extra])), untracked

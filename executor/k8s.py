@@ -466,7 +466,7 @@ class KubernetesBackend:
         try:
             parse_digest_ref(f"{repo}@{digest}")
         except BadReference as exc:
-            raise ClusterUnavailable(f"the registry answered an unusable digest: {exc}") from None
+            raise ClusterUnavailable(f"the registry answered an unusable digest: {exc}") from exc
         return f"{repo}@{digest}"
 
     def run(self, job: Job) -> Finished:

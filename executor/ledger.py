@@ -115,7 +115,7 @@ class Ledger:
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"{path}: schema version {version} is newer than this sealab ({SCHEMA_VERSION}); upgrade sealab")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot use the ledger: {exc}{_space_hint(path)}") from None
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}{_space_hint(path)}") from exc
 
     def _script(self, sql: str) -> None:
         for statement in filter(str.strip, sql.split(";")):
@@ -276,7 +276,7 @@ class Ledger:
         try:
             return self.db.execute(sql, params)
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc
 
 
 class _Transaction:
@@ -290,7 +290,7 @@ class _Transaction:
             if not self.db.in_transaction:
                 self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc
 
     def __exit__(self, kind, exc, tb) -> None:
         if kind is None:
@@ -300,10 +300,10 @@ class _Transaction:
                 except sqlite3.DatabaseError as error:
                     with contextlib.suppress(sqlite3.DatabaseError):  # SQLite may have rolled back itself
                         self.db.execute("ROLLBACK")
-                    raise LedgerError(f"{self.path}: {error}{_space_hint(self.path)}") from None
+                    raise LedgerError(f"{self.path}: {error}{_space_hint(self.path)}") from error
             return
         if self.db.in_transaction:
             with contextlib.suppress(sqlite3.DatabaseError):  # never hide the error that got us here
                 self.db.execute("ROLLBACK")
         if issubclass(kind, sqlite3.DatabaseError):  # also when SQLite already rolled back (disk full)
-            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from None
+            raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc

@@ -221,7 +221,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                           backend=backend.name, finished_at=now())
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         if isinstance(exc, OSError):
-            raise LedgerError(reason) from None
+            raise LedgerError(reason) from exc
         raise
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}

@@ -204,7 +204,7 @@ def load_policy(name_or_path: str) -> Policy:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PolicyError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+        raise PolicyError(str(path), f"cannot be read: {exc.strerror or exc}") from exc
     return parse_policy(data, source=str(path), name=name)
 
 
