@@ -180,3 +180,23 @@ def test_job_directories_go_under_the_workspace_state(tmp_path):
     assert jobs_root(state / "outputs" / "0123456789" / "eval-out", None) == state / "slurm"
     assert jobs_root(tmp_path / "elsewhere" / "out", None) == tmp_path / "elsewhere" / "slurm-jobs"
     assert jobs_root(state / "outputs" / "x", "/shared/jobs") == Path("/shared/jobs")
+
+
+def shellcheck() -> str:
+    import shutil
+
+    from tests.conftest import unavailable
+
+    return shutil.which("shellcheck") or unavailable("shellcheck is not installed (apt-get install shellcheck)")
+
+
+def test_the_node_script_passes_shellcheck(tmp_path):
+    """The job's body (executor/slurm_node.sh) and a whole job script as written for a GPU run pass
+    shellcheck with no finding (warnings included)."""
+    body = Path(__file__).resolve().parents[2] / "executor" / "slurm_node.sh"
+    assert NODE_BODY == body.read_text()
+    script = tmp_path / "job.sh"
+    script.write_text(job_script(make_job(tmp_path), REF, options(), tmp_path / "job"))
+    for path in (body, script):
+        proc = subprocess.run([shellcheck(), "--severity=style", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
