@@ -19,6 +19,7 @@ from agent.html_report import ReportData, _read_patch, collect, metric_of, runni
 from executor import owner
 from executor import record as recorded
 from executor.errors import SealabError
+from executor.git_source import commit_diff
 from executor.ledger import Ledger, record_digest
 from executor.types import Status
 
@@ -225,13 +226,11 @@ class Dashboard:
             for r in data.records if r.get("decision") == "keep"]}
 
     def _diff(self, parent: str | None, commit: str | None) -> str:
-        if self.repo is None or not parent or not commit:
-            return "(no parent recorded)"
         if (parent, commit) not in self._diffs:  # commits never change: a diff is computed once
-            try:
-                self._diffs[(parent, commit)] = self.repo.git.diff(parent, commit)
-            except git.GitCommandError as exc:
-                return f"(cannot diff {parent[:12]} {commit[:12]}: {(exc.stderr or str(exc)).strip()})"
+            diff = commit_diff(self.repo, parent, commit)
+            if diff.startswith("(cannot diff"):
+                return diff  # perhaps fetched later: not kept
+            self._diffs[(parent, commit)] = diff
         return self._diffs[(parent, commit)]
 
     def drift(self, ledger: Ledger, tag: str | None = None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import git
 
 from executor import record as recorded
+from executor.git_source import commit_diff
 from executor.ledger import Ledger
 
 CHART_NAME = "progress.png"
@@ -200,10 +201,7 @@ def _kept(data: ReportData, repo: git.Repo | None) -> str:
         if r.get("decision") != "keep":
             continue
         parent, commit = r.get("parent"), r.get("commit")
-        try:
-            diff = repo.git.diff(parent, commit) if repo is not None and parent and commit else "(no parent recorded)"
-        except git.GitCommandError as exc:
-            diff = f"(cannot diff {parent} {commit}: {exc.stderr.strip() if exc.stderr else exc})"
+        diff = commit_diff(repo, parent, commit)
         description = (r.get("proposal") or {}).get("description") or r.get("description")
         parts.append(
             f"<article><h3>{e(r.get('id'))}: {e(_fmt(metric_of(r)))} — {e(description)}</h3>"

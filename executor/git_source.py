@@ -105,6 +105,17 @@ def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
     return "\n".join(filter(None, [diff, *extra])), untracked
 
 
+def commit_diff(repo: git.Repo | None, parent: str | None, commit: str | None) -> str:
+    """The diff from `parent` to `commit` as text, or a line saying why there is none (no parent
+    recorded, or git cannot diff them: a commit gone from the repository, say)."""
+    if repo is None or not parent or not commit:
+        return "(no parent recorded)"
+    try:
+        return repo.git.diff(parent, commit)
+    except git.GitCommandError as exc:
+        return f"(cannot diff {parent[:12]} {commit[:12]}: {(exc.stderr or str(exc)).strip()})"
+
+
 def _sections(diff: str) -> list[str]:
     """A multi-file diff split into one text per file (each starting with `diff --git`)."""
     parts = ("\n" + diff).split("\ndiff --git ")[1:]
