@@ -165,12 +165,10 @@ class Loop:
                                  cost_usd=state.cost_usd, consecutive_crashes=state.consecutive_crashes,
                                  since_improvement=state.since_improvement, max_experiments=experiments,
                                  max_hours=hours)
+            self._check_branch(state)  # before each experiment: a moved branch stops the run at once
             if reason:
                 self._guard(state, "end")
-                tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
-                if tip != state.best_commit:
-                    raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
-                                      f"{state.best_commit[:12]}: someone moved it")
+                self._check_branch(state)
                 state.stop_reason = reason
                 self._save(state)
                 self.on_event(f"stopped: {reason}", state)
@@ -495,6 +493,18 @@ class Loop:
                 gitops.restore(self.repo, state.branch, new)
 
     # -- drift guard --------------------------------------------------------------------------------
+    def _check_branch(self, state: RunState) -> None:
+        """The run's branch must be where the run left it (its best commit), or it stops: another
+        process moved it, and nothing is built on a commit the run did not choose.
+
+        Raises:
+            LoopStopped: the branch is elsewhere (exit 4, like a moved ref at a compare-and-swap).
+        """
+        tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+        if tip != state.best_commit:
+            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
+                              f"{state.best_commit[:12]}: someone moved it")
+
     def _guard(self, state: RunState, where: str, tip: str | None = None, restore_to: str | None = None) -> bool:
         """Any difference between the work tree/index and the branch's commit is drift: record it, then
         restore the tree (default) or halt. The agent never sees or builds on drifted content.

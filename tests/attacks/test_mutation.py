@@ -188,7 +188,8 @@ def test_mutations_during_a_loop(tiny_workspace, engine):
                 mutate(root, kind, token)
                 wait_for(lambda: drift_with(token), timeout=120, what=f"the {kind} drift event")
                 detected.append(kind)
-            moved_to = repo.git.rev_parse("main")
+            # a commit the run never made (moving the branch to the run's own best commit would change nothing)
+            moved_to = repo.git.commit_tree("main^{tree}", "-p", "main", "-m", "another process's commit")
             # another process moves the branch while an experiment runs, so the loop is still there to see
             # it (a move after the process has exited is no one's to notice; on a fast machine 25
             # experiments ended before the attacker got here)
