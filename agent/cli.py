@@ -246,8 +246,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         metric = recorded.run_spec(rec).get("metric", "val_bpb")
         value = recorded.metrics(rec).get(metric)
         d = recorded.durations(rec)
+        seal_s, run_s = (recorded.number(d.get(k)) or 0 for k in ("seal", "run"))
         table.add_row(rec["id"], rec["status"], rec["commit"][:12], f"{value:.6f}" if isinstance(value, float) else "-",
-                      str(rec.get("image_id") or "-")[7:19], f"{d.get('seal', 0):.3f}", f"{d.get('run', 0):.1f}",
+                      str(rec.get("image_id") or "-")[7:19], f"{seal_s:.3f}", f"{run_s:.1f}",
                       str(len(recorded.drift(rec))), rec.get("description") or "")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 

@@ -312,7 +312,7 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
                   "description": "old shape", "base_image_id": BASE.image_id, "data_digest": BASE.data_digest,
                   "run_spec": {"metric": "val_bpb"}, "drift": ["train.py: SCALAR_LR 0.5 -> 0.3"],
                   "log_path": None, "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1"}, owner="test")
-    ledger.finish("e0006", status="ok", reason=None, image_id=None, metrics="0.9", durations=None)
+    ledger.finish("e0006", status="ok", reason=None, image_id=None, metrics="0.9", durations={"seal": "fast"})
     ledger.close()
     app = create_app(ws["ws"].root, ledger_path=ws["ws"].ledger_path, allowed_hosts=LOOPBACK_NAMES)
     for name in ("state", "experiments", "kept", "drift", "review"):
@@ -328,3 +328,10 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     with reading(ws["ws"].ledger_path) as ledger:
         page = render_html(collect(ledger, "t1"), ws["ws"].repo, ws["ws"].root)
     assert "e0006" in page
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    for command in (["status"], ["results"]):  # the terminal readers too
+        listed = CliRunner().invoke(main, ["-C", str(ws["ws"].root), *command])
+        assert listed.exit_code == 0 and "e0006" in listed.output, (command, listed.output)
