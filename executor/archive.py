@@ -178,6 +178,25 @@ def _open_archive(path: Path) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInf
     return tar, members
 
 
+# What an imported record must hold for import to use it (it is then added as it is, and chained).
+_RECORD_FIELDS = {"id": str, "commit": str, "image_id": str, "status": str, "run_spec": dict}
+
+
+def _check_records(path: Path, records: Any) -> None:
+    """Raises WorkspaceError (one line, exit 2) unless `records` is a list of records that import can
+    use: an archive edited by hand can have checksums that match and records that do not."""
+    if not isinstance(records, list):
+        raise WorkspaceError(f"{path}: {RECORDS} is not a list of records")
+    for n, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise WorkspaceError(f"{path}: record {n} of {RECORDS} is not a JSON object")
+        for key, kind in _RECORD_FIELDS.items():
+            if not isinstance(record.get(key), kind):
+                raise WorkspaceError(f"{path}: record {n} ({record.get('id')!r}) of {RECORDS} has no valid {key} "
+                                     f"(expected a {'table' if kind is dict else 'string'}, found "
+                                     f"{type(record.get(key)).__name__})")
+
+
 def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progress = _quiet) -> dict[str, Any]:
     """Import an archive written by `export_archive` into this workspace's engine and ledger.
 
@@ -216,6 +235,7 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
             bases = [BaseImage.from_dict(b) for b in json.loads(contents[BASES])]
         except (ValueError, TypeError, KeyError) as exc:
             raise WorkspaceError(f"{path}: unreadable records or bases ({exc})") from exc
+        _check_records(path, records)
         if [r["id"] for r in records] != manifest.get("experiments"):
             raise WorkspaceError(f"{path}: {RECORDS} does not hold the experiments its manifest lists")
 
