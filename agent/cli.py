@@ -164,9 +164,9 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: b
 def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
     """Seal COMMIT into its image (no run) and print the image ID."""
     from executor import config, git_source
-    from executor.backends import ensure_image
+    from executor.backends.interface import ensure_image
     from executor.run import current_base
-    from executor.seal import seal
+    from executor.image.seal import seal
 
     ws, ledger, eng = _open(ctx)
     facts = git_source.resolve(ws.repo, commit)
@@ -180,7 +180,7 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
 
 def _configured_backend(ws: Any, eng: Any, name: str) -> Any:
     """The workspace's configured backend if it is `name` (to stop what a dead run left there), else None."""
-    from executor.backend_factory import make_backend
+    from executor.backends.factory import make_backend
 
     settings = ws.config()
     return make_backend(name, eng, dict(settings.backend_options)) if settings.backend == name else None
@@ -188,7 +188,7 @@ def _configured_backend(ws: Any, eng: Any, name: str) -> Any:
 
 def _backend(ws: Any, eng: Any, name: str | None) -> Any:
     """The backend named on the command line, else the one of the workspace's sealab.toml."""
-    from executor.backend_factory import make_backend
+    from executor.backends.factory import make_backend
 
     settings = ws.config()
     chosen = name or settings.backend

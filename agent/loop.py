@@ -23,7 +23,7 @@ from agent.proposal import ModelUnavailable, Proposal, ProposalContext, Proposal
 from executor import config, git_source
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
-from executor.backends import Backend
+from executor.backends.interface import Backend
 from executor.errors import EngineUnavailable, SealabError
 from executor.ledger import Ledger
 from executor.run import execute

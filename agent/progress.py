@@ -10,7 +10,7 @@ import structlog
 from rich.console import Console
 from rich.markup import escape
 
-from executor.base import build_base
+from executor.image.base import build_base
 from executor.docker_engine import Engine
 from executor.types import BaseImage
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.gitops import commit_file  # noqa: E402
-from executor.base import build_base  # noqa: E402
+from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine, prepare_out_dir  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 from executor.run import execute  # noqa: E402

@@ -364,7 +364,7 @@ def constants(source: str) -> dict:
 
 def audit(soak: Soak) -> dict[str, object]:
     """Lost, duplicated and wrongly attributed records over every loop of the soak."""
-    from executor.docker_build import read_file
+    from executor.image.docker_build import read_file
 
     for episode in soak.episodes:
         if episode.alive():
@@ -402,7 +402,7 @@ def audit(soak: Soak) -> dict[str, object]:
 # -- set-up and the table -------------------------------------------------------------------------------
 def make_workspace(where: Path, steps: int):
     from agent.gitops import commit_file
-    from executor.base import build_base
+    from executor.image.base import build_base
     from executor.docker_engine import Engine
     from executor.ledger import Ledger
     from executor.workspace import init

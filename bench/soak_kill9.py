@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from executor.base import build_base  # noqa: E402
+from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine  # noqa: E402
 from tests.faults.kit import audit, fast_workspace, kill9, launch, ledger_rows, sealab  # noqa: E402
 

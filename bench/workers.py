@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.gitops import commit_file, set_constant  # noqa: E402
-from executor.base import build_base  # noqa: E402
+from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 from executor.workspace import init  # noqa: E402

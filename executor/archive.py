@@ -33,7 +33,7 @@ from executor import owner
 from executor.docker_engine import Engine
 from executor.errors import BaseImageError, IdentityMismatch, WorkspaceError
 from executor.ledger import Ledger
-from executor.seal import image_tag
+from executor.image.seal import image_tag
 from executor.types import BaseImage, Status
 
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ class Config:
     wheels: str = "/opt/wheels"
     base_from: str | None = None
     metric_source: str = "result.json"  # "summary": printed by editable code (adopted autoresearch repos)
-    backend: str = "local"  # where experiments run: see executor/backends.py
+    backend: str = "local"  # where experiments run: see executor/backends/interface.py
     backend_options: tuple[tuple[str, Any], ...] = ()  # the rest of [backend], sorted
 
 
@@ -48,7 +48,7 @@ _MINIMUM: dict[tuple[str, str], tuple[float, bool, str]] = {  # (section, key): 
     ("resources", "out_mb"): (1, False, "the run writes its result there"),
 }
 METRIC_SOURCES = ("result.json", "summary")
-BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backend_factory.py makes them
+BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends/factory.py makes them
 
 
 def of_commit(files: Any, sha: str) -> Config:

@@ -26,12 +26,13 @@ from typing import Any, Callable, Mapping, Sequence
 import structlog
 
 from executor import config, evaluate, git_source, owner, valdata
-from executor.backends import Backend, DockerBackend, Job
+from executor.backends.interface import Backend, Job
+from executor.backends.local import DockerBackend
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
 from executor.ledger import Ledger, now
-from executor.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
+from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.summary import parse_summary
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace

@@ -31,7 +31,7 @@ def val_path(data_dir: str = DATA_DIR) -> str:
 
 
 def default_cache_dir() -> Path:
-    from executor.base import default_cache_dir as sealab_cache
+    from executor.image.base import default_cache_dir as sealab_cache
 
     return sealab_cache() / "val"
 

@@ -10,7 +10,7 @@ from executor import git_source
 from executor.docker_engine import Engine
 from executor.errors import SourceError
 from executor.ledger import Ledger
-from executor.seal import seal
+from executor.image.seal import seal
 from executor.types import RunSpec, Status
 
 

@@ -81,7 +81,7 @@ def engine():
 @pytest.fixture(scope="session")
 def base_image(engine):
     """The offline base image (built once; reused while its recipe is unchanged)."""
-    from executor.base import build_base
+    from executor.image.base import build_base
 
     return build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
 

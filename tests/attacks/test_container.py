@@ -280,7 +280,7 @@ def test_the_before_start_check_reads_every_hardening_field_from_the_real_engine
     is refused, naming expected and found."""
     from types import SimpleNamespace
 
-    from executor.backends import check_container
+    from executor.backends.interface import check_container
     from executor.errors import IdentityMismatch
     from executor.types import Resources
 

@@ -15,7 +15,7 @@ import git
 import pytest
 
 from bench.soak import mutate
-from executor.docker_build import read_file
+from executor.image.docker_build import read_file
 from tests.attacks.conftest import committed_train, constants, containers_of, started_output, wait_for
 from tests.conftest import SEALAB, TINY_TRAIN, sealab_json
 

@@ -9,7 +9,7 @@ import time
 import git
 import pytest
 
-from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
+from executor.image.layer import Entry, image_config, image_id, layer_tar, load_archive
 from executor.types import sha256_hex
 from tests.attacks.conftest import committed_train, containers_of
 from tests.conftest import commit_train, sealab, sealab_json
@@ -77,7 +77,7 @@ def engine_layer(engine, sealed) -> bytes:
     """The sealed image's own top layer, recomputed from the commit (as sealab does)."""
     from executor.git_source import resolve
     from executor.ledger import Ledger
-    from executor.seal import seal
+    from executor.image.seal import seal
     from executor.types import RunSpec
     from executor.workspace import Workspace
 
@@ -145,7 +145,7 @@ def test_image_deleted_between_verification_and_start(tiny_workspace, engine, mo
 def test_name_swapped_after_verification_still_runs_the_sealed_image(tiny_workspace, engine, monkeypatch):
     """The name is pointed at a forged image after verification: the container is created by ID, so
     the sealed image runs (its own train.py, read back) and the forgery never does."""
-    from executor.docker_build import read_file
+    from executor.image.docker_build import read_file
     from executor.docker_engine import Engine
 
     root = tiny_workspace()

@@ -63,7 +63,7 @@ def remove_with_descendants(engine, image: str) -> None:
 
 def test_export_remove_import_reproduces(exported, engine, base_image):
     """Export, remove every sealab image from the engine, import: the same image IDs, and reproduce passes."""
-    from executor.seal import image_tag
+    from executor.image.seal import image_tag
 
     first, second = exported["records"]
     images = [base_image.image_id, first["image_id"], second["image_id"]]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from executor import docker_build
-from executor.base import (
+from executor.image import docker_build
+from executor.image.base import (
     BASE_TAG,
     LABEL_RECIPE,
     OFFLINE_SOURCE,
@@ -257,7 +257,7 @@ def test_base_rebuilt_from_scratch_has_the_same_id(built, tmp_path, monkeypatch)
     base image ID: a fresh machine building from source gets this base."""
     import sys
 
-    from executor import assemble, rootfs
+    from executor.image import assemble, rootfs
 
     base, _, _ = built
     elsewhere = tmp_path / "bin" / "python3"

@@ -40,7 +40,7 @@ def cluster_options() -> dict[str, str]:
 
 def test_a_tiny_experiment_runs_as_a_kubernetes_job(cluster_options, engine, make_workspace):
     """A 2-second experiment runs on the cluster by digest; result.json comes back through the log; nothing is left."""
-    from executor.k8s import KubernetesBackend
+    from executor.backends.k8s import KubernetesBackend
     from executor.ledger import Ledger
     from executor.run import execute
     from executor.workspace import Workspace

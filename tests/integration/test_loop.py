@@ -66,7 +66,7 @@ def check_run_consistency(root, tag, engine=None):
             assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in constants(committed).items()
                     if k in ran} == ran
             if engine is not None:
-                from executor.docker_build import read_file
+                from executor.image.docker_build import read_file
 
                 assert read_file(engine.api, r["image_id"], "/workspace/train.py").decode() == committed
     assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []

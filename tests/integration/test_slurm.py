@@ -51,7 +51,7 @@ def slurm_registry(tmp_path_factory, engine):
 
 @pytest.fixture(scope="session")
 def backend(engine, slurm_cluster, slurm_registry):
-    from executor.backend_factory import make_backend
+    from executor.backends.factory import make_backend
 
     return make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "env",
                                           "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})
@@ -279,10 +279,10 @@ def test_node_hardening_equals_engine_create(tmp_path, engine, base_image):
     """The job's `docker create` options give the container Engine.create gives, field for field (no Slurm needed)."""
     import subprocess
 
-    from executor.backends import Job
+    from executor.backends.interface import Job
     from executor.docker_engine import prepare_out_dir
-    from executor.seal import REVISION, Sealed
-    from executor.slurm import INSPECT_FORMAT, create_args, expected_container
+    from executor.image.seal import REVISION, Sealed
+    from executor.backends.slurm import INSPECT_FORMAT, create_args, expected_container
     from executor.types import Resources, RunSpec
 
     spec = RunSpec(budget_s=5, grace_s=5, resources=Resources(memory_mb=768, cpus=1.5, pids=99, tmp_mb=32, home_mb=8))
@@ -310,11 +310,11 @@ def test_node_hardening_equals_engine_create(tmp_path, engine, base_image):
 
 def test_node_rejects_a_container_unlike_the_expected(tmp_path, base_image, engine, backend, monkeypatch):
     """A created container whose inspected hardening differs from the expected is removed unstarted: `rejected`."""
-    import executor.slurm
+    import executor.backends.slurm
 
     root = workspace(tmp_path / "ws", base_image, steps=5)
-    honest = executor.slurm.expected_container
-    monkeypatch.setattr(executor.slurm, "expected_container",
+    honest = executor.backends.slurm.expected_container
+    monkeypatch.setattr(executor.backends.slurm, "expected_container",
                         lambda job: honest(job).replace("PidsLimit=256", "PidsLimit=64"))
     records: dict = {}
     head = git.Repo(root).head.commit.hexsha
@@ -332,7 +332,7 @@ def test_node_rejects_a_container_unlike_the_expected(tmp_path, base_image, engi
 def test_nvidia_mode_pins_the_allocated_devices(tmp_path, base_image, engine, slurm_cluster, slurm_registry):
     """gpu_mode nvidia: the created container requests exactly SLURM_JOB_GPUS (checked on the node); without an
     NVIDIA runtime here, the start then fails: infra_error, nothing left behind."""
-    from executor.backend_factory import make_backend
+    from executor.backends.factory import make_backend
 
     nvidia = make_backend("slurm", engine, {"registry": f"{slurm_registry}/{REPO}", "gpu_mode": "nvidia",
                                             "slurm_conf": str(slurm_cluster.conf), "poll_s": 0.5})

@@ -11,7 +11,7 @@ import pytest
 from executor import config, git_source, valdata
 from executor.docker_engine import LABEL_EXPERIMENT, LABEL_READER, prepare_out_dir
 from executor.errors import BaseImageError
-from executor.seal import seal
+from executor.image.seal import seal
 from executor.types import Resources
 
 pytestmark = pytest.mark.docker

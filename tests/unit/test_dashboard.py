@@ -37,7 +37,7 @@ def ws(tmp_path) -> dict:
     rejected proposal. Image IDs are the real sealed IDs on a synthetic base, except where noted."""
     from agent.gitops import ZERO, cas, make_commit
     from executor import git_source
-    from executor.seal import seal
+    from executor.image.seal import seal
     from executor.types import RunSpec
     from executor.workspace import init
 

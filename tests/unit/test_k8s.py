@@ -16,13 +16,13 @@ import kubernetes_validate
 import pytest
 from kubernetes import client as k8s
 
-from executor.backends import Job
+from executor.backends.interface import Job
 from executor.errors import ConfigError, IdentityMismatch
-from executor.k8s import (ClusterUnavailable, Ending, K8sOptions, check_image, check_pod, ending, inputs_config_map,
+from executor.backends.k8s import (ClusterUnavailable, Ending, K8sOptions, check_image, check_pod, ending, inputs_config_map,
                           job_manifest, network_policy, waiting_failure)
-from executor.outlog import WRAPPER, unpack, wrap
+from executor.backends.outlog import WRAPPER, unpack, wrap
 from executor.registry import BadReference
-from executor.seal import CMD, REVISION, Sealed
+from executor.image.seal import CMD, REVISION, Sealed
 from executor.types import Resources, RunSpec
 
 K8S_VERSION = "1.30"  # a recent schema set bundled by kubernetes-validate
@@ -457,7 +457,7 @@ class FakeCluster:
 
 
 def backend_on(cluster: FakeCluster):
-    from executor.k8s import KubernetesBackend
+    from executor.backends.k8s import KubernetesBackend
 
     backend = KubernetesBackend(K8sOptions(registry="registry.example.com:5000/team/sealab", poll_s=0), k8s.ApiClient())
     backend.batch = backend.core = backend.net = cluster
@@ -517,9 +517,9 @@ def test_an_image_the_nodes_cannot_pull_is_infra(tmp_path):
 
 
 def test_only_the_k8s_module_imports_kubernetes():
-    """One module per outside library: executor/k8s.py alone imports the kubernetes client."""
+    """One module per outside library: executor/backends/k8s.py alone imports the kubernetes client."""
     from tests.unit.test_layering import imports
 
     everything = {**imports("executor"), **imports("agent"), **imports("policies")}
     users = sorted(p for p, names in everything.items() if any(n.split(".")[0] == "kubernetes" for n in names))
-    assert users == ["executor/k8s.py"]
+    assert users == ["executor/backends/k8s.py"]

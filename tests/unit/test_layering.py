@@ -44,7 +44,7 @@ def test_one_module_per_outside_library():
     users = {lib: sorted(p for p, names in everything.items() if any(n.split(".")[0] == lib for n in names))
              for lib in ("anthropic", "docker")}
     assert users["anthropic"] == ["agent/llm.py"]
-    assert users["docker"] == ["executor/docker_build.py", "executor/docker_engine.py"]
+    assert users["docker"] == ["executor/docker_engine.py", "executor/image/docker_build.py"]
 
 
 def test_no_import_cycle():

@@ -8,8 +8,8 @@ import pytest
 
 from executor.errors import SourceError
 from executor.git_source import CommitFacts, TreeFile, blob_sha
-from executor.layer import EPOCH, Entry, layer_tar
-from executor.seal import REVISION, RUN_SPEC_PATH, VAL_WHITEOUT, scored_by_orchestrator, seal
+from executor.image.layer import EPOCH, Entry, layer_tar
+from executor.image.seal import REVISION, RUN_SPEC_PATH, VAL_WHITEOUT, scored_by_orchestrator, seal
 from executor.types import BaseImage, Resources, RunSpec, sha256_hex
 
 BASE = BaseImage("sha256:" + "b" * 64, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",),

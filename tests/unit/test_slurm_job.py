@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from executor.backend_factory import make_backend
-from executor.backends import Job
+from executor.backends.factory import make_backend
+from executor.backends.interface import Job
 from executor.errors import ConfigError, IdentityMismatch
-from executor.seal import REVISION, Sealed
-from executor.slurm import (NODE_BODY, SlurmBackend, SlurmOptions, SlurmUnavailable, expected_container,
+from executor.image.seal import REVISION, Sealed
+from executor.backends.slurm import (NODE_BODY, SlurmBackend, SlurmOptions, SlurmUnavailable, expected_container,
                             finished_from, job_script, node_timings)
 from executor.types import Resources, RunSpec
 
@@ -155,7 +155,7 @@ def test_ctrl_c_while_waiting_cancels_the_job(tmp_path):
 
 def test_job_gone_without_a_status_is_infra_error(tmp_path, monkeypatch):
     """A job that left the queue without status.json (node failure, killed) is SlurmUnavailable with its state."""
-    monkeypatch.setattr("executor.slurm.time.sleep", lambda s: None)
+    monkeypatch.setattr("executor.backends.slurm.time.sleep", lambda s: None)
     backend = FakeSlurm(lambda args: {"sbatch": "78\n", "squeue": "",
                                       "scontrol": "JobId=78 JobState=NODE_FAIL Reason=NodeDown ExitCode=0:0"}[args[0]])
     gone = r"job 78 ended without .*status.json \(JobState=NODE_FAIL Reason=NodeDown"
@@ -173,7 +173,7 @@ def test_cleanup_cancels_only_the_experiments_jobs():
 
 def test_job_directories_go_under_the_workspace_state(tmp_path):
     """Train and eval jobs of an experiment get sibling directories in .sealab/slurm, or under jobs_dir."""
-    from executor.slurm import jobs_root
+    from executor.backends.slurm import jobs_root
 
     state = tmp_path / "ws" / ".sealab"
     assert jobs_root(state / "outputs" / "0123456789", None) == state / "slurm"
@@ -191,9 +191,9 @@ def shellcheck() -> str:
 
 
 def test_the_node_script_passes_shellcheck(tmp_path):
-    """The job's body (executor/slurm_node.sh) and a whole job script as written for a GPU run pass
+    """The job's body (executor/backends/slurm_node.sh) and a whole job script as written for a GPU run pass
     shellcheck with no finding (warnings included)."""
-    body = Path(__file__).resolve().parents[2] / "executor" / "slurm_node.sh"
+    body = Path(__file__).resolve().parents[2] / "executor" / "backends" / "slurm_node.sh"
     assert NODE_BODY == body.read_text()
     script = tmp_path / "job.sh"
     script.write_text(job_script(make_job(tmp_path), REF, options(), tmp_path / "job"))

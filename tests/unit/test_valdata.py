@@ -7,7 +7,7 @@ import pytest
 
 from executor import valdata
 from executor.errors import IdentityMismatch
-from executor.seal import VAL_WHITEOUT
+from executor.image.seal import VAL_WHITEOUT
 
 VAL = b"def f():\n    return 1\n" * 100
 BASE = "sha256:" + "b" * 64

@@ -8,7 +8,7 @@ EngineUnavailable, so the record says `infra_error`) in `cluster_errors` and now
                and the Job (job_manifest: the hardening of Engine.create, in Kubernetes terms)
                poll: the live pod spec must still carry every field we set (check_pod: no mutating
                webhook weakened or replaced it), and the pod's imageID the pinned digest (check_image)
-               follow the pod's log; /out comes back at its end (executor/outlog.py: an emptyDir
+               follow the pod's log; /out comes back at its end (executor/backends/outlog.py: an emptyDir
                vanishes with the pod), decoded into job.out_dir
                delete the Job (Foreground), the policy and the ConfigMap, whatever happened
 
@@ -35,13 +35,13 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
-from executor.backends import Finished, Job, ensure_image, verify_image
+from executor.backends.interface import Finished, Job, ensure_image, verify_image
 from executor.docker_engine import IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
 from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch, SealabError
 from executor.hardening import HOME_DIR, Hardening
-from executor.outlog import unpack, wrap
+from executor.backends.outlog import unpack, wrap
 from executor.registry import BadReference, parse_digest_ref, parse_registry
-from executor.seal import CMD, REVISION
+from executor.image.seal import CMD, REVISION
 
 CONTAINER = "experiment"
 LABEL_PHASE = "sealab.phase"
@@ -95,7 +95,7 @@ class K8sOptions:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     image_pull_secret: str | None = None
     ttl_s: int = 3600  # ttlSecondsAfterFinished: a Job left behind by a crash of sealab goes away
-    log_out_mb: int = 8  # /out files that may travel through the pod log (see executor/outlog.py)
+    log_out_mb: int = 8  # /out files that may travel through the pod log (see executor/backends/outlog.py)
     start_timeout_s: int = 900  # past the deadline, how long sealab waits for the Job to end at all
     poll_s: float = 2.0
 

@@ -1,4 +1,4 @@
-# The body of every Slurm job script: executor/slurm.py writes the #SBATCH lines and these settings
+# The body of every Slurm job script: executor/backends/slurm.py writes the #SBATCH lines and these settings
 # above it (job_script): DOCKER JOB_DIR REF EXPECTED NAME OUT_DIR DEADLINE_NS OUT_CAP_KB OUT_CAP_MB
 # POLL_S GPU_MODE NEED_GPUS INSPECT_FORMAT, and the arrays CREATE_ARGS and COMMAND.
 # Checked by shellcheck in the tests (tests/unit/test_slurm_job.py).

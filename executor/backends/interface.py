@@ -6,7 +6,7 @@
 A backend raises IdentityMismatch when what it would start is not the sealed image (nothing was
 started), and EngineUnavailable when the engine fails. Backends: `local` (this machine's engine),
 `docker-host` (a remote engine, over ssh:// or TCP with TLS: the image is loaded and verified there,
-/in and /out travel as archives), `slurm` (executor/slurm.py) and `kubernetes` (executor/k8s.py).
+/in and /out travel as archives), `slurm` (executor/backends/slurm.py) and `kubernetes` (executor/backends/k8s.py).
 The orchestrator, not the backend, decides what the result means (executor/run.py).
 """
 
@@ -20,7 +20,7 @@ from typing import Mapping, Protocol, Sequence
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
 from executor.errors import EngineUnavailable, IdentityMismatch
 from executor.hardening import Hardening
-from executor.seal import Sealed
+from executor.image.seal import Sealed
 from executor.types import Resources, RunSpec
 
 
@@ -119,97 +119,3 @@ def check_container(engine: Engine, container: str, sealed: Sealed, resources: R
         raise IdentityMismatch("container command", " ".join(command), " ".join(actual))
     for name, expected, found in Hardening.of(resources).problems(inspect):
         raise IdentityMismatch(f"container {name}", expected, found)
-
-
-class DockerBackend:
-    """A Docker engine: this machine's (`local`, /in and /out bind-mounted) or a remote one
-    (`docker-host`: the image is loaded there and verified there; /in and /out travel as archives)."""
-
-    def __init__(self, engine: Engine, *, remote: bool = False, where: str = "local",
-                 source: Engine | None = None) -> None:
-        self.engine, self.remote, self.where, self.source = engine, remote, where, source
-        self.name = "docker-host" if remote else "local"
-
-    def ensure_base(self, base_id: str) -> None:
-        """A remote engine gets the base once, streamed from this machine's engine (same ID, checked)."""
-        if self.engine.image_id(base_id) == base_id:
-            return
-        if self.source is None or self.source.image_id(base_id) != base_id:
-            raise IdentityMismatch(f"base image on {self.where}", base_id, "absent there and here")
-        transfer(self.source, self.engine, base_id)
-
-    def run(self, job: Job) -> Finished:
-        engine, sealed = self.engine, job.sealed
-        timings: dict[str, float] = {}
-        t = time.monotonic()
-        if self.remote:
-            self.ensure_base(sealed.labels["sealab.base"])
-        ensure_image(engine, sealed)
-        timings["load"] = time.monotonic() - t
-        t = time.monotonic()
-        verify_image(engine, sealed)
-        prepare_out_dir(job.out_dir)
-        container: str | None = None
-        try:
-            container = engine.create(
-                sealed.image_id, name=job.name, resources=job.spec.resources,
-                out_dir=None if self.remote else job.out_dir.resolve(),
-                in_dir=job.in_dir.resolve() if job.in_dir is not None else None, command=job.command,
-                env=dict(job.env), labels={LABEL_EXPERIMENT: job.experiment_id, "sealab.phase": job.phase,
-                                           "sealab.commit": sealed.labels.get("org.opencontainers.image.revision", "")},
-            )
-            check_container(engine, container, sealed, job.spec.resources, job.command)
-            if self.remote and job.in_dir is not None:
-                engine.copy_in(container, job.in_dir)
-            timings["verify"] = time.monotonic() - t
-            t = time.monotonic()
-            engine.start(container)
-            end = engine.wait(container, job.deadline, out_dir=None if self.remote else job.out_dir,
-                              out_cap_mb=job.out_cap)
-            output = engine.logs(container)
-            if self.remote:
-                engine.copy_out(container, job.out_dir)
-        except BaseException:
-            if container is not None:
-                try:
-                    engine.remove(container)
-                except EngineUnavailable:
-                    pass
-            raise
-        engine.remove(container)
-        timings["run"] = time.monotonic() - t
-        return Finished(end.exit_code, end.oom_killed, end.timed_out, output, self.where, timings,
-                        end.over_cap)
-
-    def cleanup(self, experiment_id: str) -> list[str]:
-        return self.engine.remove_experiment_containers(experiment_id)
-
-
-def transfer(source: Engine, target: Engine, image_id: str) -> None:
-    """Stream `docker save` of `image_id` from one engine into `docker load` of another; check the ID.
-
-    Raises:
-        IdentityMismatch: the target reports another ID afterwards.
-    """
-    import os
-    import threading
-
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        with open(write_fd, "wb") as sink:
-            try:
-                source.save([image_id], sink)
-            except BaseException as exc:  # reported below, after the reader has finished
-                failure.append(exc)
-
-    writer = threading.Thread(target=produce, daemon=True)
-    writer.start()
-    with open(read_fd, "rb") as stream:
-        target.load_stream(iter(lambda: stream.read(1 << 20), b""))
-    writer.join()
-    if failure:
-        raise failure[0]
-    if target.image_id(image_id) != image_id:
-        raise IdentityMismatch("transferred image", image_id, target.image_id(image_id) or "nothing")

@@ -9,10 +9,10 @@ Steps, each reported as progress(step, detail):
   wheels           the torch wheel from wheels_dir plus its dependencies (and numpy, so that torch
                    imports without a warning): from wheels_dir when all are there, otherwise
                    downloaded once with pip into cache_dir/wheels and reused after
-  rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.rootfs, cached
+  rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.image.rootfs, cached
                    under cache_dir/rootfs)
   recipe           no --from: sha256 over the rootfs tar, the wheels, prepare_data.py and the assembly
-                   version; the image is assembled deterministically (executor.assemble), so the same
+                   version; the image is assembled deterministically (executor.image.assemble), so the same
                    recipe gives the same image ID on any machine, and a known one is reused unbuilt.
                    --from: sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the
                    wheels; an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
@@ -20,7 +20,7 @@ Steps, each reported as progress(step, detail):
   build            --from: one call per line of the classic builder's output (network none)
   data             the data manifest read out of the image without running it
   done             the image ID
-Docker is reached only through executor.docker_build and executor.docker_engine.
+Docker is reached only through executor.image.docker_build and executor.docker_engine.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from executor import assemble, docker_build, rootfs
+from executor.image import assemble, docker_build, rootfs
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
 from executor.types import BaseImage, canonical_json, sha256_hex
 
 Progress = Callable[[str, str], None]
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parents[1]  # executor/
 # A built wheel carries the recipe as executor/Dockerfile.train (pyproject force-include); a source
 # checkout has it at the repository's top level.
 DOCKERFILE = next((p for p in (_HERE / "Dockerfile.train", _HERE.parent / "Dockerfile.train") if p.is_file()),
@@ -320,7 +320,7 @@ def _built(api: Any, base_id: str, source_label: str, cache_dir: Path, dockerfil
 
 def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel], prepare_data: Path,
                prepare_bytes: bytes, tag: str, rebuild: bool, progress: Progress) -> tuple[str, str]:
-    """The offline base, assembled deterministically (executor.assemble): same inputs, same image ID.
+    """The offline base, assembled deterministically (executor.image.assemble): same inputs, same image ID.
 
     The recipe (rootfs tar, wheels, prepare_data.py, the assembly code) maps to the image ID in
     cache_dir/assembled/, so an unchanged recipe whose image the engine holds is reused unbuilt.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from executor.errors import SourceError
 from executor.git_source import CommitFacts
-from executor.layer import Entry, image_config, image_id, layer_tar, load_archive
+from executor.image.layer import Entry, image_config, image_id, layer_tar, load_archive
 from executor.types import BaseImage, RunSpec, sha256_hex
 
 TRAIN_PATH = "train.py"

@@ -1,5 +1,5 @@
 """Which backend runs an experiment: `make_backend(name, …)` from `[backend]` of sealab.toml or
---backend. Kept apart from the interface (executor/backends.py), which the Slurm and Kubernetes
+--backend. Kept apart from the interface (executor/backends/interface.py), which the Slurm and Kubernetes
 adapters build on, so that nothing imports in a circle.
 """
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from executor.backends import Backend, DockerBackend
+from executor.backends.interface import Backend
+from executor.backends.local import DockerBackend
 from executor.config import BACKENDS
 from executor.docker_engine import Engine
 from executor.errors import ConfigError
@@ -34,11 +35,11 @@ def make_backend(name: str, engine: Engine | None, options: Mapping[str, object]
         remote = Engine.connect(base_url=url, tls=tls, cert_path=str(cert_path) if cert_path else None)
         return DockerBackend(remote, remote=True, where=url, source=engine)
     if name == "slurm":
-        from executor.slurm import SlurmBackend  # imported when chosen: the adapters' clients load slowly
+        from executor.backends.slurm import SlurmBackend  # imported when chosen: the adapters' clients load slowly
 
         return SlurmBackend.from_options(engine or Engine.connect(), options)
     if name == "kubernetes":
-        from executor.k8s import KubernetesBackend
+        from executor.backends.k8s import KubernetesBackend
 
         return KubernetesBackend.from_options(options, engine)
     raise ConfigError("sealab.toml", f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from executor.errors import BaseImageError
-from executor.layer import CREATED, EPOCH
+from executor.image.layer import CREATED, EPOCH
 from executor.types import canonical_json, sha256_hex
 
 PYTHON = "python3.11"  # bookworm's interpreter; the wheels and the .pyc files are for it

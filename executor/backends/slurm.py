@@ -43,12 +43,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from executor.backends import Finished, Job, ensure_image, verify_image
+from executor.backends.interface import Finished, Job, ensure_image, verify_image
 from executor.docker_engine import IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
 from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch
 from executor.hardening import Hardening, go_value, template
 from executor.registry import BadReference, parse_registry
-from executor.seal import REVISION
+from executor.image.seal import REVISION
 from executor.types import Resources
 
 GPU_MODES = ("nvidia", "env")
@@ -204,7 +204,7 @@ def job_script(job: Job, ref: str, options: SlurmOptions, job_dir: Path) -> str:
     }
     head = ["#!/bin/bash", *sbatch_lines(job, options, job_dir),
             f"# sealab: experiment {job.experiment_id} ({job.phase}), image {job.sealed.image_id}",
-            "# Written by the orchestrator; it runs on the node. See executor/slurm.py."]
+            "# Written by the orchestrator; it runs on the node. See executor/backends/slurm.py."]
     head += [f"{key}={shlex.quote(value)}" for key, value in settings.items()]
     head.append("CREATE_ARGS=(" + " ".join(quoted(a) for a in create_args(job)) + ")")
     head.append("COMMAND=(" + " ".join(quoted(a) for a in container_command(job)) + ")")
@@ -212,7 +212,7 @@ def job_script(job: Job, ref: str, options: SlurmOptions, job_dir: Path) -> str:
 
 
 # The job's body, run on the node (a file of its own so that shellcheck reads it).
-NODE_BODY = resources.files("executor").joinpath("slurm_node.sh").read_text(encoding="utf-8")
+NODE_BODY = resources.files("executor.backends").joinpath("slurm_node.sh").read_text(encoding="utf-8")
 
 
 def finished_from(status: Mapping[str, Any], output: bytes, job_id: str, timings: Mapping[str, float]) -> Finished:
