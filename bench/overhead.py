@@ -7,7 +7,13 @@ For one fixed-work train.py (a fixed number of optimizer steps, so every run doe
   (c) naive:  docker-py classic `images.build` of the commit's tree on the base, then the same hardened run
 Prints medians and ratios; `--markdown` prints the table for docs/benchmarks.md.
 
+`--against REV` measures instead whether a change slowed the executor down: `sealab exec` of a new
+commit each time, from this tree and from REV's tree (extracted with `git archive`), alternating run
+by run on the same base so that drift of the machine falls on both alike. It prints each tree's median,
+the ratio this/REV, and the noise: the same ratio between the two halves of REV's own runs.
+
 Usage: .venv/bin/python bench/overhead.py [--runs 5] [--markdown]
+       .venv/bin/python bench/overhead.py --against HEAD~1 [--runs 10]
 """
 
 from __future__ import annotations
@@ -84,14 +90,67 @@ def copy_data_out(engine: Engine, image: str, dest: Path) -> None:
         engine.api.remove_container(container, force=True)
 
 
+def exec_from(tree: Path, ws_root: Path) -> float:
+    """Seconds of one `sealab exec` of HEAD in `ws_root`, with the sealab code of `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "import sys; from agent.cli import main; sys.exit(main())", "exec"],
+                          cwd=ws_root, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"bench: sealab exec from {tree} failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
+    return took
+
+
+def against(rev: str, runs: int, engine: Engine, base) -> None:
+    """This tree's `sealab exec` against REV's, alternating; ratio and noise."""
+    tmp = Path(tempfile.mkdtemp(prefix="sealab-bench-against-"))
+    old = tmp / "rev"
+    old.mkdir()
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True)
+    if sha.returncode != 0:
+        sys.exit(f"bench: {rev!r} is not a commit of {ROOT}")
+    archive = subprocess.run(["git", "archive", sha.stdout.strip()], cwd=ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(old, filter="data")
+    trees = {"this": ROOT, "rev": old}
+    repos = {}
+    for name in trees:
+        ws = init(tmp / f"ws-{name}")
+        Ledger(ws.ledger_path).set_base(base)
+        repos[name] = (ws, git.Repo(ws.root))
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    for i in range(runs + 1):  # the first round warms the page cache and is not counted
+        order = list(trees) if i % 2 else list(reversed(trees))
+        for name in order:
+            ws, repo = repos[name]
+            commit_file(repo, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 1}"), f"run {i + 1}")
+            took = exec_from(trees[name], ws.root)
+            if i:
+                times[name].append(took)
+    this, before = median(times["this"]), median(times["rev"])
+    half = len(times["rev"]) // 2
+    noise = median(times["rev"][:half]) / median(times["rev"][half:]) if half else float("nan")
+    print(f"machine: {platform.node()} · {os.cpu_count()} CPUs; {runs} runs each, alternating")
+    print(f"this tree: median {this:.3f} s (range {min(times['this']):.3f}-{max(times['this']):.3f})")
+    print(f"{rev} ({sha.stdout.strip()[:12]}): median {before:.3f} s "
+          f"(range {min(times['rev']):.3f}-{max(times['rev']):.3f})")
+    print(f"ratio this/{rev}: {this / before:.3f}; noise (REV's first half / second half): {noise:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--against", metavar="REV", help="compare `sealab exec` with REV's tree instead")
     args = parser.parse_args()
 
     engine = Engine.connect()
     base = build_base(source=None, engine_client=engine)
+    if args.against:
+        against(args.against, args.runs, engine, base)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="sealab-bench-"))
     ws = init(tmp / "ws")
     ledger = Ledger(ws.ledger_path)
