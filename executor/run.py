@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -33,20 +30,9 @@ from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
 from executor.ledger import Ledger, now
 from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
-from executor.summary import parse_summary
+from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
-
-RESULT_FILE = "result.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: Status
-    reason: str | None = None
-    metrics: dict[str, Any] | None = None
-    exit_code: int | None = None
-
 
 def new_id() -> str:
     return secrets.token_hex(5)
@@ -64,68 +50,6 @@ def current_base(ledger: Ledger, engine: Engine) -> BaseImage:
     if engine.image_id(base.image_id) != base.image_id:
         raise BaseImageError(f"base image {base.image_id[:19]} is not in the engine; run `sealab base` to rebuild it")
     return base
-
-
-def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
-             spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "",
-             trusted: bool = True) -> Outcome:
-    """Turn how a container ended and what the harness wrote into a status (pure).
-
-    `last_line` (the log's last line, e.g. the exception) is quoted in a crash's reason.
-    `trusted=False`: the result was printed by editable code (see `summary_result`), so it cannot
-    carry the train.py blob and data digest that sealab's harness reports; those checks are skipped.
-    """
-    if timed_out:
-        return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
-    if oom:
-        return Outcome(Status.OOM, f"killed by the memory limit ({spec.resources.memory_mb} MB)", exit_code=exit_code)
-    if exit_code != 0:
-        said = f": {last_line[:200]}" if last_line else ""
-        return Outcome(Status.CRASH, f"exit code {exit_code}{said}", exit_code=exit_code)
-    if result is None:
-        printed = "" if trusted else " and printed no --- summary"
-        return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}{printed}", exit_code=exit_code)
-    value = result.get(spec.metric)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return Outcome(Status.CRASH, f"metric {spec.metric} missing or not finite: {value!r}", exit_code=exit_code)
-    if trusted and result.get("train_py_blob") != train_blob:
-        return Outcome(Status.REJECTED, f"the container ran train.py blob {result.get('train_py_blob')}, "
-                       f"the commit has {train_blob}", exit_code=exit_code)
-    if trusted and result.get("data_digest") != data_digest:
-        return Outcome(Status.REJECTED, f"the container read data {result.get('data_digest')}, "
-                       f"the base has {data_digest}", exit_code=exit_code)
-    keys = (spec.metric, "training_seconds", "total_seconds", "steps", "tokens", "tokens_per_s", "num_params",
-            "mfu_percent", "device")
-    metrics = {k: result[k] for k in keys if k in result}
-    metrics["hyperparameters"] = result.get("hyperparameters", {})
-    if not trusted:
-        metrics["metric_source"] = "summary"
-    return Outcome(Status.OK, None, metrics, exit_code)
-
-
-def last_line(output: bytes) -> str:
-    """The last non-empty line a run printed (untrusted text: stored and shown, never interpreted)."""
-    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def read_result(out_dir: Path) -> dict | None:
-    try:
-        data = json.loads((out_dir / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def summary_result(output: bytes, metric: str) -> dict | None:
-    """A result built from the `---` summary a run printed (REPORTED BY EDITABLE CODE), or None."""
-    block = parse_summary(output.decode(errors="replace"))
-    if block is None:
-        return None
-    result = {metric: block.get(metric), "peak_memory_mb": block.get("peak_vram_mb") or block.get("peak_memory_mb"),
-              "training_seconds": block.get("training_seconds"), "total_seconds": block.get("total_seconds"),
-              "steps": block.get("num_steps"), "metric_source": "summary"}
-    return {k: v for k, v in result.items() if v is not None}
 
 
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
@@ -153,8 +77,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)
     drift = summarize(*git_source.working_diff(ws.repo, facts.sha))
-    out_of_scope = [] if editable is None else [
-        path for path in git_source.changed_paths(ws.repo, facts) if not any(fnmatchcase(path, g) for g in editable)]
+    forbidden = [] if editable is None else out_of_scope(git_source.changed_paths(ws.repo, facts), editable)
     eid = new_id()
     log = structlog.get_logger().bind(experiment_id=eid, commit=facts.sha[:12])
     for line in describe(drift):
@@ -179,9 +102,9 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         log = log.bind(image=image_id[:19])
         durations["seal"] = time.monotonic() - t
         try:
-            if out_of_scope:
+            if forbidden:
                 raise IdentityMismatch("paths changed by the commit", "only " + ", ".join(editable or ()),
-                                       ", ".join(out_of_scope))
+                                       ", ".join(forbidden))
             end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
                 "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
         except IdentityMismatch as exc:
@@ -199,18 +122,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             if (orchestrated and result is not None and end.exit_code == 0 and not end.over_cap
                     and result.get("model_file") == evaluate.MODEL_FILE):
                 scored = score_model(ws, eid, sealed, spec, base, engine, backend, out_dir, durations)
-                value = (scored.metrics or {}).get("val_bpb") if scored.status == Status.OK else None
-                # (a placeholder lets classify check the blob and the data; a failed scoring replaces it below)
-                result = {**result, spec.metric: value if value is not None else 0.0}
-            outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec,
-                               facts.blob_of(TRAIN_PATH), base.data_digest, last_line(end.output), trusted)
-            if scored is not None and outcome.status == Status.OK:
-                outcome = (Outcome(Status.OK, None, {**(outcome.metrics or {}), **(scored.metrics or {})},
-                                   outcome.exit_code) if scored.status == Status.OK else scored)
-            elif orchestrated and outcome.status == Status.OK:
-                outcome = Outcome(Status.CRASH, "the harness saved no model for the evaluator", exit_code=end.exit_code)
-            if end.over_cap and outcome.status in (Status.OK, Status.CRASH):
-                outcome = Outcome(Status.CRASH, end.over_cap, exit_code=end.exit_code)
+            outcome = judge(end, result, scored, spec, orchestrated=orchestrated, trusted=trusted,
+                            train_blob=facts.blob_of(TRAIN_PATH), data_digest=base.data_digest)
     except (KeyboardInterrupt, EngineUnavailable, OSError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
@@ -246,26 +159,21 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     return record
 
 
-def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The CPU the harness says the train phase ran on (model, ISA level, torch, threads), or None.
-    Written by the experiment's own process, so it is a statement of the run, not a proof: what
-    `reproduce` uses it for is to say when bit-exactness is expected."""
-    cpu = (result or {}).get("cpu")
-    if not isinstance(cpu, dict):
+def read_result(out_dir: Path) -> dict | None:
+    try:
+        data = json.loads((out_dir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
         return None
-    kept: dict[str, Any] = {k: str(cpu[k])[:200] for k in ("model", "isa", "torch") if k in cpu}
-    if isinstance(cpu.get("threads"), int):
-        kept["threads"] = cpu["threads"]
-    return kept
-
-
-EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
+    return data if isinstance(data, dict) else None
 
 
 def file_digest(path: Path) -> str:
     """sha256 of a file, read in chunks (a model can be large)."""
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
 
 
 def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
@@ -301,13 +209,9 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
         return Outcome(Status.REJECTED, f"eval phase: {exc}; nothing was started")
     (ws.logs / f"{eid}.eval.log").write_bytes(end.output)
     shutil.rmtree(in_dir, ignore_errors=True)
-    if end.timed_out:
-        return Outcome(Status.TIMEOUT, f"the eval phase was killed at its deadline ({spec.grace_s:g} s = grace)")
-    if end.oom_killed:
-        return Outcome(Status.OOM, f"the eval phase was killed by the memory limit ({spec.resources.memory_mb} MB)")
-    if end.exit_code != 0 or end.over_cap:
-        said = end.over_cap or last_line(end.output)[:200]
-        return Outcome(Status.CRASH, f"the eval phase exited {end.exit_code}: {said}", exit_code=end.exit_code)
+    ended = eval_outcome(end, spec)
+    if ended is not None:
+        return ended
     score = evaluate.score_file(evalset, eval_out / evaluate.LOGITS_FILE)
     durations["eval"] = time.monotonic() - t
     shutil.rmtree(eval_out, ignore_errors=True)  # 70 MB of logits; eval_windows keeps their provenance

@@ -2,7 +2,7 @@
 
 import math
 
-from executor.run import classify
+from executor.judge import classify
 from executor.types import Resources, RunSpec, Status
 
 SPEC = RunSpec(budget_s=10, grace_s=5, resources=Resources(memory_mb=512))

@@ -2,7 +2,7 @@
 
 import math
 
-from executor.run import classify, summary_result
+from executor.judge import classify, summary_result
 from executor.summary import parse_summary
 from executor.types import Resources, RunSpec, Status
 

@@ -1,0 +1,138 @@
+"""What an experiment's ending means: pure functions from what the backend and the harness said to a
+status, a reason and the metrics. No I/O here (executor/run.py orchestrates and writes the record), so
+every path of the judgement has a fast test (tests/unit/test_classify.py, test_summary.py, test_judge.py).
+
+    out_of_scope(changed, editable)     the paths a commit may not change, as git says it changed them
+    classify(exit, oom, timeout, ...)   the train phase's status from its end and its result.json
+    judge(end, result, scored, ...)     that status combined with the trusted scorer's and the caps
+    eval_outcome(end, spec)             how an eval phase ended, before its logits are scored
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Sequence
+
+from executor.backends.interface import Finished
+from executor.summary import parse_summary
+from executor.types import RunSpec, Status
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    reason: str | None = None
+    metrics: dict[str, Any] | None = None
+    exit_code: int | None = None
+
+
+def out_of_scope(changed: Sequence[str], editable: Sequence[str] | None) -> list[str]:
+    """The changed paths no `editable` glob allows (none when `editable` is None: no scope)."""
+    if editable is None:
+        return []
+    return [path for path in changed if not any(fnmatchcase(path, g) for g in editable)]
+
+
+def judge(end: Finished, result: dict | None, scored: Outcome | None, spec: RunSpec, *, orchestrated: bool,
+          trusted: bool, train_blob: str | None, data_digest: str) -> Outcome:
+    """The experiment's outcome: the train phase classified (classify), then the scorer's verdict when
+    the orchestrator scores (`scored`: its outcome, None when the eval phase did not run), then the
+    backend's caps (a run stopped over a cap is a crash whatever it reported)."""
+    if scored is not None:
+        value = (scored.metrics or {}).get("val_bpb") if scored.status == Status.OK else None
+        # (a placeholder lets classify check the blob and the data; a failed scoring replaces it below)
+        result = {**(result or {}), spec.metric: value if value is not None else 0.0}
+    outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec, train_blob, data_digest,
+                       last_line(end.output), trusted)
+    if scored is not None and outcome.status == Status.OK:
+        outcome = (Outcome(Status.OK, None, {**(outcome.metrics or {}), **(scored.metrics or {})},
+                           outcome.exit_code) if scored.status == Status.OK else scored)
+    elif orchestrated and outcome.status == Status.OK:
+        outcome = Outcome(Status.CRASH, "the harness saved no model for the evaluator", exit_code=end.exit_code)
+    if end.over_cap and outcome.status in (Status.OK, Status.CRASH):
+        outcome = Outcome(Status.CRASH, end.over_cap, exit_code=end.exit_code)
+    return outcome
+
+
+def eval_outcome(end: Finished, spec: RunSpec) -> Outcome | None:
+    """How the eval phase's container ended, when that already decides the experiment; None when its
+    logits are to be scored."""
+    if end.timed_out:
+        return Outcome(Status.TIMEOUT, f"the eval phase was killed at its deadline ({spec.grace_s:g} s = grace)")
+    if end.oom_killed:
+        return Outcome(Status.OOM, f"the eval phase was killed by the memory limit ({spec.resources.memory_mb} MB)")
+    if end.exit_code != 0 or end.over_cap:
+        said = end.over_cap or last_line(end.output)[:200]
+        return Outcome(Status.CRASH, f"the eval phase exited {end.exit_code}: {said}", exit_code=end.exit_code)
+    return None
+
+
+def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
+             spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "",
+             trusted: bool = True) -> Outcome:
+    """Turn how a container ended and what the harness wrote into a status (pure).
+
+    `last_line` (the log's last line, e.g. the exception) is quoted in a crash's reason.
+    `trusted=False`: the result was printed by editable code (see `summary_result`), so it cannot
+    carry the train.py blob and data digest that sealab's harness reports; those checks are skipped.
+    """
+    if timed_out:
+        return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
+    if oom:
+        return Outcome(Status.OOM, f"killed by the memory limit ({spec.resources.memory_mb} MB)", exit_code=exit_code)
+    if exit_code != 0:
+        said = f": {last_line[:200]}" if last_line else ""
+        return Outcome(Status.CRASH, f"exit code {exit_code}{said}", exit_code=exit_code)
+    if result is None:
+        printed = "" if trusted else " and printed no --- summary"
+        return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}{printed}", exit_code=exit_code)
+    value = result.get(spec.metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return Outcome(Status.CRASH, f"metric {spec.metric} missing or not finite: {value!r}", exit_code=exit_code)
+    if trusted and result.get("train_py_blob") != train_blob:
+        return Outcome(Status.REJECTED, f"the container ran train.py blob {result.get('train_py_blob')}, "
+                       f"the commit has {train_blob}", exit_code=exit_code)
+    if trusted and result.get("data_digest") != data_digest:
+        return Outcome(Status.REJECTED, f"the container read data {result.get('data_digest')}, "
+                       f"the base has {data_digest}", exit_code=exit_code)
+    keys = (spec.metric, "training_seconds", "total_seconds", "steps", "tokens", "tokens_per_s", "num_params",
+            "mfu_percent", "device")
+    metrics = {k: result[k] for k in keys if k in result}
+    metrics["hyperparameters"] = result.get("hyperparameters", {})
+    if not trusted:
+        metrics["metric_source"] = "summary"
+    return Outcome(Status.OK, None, metrics, exit_code)
+
+
+def last_line(output: bytes) -> str:
+    """The last non-empty line a run printed (untrusted text: stored and shown, never interpreted)."""
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def summary_result(output: bytes, metric: str) -> dict | None:
+    """A result built from the `---` summary a run printed (REPORTED BY EDITABLE CODE), or None."""
+    block = parse_summary(output.decode(errors="replace"))
+    if block is None:
+        return None
+    result = {metric: block.get(metric), "peak_memory_mb": block.get("peak_vram_mb") or block.get("peak_memory_mb"),
+              "training_seconds": block.get("training_seconds"), "total_seconds": block.get("total_seconds"),
+              "steps": block.get("num_steps"), "metric_source": "summary"}
+    return {k: v for k, v in result.items() if v is not None}
+
+
+def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The CPU the harness says the train phase ran on (model, ISA level, torch, threads), or None.
+    Written by the experiment's own process, so it is a statement of the run, not a proof: what
+    `reproduce` uses it for is to say when bit-exactness is expected."""
+    cpu = (result or {}).get("cpu")
+    if not isinstance(cpu, dict):
+        return None
+    kept: dict[str, Any] = {k: str(cpu[k])[:200] for k in ("model", "isa", "torch") if k in cpu}
+    if isinstance(cpu.get("threads"), int):
+        kept["threads"] = cpu["threads"]
+    return kept
