@@ -221,6 +221,24 @@ def test_policy_error_is_a_sealab_error_with_exit_code_2():
                                                        "no policy 'lenient' (known: default, strict)")
 
 
+def test_a_bad_policy_stops_sealab_run_with_one_line_and_exit_2(tmp_path, monkeypatch):
+    """`sealab run` in a workspace whose sealab.toml names a broken policy file: the generic SealabError
+    handler of the CLI prints one line naming the file and the problem, and exits 2 (no traceback)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from agent import cli
+
+    bad = tmp_path / "mine.toml"
+    bad.write_text(DEFAULT_TEXT.replace("max_changed_lines = 200", "max_changed_lines = 0"))
+    workspace = SimpleNamespace(config=lambda: SimpleNamespace(policy=str(bad)))
+    monkeypatch.setattr(cli, "_open", lambda ctx, **kw: (workspace, None, None))  # no Docker, no ledger
+    result = CliRunner().invoke(cli.main, ["run", "--proposer", "offline"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"sealab: error: {bad}: diff.max_changed_lines must be more than 0: 0\n"
+
+
 # ---------------------------------------------------------------- proposals
 
 
