@@ -25,7 +25,6 @@ from executor import record as recorded
 from executor.config import BACKENDS
 from executor.errors import EngineUnavailable, SealabError
 from executor.types import Status
-from policies import PolicyError
 
 EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -37,7 +36,7 @@ class SealabGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (SealabError, PolicyError) as exc:
+        except SealabError as exc:
             click.echo(f"sealab: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:

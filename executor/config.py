@@ -1,13 +1,21 @@
-"""sealab.toml: parse and validate into frozen settings. Every problem is a one-line ConfigError."""
+"""sealab.toml: parse and validate into frozen settings. Every problem is a one-line ConfigError.
+
+The validator here (pydantic models built on `Table`, read through `validate`) is the one for every
+TOML file sealab reads: policies/rules.py declares its rule tables with the same types and reads them
+with the same `validate`, so both files report a problem alike: the file, the dotted field, what was
+expected and what was found.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable, Literal, TypeVar, get_args, get_origin
 
-from executor.errors import ConfigError, WorkspaceError
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError
+
+from executor.errors import ConfigError, SealabError, WorkspaceError
 from executor.types import Resources, RunSpec
 
 CONFIG_NAME = "sealab.toml"
@@ -24,31 +32,177 @@ class Config:
     backend_options: tuple[tuple[str, Any], ...] = ()  # the rest of [backend], sorted
 
 
-_NUMBER = (int, float)
-_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
-    "metric": {"name": (str, "name"), "direction": (str, "direction")},
-    "budget": {"train_seconds": (_NUMBER, "budget_s"), "grace_seconds": (_NUMBER, "grace_s"), "steps": (int, "steps")},
-    "run": {"seed": (int, "seed")},
-    "resources": {f.name: ((int,) if f.type.startswith("int") else _NUMBER, f.name) for f in fields(Resources)},
-    "policy": {"name": (str, "policy")},
-    "base": {"wheels": (str, "wheels"), "from": (str, "base_from")},
-    "harness": {"metric_source": (str, "metric_source")},
-}
-# Lower bounds (inclusive, or exclusive where marked) of the numeric settings. Zero is refused where the
-# engine reads it as "no limit" (Docker: cpus, tmpfs sizes, memory; Kubernetes alike): a limit of 0 would
-# lift the limit, not tighten it.
-_MINIMUM: dict[tuple[str, str], tuple[float, bool, str]] = {  # (section, key): (bound, exclusive, why)
-    ("budget", "train_seconds"): (0, True, "a run needs time to train"),
-    ("budget", "steps"): (1, False, "a run trains at least one step"),
-    ("resources", "memory_mb"): (64, False, "0 is no limit to the engine; below 64 MB Python does not start"),
-    ("resources", "cpus"): (0.01, False, "0 is no limit to the engine"),
-    ("resources", "pids"): (16, False, "0 is no limit to the engine; a Python with torch needs threads"),
-    ("resources", "tmp_mb"): (1, False, "a tmpfs of size 0 has no limit"),
-    ("resources", "home_mb"): (1, False, "a tmpfs of size 0 has no limit"),
-    ("resources", "out_mb"): (1, False, "the run writes its result there"),
-}
+# ---------------------------------------------------------------- the validator
+
+class Table(BaseModel):
+    """A TOML table: its keys are the fields (or their aliases); any other key is refused. A field's
+    `description` is why its bound (or its presence) is required, and is said in the message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# TOML types, taken as they are: no "2" for 2, no true for 1, no 1.5 for an integer (an integer is a number).
+Int = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Text = Annotated[str, Strict()]
+Flag = Annotated[bool, Strict()]
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, (str, int, float, bool)):  # no table, array or date
+        raise ValueError("must be a string, number or boolean")
+    return value
+
+
+Scalar = Annotated[Any, AfterValidator(_scalar)]
+T = TypeVar("T", bound=BaseModel)
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string",
+             "bool_type": "a boolean", "model_type": "a table", "dict_type": "a table",
+             "tuple_type": "an array", "list_type": "an array"}
+
+
+def validate(model: type[T], raw: dict[str, Any], source: str,
+             error: Callable[[str, str], SealabError] = ConfigError) -> T:
+    """`raw` (a parsed TOML document) as a `model`; the first problem raises `error(source, one line)`:
+    an unknown key before anything else (a typo'd key is also a missing one)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise error(source, _problem(model, first)) from None
+
+
+def _problem(model: type[BaseModel], error: Any) -> str:
+    """One pydantic error as a line: `budget.steps must be at least 1 (why): 0`, `unknown key diff.why
+    (known: ...)`, `[diff] has no reason (why)`, `run.max_pids has the wrong type: expected ...`."""
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx") or {}
+    found = repr(error["input"]) if len(repr(error["input"])) <= 80 else repr(error["input"])[:77] + "..."
+    label = _label(loc)
+    fields = _fields(model, loc[:-1])
+    info = fields.get(loc[-1]) if fields else None
+    why = f" ({info.description})" if info is not None and info.description else ""
+    if kind == "extra_forbidden":
+        known = ", ".join(fields or ())
+        return f"unknown section [{loc[0]}] (known: {known})" if len(loc) == 1 else \
+            f"unknown key {label} (known: {known})"
+    if kind == "missing":
+        return f"missing section [{loc[0]}]{why}" if len(loc) == 1 else f"{_label(loc[:-1])} has no {loc[-1]}{why}"
+    if kind in _EXPECTED:
+        expected = _EXPECTED[kind]
+        if kind == "tuple_type" and info is not None and _model_in(info.annotation):
+            expected = f"an array of tables ([[{loc[-1]}]])"
+        return f"{label} has the wrong type: expected {expected}, found {found}"
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        must = ("must not be negative" if bound == 0 else f"must be at least {bound:g}") \
+            if kind == "greater_than_equal" else f"must be more than {bound:g}"
+        return f"{label} {must}{why}: {found}"
+    if kind == "literal_error":
+        return f"{label} must be {ctx['expected']}, not {found}"
+    if kind == "finite_number":
+        return f"{label} must be a finite number, not {found}"
+    if kind == "string_too_short":
+        return f"{label} must not be empty"
+    if kind == "value_error":
+        return f"{label} {ctx['error']}: {found}"
+    return f"{label}: {error['msg']}, found {found}"
+
+
+def _label(loc: tuple[Any, ...]) -> str:
+    """`budget.steps`, `forbidden[0].pattern`; a top-level table alone is `[diff]`."""
+    if len(loc) == 1:
+        return f"[{loc[0]}]"
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if i else p for i, p in enumerate(loc))
+
+
+def _fields(model: type[BaseModel] | None, path: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The fields (by TOML key) of the table at `path` under `model`; None where that is no table."""
+    for part in path:
+        if isinstance(part, str):  # an int is an entry of an array of tables: the same model
+            info = _by_key(model).get(part) if model is not None else None
+            model = _model_in(info.annotation) if info is not None else None
+    return _by_key(model) if model is not None else None
+
+
+def _by_key(model: type[BaseModel]) -> dict[str, Any]:
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The table model an annotation holds (itself, or inside `X | None`, `tuple[X, ...]`)."""
+    if get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, get_args(annotation)) if m is not None), None)
+
+
+# ---------------------------------------------------------------- sealab.toml
+# Each field is named as in RunSpec, Resources or Config, its alias is the TOML key; what a file leaves
+# out keeps the default of executor/types.py (None here only means "not given").
+
+
+class _Metric(Table):
+    metric: Text | None = Field(None, alias="name")
+    direction: Literal["minimize", "maximize"] | None = None
+
+
+class _Budget(Table):
+    budget_s: Number | None = Field(None, alias="train_seconds", gt=0, description="a run needs time to train")
+    grace_s: Number | None = Field(None, alias="grace_seconds", ge=0)
+    steps: Int | None = Field(None, ge=1, description="a run trains at least one step")
+
+
+class _Run(Table):
+    seed: Int | None = Field(None, ge=0)
+
+
+class _Resources(Table):
+    """Zero is refused where the engine reads it as "no limit" (Docker: memory, cpus, pids, tmpfs sizes;
+    Kubernetes alike): a limit of 0 would lift the limit, not tighten it. gpus = 0 is no GPU."""
+
+    memory_mb: Int | None = Field(None, ge=64,
+                                  description="0 is no limit to the engine; below 64 MB Python does not start")
+    cpus: Number | None = Field(None, ge=0.01, description="0 is no limit to the engine")
+    pids: Int | None = Field(None, ge=16, description="0 is no limit to the engine; a Python with torch needs threads")
+    gpus: Int | None = Field(None, ge=0)
+    tmp_mb: Int | None = Field(None, ge=1, description="a tmpfs of size 0 has no limit")
+    home_mb: Int | None = Field(None, ge=1, description="a tmpfs of size 0 has no limit")
+    out_mb: Int | None = Field(None, ge=1, description="the run writes its result there")
+
+
+class _Policy(Table):
+    policy: Text | None = Field(None, alias="name")
+
+
+class _Base(Table):
+    wheels: Text | None = None
+    base_from: Text | None = Field(None, alias="from")
+
+
 METRIC_SOURCES = ("result.json", "summary")
 BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends/factory.py makes them
+
+
+class _Harness(Table):
+    metric_source: Literal[METRIC_SOURCES] | None = None  # type: ignore[valid-type]
+
+
+class _Backend(Table):
+    """`name`, and the chosen backend's own options (scalars; the backend checks them)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Scalar]
+    backend: Literal[BACKENDS] | None = Field(None, alias="name")  # type: ignore[valid-type]
+
+
+class _File(Table):
+    metric: _Metric = _Metric()
+    budget: _Budget = _Budget()
+    run: _Run = _Run()
+    resources: _Resources = _Resources()
+    policy: _Policy = _Policy()
+    base: _Base = _Base()
+    harness: _Harness = _Harness()
+    backend: _Backend = _Backend()
 
 
 def of_commit(files: Any, sha: str) -> Config:
@@ -76,51 +230,15 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
         raw = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"not valid TOML: {exc}") from None
-    spec: dict[str, Any] = {}
-    resources: dict[str, Any] = {}
-    other: dict[str, Any] = {}
-    backend = raw.pop("backend", {})
-    if not isinstance(backend, dict):
-        raise ConfigError(source, "[backend] must be a table")
-    for key, value in backend.items():
-        if not isinstance(value, (str, int, float, bool)):
-            raise ConfigError(source, f"backend.{key} must be a string, number or boolean: {value!r}")
-    backend_name = backend.pop("name", "local")
-    if backend_name not in BACKENDS:
-        raise ConfigError(source, f"backend.name must be one of {', '.join(BACKENDS)}, not {backend_name!r}")
-    other["backend"], other["backend_options"] = backend_name, tuple(sorted(backend.items()))
-    for section, values in raw.items():
-        if section not in _SCHEMA:
-            raise ConfigError(source, f"unknown section [{section}] (known: {', '.join(_SCHEMA)}, backend)")
-        if not isinstance(values, dict):
-            raise ConfigError(source, f"[{section}] must be a table")
-        for key, value in values.items():
-            if key not in _SCHEMA[section]:
-                raise ConfigError(source, f"unknown key {section}.{key} (known: {', '.join(_SCHEMA[section])})")
-            kind, name = _SCHEMA[section][key]
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise ConfigError(source, f"{section}.{key} has the wrong type: {value!r}")
-            if isinstance(value, (int, float)) and value < 0:
-                raise ConfigError(source, f"{section}.{key} must not be negative: {value!r}")
-            _check_minimum(source, section, key, value)
-            target = resources if section == "resources" else spec if section in ("metric", "budget", "run") else other
-            target["metric" if (section, key) == ("metric", "name") else name] = value
-    if spec.get("direction", "minimize") not in ("minimize", "maximize"):
-        raise ConfigError(source, f"metric.direction must be 'minimize' or 'maximize', not {spec['direction']!r}")
-    if other.get("metric_source", METRIC_SOURCES[0]) not in METRIC_SOURCES:
-        raise ConfigError(source, f"harness.metric_source must be 'result.json' or 'summary', not {other['metric_source']!r}")
-    run_spec = RunSpec(**spec, resources=Resources(**resources))
-    return Config(run_spec=run_spec, **other)
+    file = validate(_File, raw, source)
 
+    def given(*tables: Table) -> dict[str, Any]:
+        return {k: v for t in tables for k, v in t.model_dump(exclude_unset=True).items() if k in type(t).model_fields}
 
-def _check_minimum(source: str, section: str, key: str, value: Any) -> None:
-    bound = _MINIMUM.get((section, key))
-    if bound is None or not isinstance(value, (int, float)):
-        return
-    least, exclusive, why = bound
-    if value < least or (exclusive and value == least):
-        raise ConfigError(source, f"{section}.{key} must be {'more than' if exclusive else 'at least'} "
-                                  f"{least:g} ({why}): {value!r}")
+    run_spec = RunSpec(**given(file.metric, file.budget, file.run), resources=Resources(**given(file.resources)))
+    options = tuple(sorted((file.backend.model_extra or {}).items()))
+    return Config(run_spec=run_spec, **given(file.policy, file.base, file.harness, file.backend),
+                  backend_options=options)
 
 
 def load(path: Path) -> Config:

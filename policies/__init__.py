@@ -1,6 +1,6 @@
 """Declarative policies (TOML files beside this module) that gate what the research loop may run.
 
-Pure decision code: the standard library and `executor.types` only; no I/O but reading a policy file.
+Pure decision code: of ours, `executor.types` and executor.config's validator only; no I/O but reading a policy file.
 `default.toml` documents the schema; `strict.toml` tightens it. See `policies.rules` for the API.
 """
 

@@ -1,8 +1,9 @@
 """Policy rules: load a TOML policy and decide about proposals, specs, results and stopping.
 
-Pure decision code: imports only the standard library and `executor.types`; the only I/O is reading
-the policy file itself. Every rule table of a policy carries a one-line `reason`; every verdict
-names the rule that decided (`"forbidden[2]"`, `"scope.editable"`, ...) and says why, in one line.
+Pure decision code: of ours it imports only `executor.types` and executor.config's validator (and its
+errors), which reads a policy file as it reads sealab.toml; the only I/O is reading the policy file itself.
+Every rule table of a policy carries a one-line `reason`; every verdict names the rule that decided
+(`"forbidden[2]"`, `"scope.editable"`, ...) and says why, in one line.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import posixpath
 import re
 import statistics
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Literal, Mapping, Sequence
 
+from pydantic import AfterValidator, Field
+
+from executor.config import Flag, Int, Number, Table, Text, validate
 from executor.config import parse as parse_config
-from executor.errors import ConfigError
+from executor.errors import ConfigError, SealabError
 from executor.types import Resources, RunSpec
 
 POLICY_DIR = Path(__file__).parent
@@ -28,12 +32,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 CONFIG_PATH = "sealab.toml"  # the workspace file whose changes can raise run limits
 
 
-class PolicyError(Exception):
+class PolicyError(SealabError):
     """A policy that cannot be used: unknown name, bad TOML, a missing reason, an unknown key.
 
-    Its str() is one line naming the file and the problem. Not a `SealabError` (policies may not
-    import executor.errors), so the CLI must catch it explicitly; `exit_code` is 2 (bad input).
-    """
+    Its str() is one line naming the file and the problem; bad input, so exit code 2."""
 
     exit_code = 2
 
@@ -61,92 +63,113 @@ class Verdict:
 ALLOW = Verdict("allow")
 
 
-@dataclass(frozen=True)
-class Scope:
-    editable: tuple[str, ...]
-    protected: tuple[str, ...]
-    reason: str
+def _one_line(reason: str) -> str:
+    if not reason.strip() or "\n" in reason.strip():
+        raise ValueError("must be one non-empty line")
+    return reason.strip()
 
 
-@dataclass(frozen=True)
-class DiffLimit:
-    max_changed_lines: int
-    reason: str
+def _regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regex ({exc})") from None
+    return pattern
 
 
-@dataclass(frozen=True)
-class Forbidden:
-    pattern: str
-    reason: str
-    regex: re.Pattern[str] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+# The tables of a policy file, read by executor.config's validator: a key a table does not declare,
+# a value of the wrong type or out of range, and a table without its one-line reason fail to load.
+Reason = Annotated[Text, AfterValidator(_one_line), Field(description="every rule must say why it exists")]
+Globs = tuple[Annotated[Text, Field(min_length=1)], ...]
+_STATED = "every policy states every rule"
 
 
-@dataclass(frozen=True)
-class RunLimits:
-    max_budget_s: float
-    max_grace_s: float
-    max_memory_mb: int
-    max_gpus: int
-    max_pids: int
-    reason: str
-    max_cpus: float | None = None
-    max_tmp_mb: int | None = None
-    max_home_mb: int | None = None
-    network: bool = False
+class Scope(Table):
+    editable: Globs
+    protected: Globs
+    reason: Reason
 
 
-@dataclass(frozen=True)
-class Acceptance:
-    reason: str
-    min_delta: float = 0.001
-    noise_runs: int = 3
-    z: float = 2.0
+class DiffLimit(Table):
+    max_changed_lines: Int = Field(200, gt=0)
+    reason: Reason
 
 
-@dataclass(frozen=True)
-class Stop:
-    reason: str
-    max_experiments: int | None = None
-    max_hours: float | None = None
-    max_cost_usd: float | None = None
-    max_consecutive_crashes: int = 5
-    plateau: int = 30
+class Forbidden(Table):
+    pattern: Annotated[Text, AfterValidator(_regex)]
+    reason: Reason
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)  # re caches what it compiled
 
 
-@dataclass(frozen=True)
-class Gates:
-    reason: str
-    protected_paths: bool = True
-    raise_limits: bool = True
+class RunLimits(Table):
+    max_budget_s: Number = Field(gt=0)
+    max_grace_s: Number = Field(ge=0)
+    max_memory_mb: Int = Field(gt=0)
+    max_gpus: Int = Field(ge=0)
+    max_pids: Int = Field(gt=0)
+    max_cpus: Number | None = Field(None, gt=0)
+    max_tmp_mb: Int | None = Field(None, ge=0)
+    max_home_mb: Int | None = Field(None, ge=0)
+    network: Flag = False
+    reason: Reason
 
 
-@dataclass(frozen=True)
-class Drift:
-    reason: str
-    action: str = "restore"  # "restore": put the tree back to the commit and go on; "halt": stop the run
+class Acceptance(Table):
+    min_delta: Number = Field(0.001, ge=0)
+    noise_runs: Int = Field(3, gt=0)
+    z: Number = Field(2.0, ge=0)
+    reason: Reason
 
 
-@dataclass(frozen=True)
-class Retry:
-    reason: str
-    infra_error: int = 2  # runs of one commit lost to the engine (`infra_error`) that are retried
-    wait_s: float = 120.0  # how long to wait for the engine to answer again before each retry
+class Stop(Table):
+    max_experiments: Int | None = Field(None, gt=0)
+    max_hours: Number | None = Field(None, gt=0)
+    max_cost_usd: Number | None = Field(None, ge=0)
+    max_consecutive_crashes: Int = Field(5, gt=0)
+    plateau: Int = Field(30, gt=0)
+    reason: Reason
 
 
-@dataclass(frozen=True)
-class Policy:
+class Gates(Table):
+    protected_paths: Flag = True
+    raise_limits: Flag = True
+    reason: Reason
+
+
+class Drift(Table):
+    action: Literal["restore", "halt"] = "restore"  # restore: put the tree back to the commit and go on; halt: stop
+    reason: Reason
+
+
+class Retry(Table):
+    infra_error: Int = Field(2, ge=0)  # runs of one commit lost to the engine (`infra_error`) that are retried
+    wait_s: Number = Field(120.0, ge=0)  # how long to wait for the engine to answer again before each retry
+    reason: Reason
+
+
+class Rules(Table):
+    """A policy file: one table per rule; [[forbidden]] and [retry] may be left out."""
+
+    scope: Scope = Field(description=_STATED)
+    diff: DiffLimit = Field(description=_STATED)
+    forbidden: tuple[Forbidden, ...] = ()
+    run: RunLimits = Field(description=_STATED)
+    acceptance: Acceptance = Field(description=_STATED)
+    stop: Stop = Field(description=_STATED)
+    gates: Gates = Field(description=_STATED)
+    drift: Drift = Field(description=_STATED)
+    retry: Retry = Retry(reason="the shipped default: an experiment lost to the engine is run again twice")
+
+
+class Policy(Rules):
+    """The rules of one policy file, and which file: its name, path and `sha256:` digest of its bytes."""
+
     name: str
     path: str
-    digest: str  # "sha256:" of the file's bytes
-    scope: Scope
-    diff: DiffLimit
-    forbidden: tuple[Forbidden, ...]
-    run: RunLimits
-    acceptance: Acceptance
-    stop: Stop
-    gates: Gates
-    drift: Drift
-    retry: Retry = Retry("the shipped default: an experiment lost to the engine is run again twice")
+    digest: str
 
     def rules(self) -> tuple[tuple[str, str], ...]:
         """Every rule as (name, reason), in file order of sections; forbidden entries are numbered."""
@@ -159,29 +182,6 @@ class Policy:
 
 
 # ---------------------------------------------------------------- loading
-
-_INT, _NUM, _BOOL, _STR, _STRS = "int", "number", "bool", "string", "list of strings"
-# section -> key -> (kind, required); a missing optional key takes the dataclass default
-_SCHEMA: dict[str, dict[str, tuple[str, bool]]] = {
-    "scope": {"editable": (_STRS, True), "protected": (_STRS, True), "reason": (_STR, True)},
-    "diff": {"max_changed_lines": (_INT, False), "reason": (_STR, True)},
-    "forbidden": {"pattern": (_STR, True), "reason": (_STR, True)},
-    "run": {"max_budget_s": (_NUM, True), "max_grace_s": (_NUM, True), "max_memory_mb": (_INT, True),
-            "max_gpus": (_INT, True), "max_pids": (_INT, True), "max_cpus": (_NUM, False),
-            "max_tmp_mb": (_INT, False), "max_home_mb": (_INT, False), "network": (_BOOL, False),
-            "reason": (_STR, True)},
-    "acceptance": {"min_delta": (_NUM, False), "noise_runs": (_INT, False), "z": (_NUM, False),
-                   "reason": (_STR, True)},
-    "stop": {"max_experiments": (_INT, False), "max_hours": (_NUM, False), "max_cost_usd": (_NUM, False),
-             "max_consecutive_crashes": (_INT, False), "plateau": (_INT, False), "reason": (_STR, True)},
-    "gates": {"protected_paths": (_BOOL, False), "raise_limits": (_BOOL, False), "reason": (_STR, True)},
-    "drift": {"action": (_STR, False), "reason": (_STR, True)},
-    "retry": {"infra_error": (_INT, False), "wait_s": (_NUM, False), "reason": (_STR, True)},
-}
-_OPTIONAL_SECTIONS = ("forbidden", "retry")
-# limits that must be > 0 (the rest must be >= 0)
-_POSITIVE = {"max_budget_s", "max_memory_mb", "max_pids", "noise_runs", "max_experiments", "max_hours",
-             "max_consecutive_crashes", "plateau", "max_changed_lines", "max_cpus"}
 
 
 def policy_path(name: str) -> Path:
@@ -215,85 +215,18 @@ def parse_policy(data: bytes | str, *, source: str = "<policy>", name: str = "po
         raw = tomllib.loads(raw_bytes.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError(source, f"not valid TOML: {str(exc).splitlines()[0]}") from None
-
-    def fail(problem: str) -> PolicyError:
-        return PolicyError(source, problem)
-
-    for section in raw:
-        if section not in _SCHEMA:
-            raise fail(f"unknown section [{section}] (known: {', '.join(_SCHEMA)})")
-    missing = [s for s in _SCHEMA if s not in raw and s not in _OPTIONAL_SECTIONS]
-    if missing:
-        raise fail(f"missing section [{missing[0]}] (every policy states every rule)")
-
-    def table(label: str, section: str, values: Any) -> dict[str, Any]:
-        if not isinstance(values, dict):
-            raise fail(f"{label} must be a table")
-        spec = _SCHEMA[section]
-        for key in values:
-            if key not in spec:
-                raise fail(f"unknown key {label}.{key} (known: {', '.join(spec)})")
-        for key, (kind, required) in spec.items():
-            if key not in values:
-                if key == "reason":
-                    raise fail(f"{label} has no reason (every rule must say why it exists)")
-                if required:
-                    raise fail(f"{label} is missing {key}")
-                continue
-            value = values[key]
-            ok = {
-                _INT: isinstance(value, int) and not isinstance(value, bool),
-                _NUM: isinstance(value, (int, float)) and not isinstance(value, bool),
-                _BOOL: isinstance(value, bool),
-                _STR: isinstance(value, str),
-                _STRS: isinstance(value, list) and all(isinstance(v, str) and v for v in value),
-            }[kind]
-            if not ok:
-                raise fail(f"{label}.{key} must be a {kind}, not {value!r}")
-            if kind in (_INT, _NUM):
-                if not math.isfinite(value) or value < 0 or (key in _POSITIVE and value == 0):
-                    raise fail(f"{label}.{key} must be {'positive' if key in _POSITIVE else '>= 0'}: {value!r}")
-        reason = values["reason"]
-        if not reason.strip() or "\n" in reason.strip():
-            raise fail(f"{label}.reason must be one non-empty line")
-        return {k: (tuple(v) if isinstance(v, list) else v.strip() if k == "reason" else v)
-                for k, v in values.items()}
-
-    scope = Scope(**table("[scope]", "scope", raw["scope"]))
-    for pattern in scope.editable + scope.protected:
+    rules = validate(Rules, raw, source, PolicyError)
+    for pattern in rules.scope.editable + rules.scope.protected:
         if pattern.startswith("/") or ".." in pattern.split("/"):
-            raise fail(f"[scope] pattern {pattern!r} must be relative to the workspace")
-    for pattern in scope.editable:
-        clash = [p for p in scope.protected if fnmatch.fnmatchcase(pattern, p)]
+            raise PolicyError(source, f"[scope] pattern {pattern!r} must be relative to the workspace")
+    for pattern in rules.scope.editable:
+        clash = [p for p in rules.scope.protected if fnmatch.fnmatchcase(pattern, p)]
         if clash:
-            raise fail(f"[scope] {pattern!r} is both editable and protected ({clash[0]!r})")
-    diff = DiffLimit(**{"max_changed_lines": 200, **table("[diff]", "diff", raw["diff"])})
-
-    entries = raw.get("forbidden", [])
-    if not isinstance(entries, list):
-        raise fail("forbidden must be an array of tables: [[forbidden]]")
-    forbidden = []
-    for i, entry in enumerate(entries):
-        values = table(f"forbidden[{i}]", "forbidden", entry)
-        try:
-            regex = re.compile(values["pattern"])
-        except re.error as exc:
-            raise fail(f"forbidden[{i}].pattern is not a valid regex: {exc}") from None
-        forbidden.append(Forbidden(values["pattern"], values["reason"], regex))
-
-    run = RunLimits(**table("[run]", "run", raw["run"]))
-    if run.network:
-        raise fail("[run].network = true is not supported: experiments never have a network")
-    acceptance = Acceptance(**table("[acceptance]", "acceptance", raw["acceptance"]))
-    stop = Stop(**table("[stop]", "stop", raw["stop"]))
-    gates = Gates(**table("[gates]", "gates", raw["gates"]))
-    drift = Drift(**table("[drift]", "drift", raw["drift"]))
-    if drift.action not in ("restore", "halt"):
-        raise fail(f"[drift].action must be 'restore' or 'halt', not {drift.action!r}")
-    extra = {"retry": Retry(**table("[retry]", "retry", raw["retry"]))} if "retry" in raw else {}
+            raise PolicyError(source, f"[scope] {pattern!r} is both editable and protected ({clash[0]!r})")
+    if rules.run.network:
+        raise PolicyError(source, "run.network = true is not supported: experiments never have a network")
     return Policy(name=name, path=source, digest="sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
-                  scope=scope, diff=diff, forbidden=tuple(forbidden), run=run, acceptance=acceptance,
-                  stop=stop, gates=gates, drift=drift, **extra)
+                  **{key: getattr(rules, key) for key in Rules.model_fields})
 
 
 def policy_digest(policy: Policy) -> str:

@@ -1,6 +1,7 @@
 """Declarative policies (pure): loading, proposal checks, noise floor, keep/discard and stopping."""
 
 import hashlib
+import re
 import tomllib
 from pathlib import Path
 
@@ -115,15 +116,17 @@ def test_shipped_train_py_is_not_flagged(default, strict):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda t: t.replace('reason = "one experiment is one idea', 'why = "one experiment is one idea'),
-     "unknown key [diff].why"),
+     "unknown key diff.why (known: max_changed_lines, reason)"),
     (lambda t: t.replace('reason = "one experiment is one idea: small diffs keep results attributable '
                          'and reviewable"\n', ""), "[diff] has no reason"),
     (lambda t: t.replace('reason = "no network: an experiment depends only on its sealed inputs"\n', ""),
      "forbidden[0] has no reason"),
     (lambda t: t.replace('reason = "one experiment is one idea', 'reason = "   "\n#'), "must be one non-empty line"),
     (lambda t: t + "\n[extra]\nreason = 'x'\n", "unknown section [extra]"),
-    (lambda t: t.replace("max_changed_lines = 200", "max_changed_lines = 'many'"), "must be a int"),
-    (lambda t: t.replace("max_changed_lines = 200", "max_changed_lines = 0"), "must be positive"),
+    (lambda t: t.replace("max_changed_lines = 200", "max_changed_lines = 'many'"),
+     "diff.max_changed_lines has the wrong type: expected an integer, found 'many'"),
+    (lambda t: t.replace("max_changed_lines = 200", "max_changed_lines = 0"),
+     "diff.max_changed_lines must be more than 0: 0"),
     (lambda t: t.replace("network = false", "network = true"), "network = true is not supported"),
     (lambda t: t.replace("\\b(?:socket", "(?:socket(", 1), "forbidden[0].pattern is not a valid regex"),
     (lambda t: t.replace('editable = ["train.py"]', 'editable = ["train.py", "prepare.py"]'),
@@ -156,6 +159,84 @@ def test_unknown_policy_name_lists_the_known_ones():
         load_policy("lenient")
     with pytest.raises(PolicyError, match="cannot be read"):
         load_policy("/nonexistent/policy.toml")
+
+
+@pytest.mark.parametrize("name", ["default", "strict"])
+def test_a_rule_table_without_its_reason_does_not_load(name):
+    """Every rule table of a shipped policy, each [[forbidden]] entry and the optional [retry] included,
+    fails to load once its reason line is removed, and the message names that table."""
+    text = (POLICY_DIR / f"{name}.toml").read_text()
+    raw = tomllib.loads(text)
+    checked = []
+    for reason in re.finditer(r"^reason = .*\n", text, flags=re.M):
+        headers = re.findall(r"^\[\[?(\w+)\]\]?$", text[:reason.start()], flags=re.M)
+        table = f"forbidden[{headers.count('forbidden') - 1}]" if headers[-1] == "forbidden" else f"[{headers[-1]}]"
+        with pytest.raises(PolicyError) as info:
+            parse_policy(text[:reason.start()] + text[reason.end():], source="cut.toml")
+        assert str(info.value) == f"cut.toml: {table} has no reason (every rule must say why it exists)"
+        checked.append(table)
+    assert len(checked) == len(set(checked)) == len(raw) - 1 + len(raw["forbidden"]) >= 12
+
+
+@pytest.mark.parametrize("old, new, line", [
+    ('editable = ["train.py"]', 'editable = "train.py"',
+     "scope.editable has the wrong type: expected an array, found 'train.py'"),
+    ('editable = ["train.py"]', 'editable = ["train.py", ""]', "scope.editable[1] must not be empty"),
+    ("max_pids = 4096", "max_pids = 4096.5", "run.max_pids has the wrong type: expected an integer, found 4096.5"),
+    ("max_budget_s = 3600", "max_budget_s = '1h'",
+     "run.max_budget_s has the wrong type: expected a number, found '1h'"),
+    ("network = false", "network = 0", "run.network has the wrong type: expected a boolean, found 0"),
+    ("z = 2.0", "z = nan", "acceptance.z must be a finite number, not nan"),
+    ("max_gpus = 8", "max_gpus = -1", "run.max_gpus must not be negative: -1"),
+    ('action = "restore"', 'action = "ignore"', "drift.action must be 'restore' or 'halt', not 'ignore'"),
+])
+def test_a_wrong_value_in_a_policy_names_expected_and_found(old, new, line):
+    """Policy files go through the same validator as sealab.toml: a wrong type or value is one line with
+    the file, the dotted field, what it must be and what was found."""
+    text = DEFAULT_TEXT.replace(old, new, 1)
+    assert text != DEFAULT_TEXT
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, source="p.toml")
+    assert str(info.value) == f"p.toml: {line}"
+
+
+def test_a_single_forbidden_table_asks_for_an_array_of_them():
+    """[forbidden] written as one table, not an array of tables, says which form it must have."""
+    start, end = DEFAULT_TEXT.index("[[forbidden]]"), DEFAULT_TEXT.index("\n[run]\n")
+    text = DEFAULT_TEXT[:start] + '[forbidden]\npattern = "x"\nreason = "r"\n' + DEFAULT_TEXT[end:]
+    with pytest.raises(PolicyError, match=r"^p\.toml: \[forbidden\] has the wrong type: expected an array of "
+                                          r"tables \(\[\[forbidden\]\]\), found \{'pattern': 'x', 'reason': 'r'\}$"):
+        parse_policy(text, source="p.toml")
+
+
+def test_policy_error_is_a_sealab_error_with_exit_code_2():
+    """PolicyError is part of sealab's error tree (bad input, exit 2), so whatever catches SealabError
+    catches an unusable policy too."""
+    from executor.errors import SealabError
+
+    with pytest.raises(SealabError) as info:
+        load_policy("lenient")
+    assert isinstance(info.value, PolicyError) and info.value.exit_code == 2
+    assert (info.value.source, info.value.problem) == (str(POLICY_DIR / "lenient.toml"),
+                                                       "no policy 'lenient' (known: default, strict)")
+
+
+def test_a_bad_policy_stops_sealab_run_with_one_line_and_exit_2(tmp_path, monkeypatch):
+    """`sealab run` in a workspace whose sealab.toml names a broken policy file: the generic SealabError
+    handler of the CLI prints one line naming the file and the problem, and exits 2 (no traceback)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from agent import cli
+
+    bad = tmp_path / "mine.toml"
+    bad.write_text(DEFAULT_TEXT.replace("max_changed_lines = 200", "max_changed_lines = 0"))
+    workspace = SimpleNamespace(config=lambda: SimpleNamespace(policy=str(bad)))
+    monkeypatch.setattr(cli, "_open", lambda ctx, **kw: (workspace, None, None))  # no Docker, no ledger
+    result = CliRunner().invoke(cli.main, ["run", "--proposer", "offline"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"sealab: error: {bad}: diff.max_changed_lines must be more than 0: 0\n"
 
 
 # ---------------------------------------------------------------- proposals
