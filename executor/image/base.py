@@ -26,14 +26,12 @@ Docker is reached only through executor.image.docker_build and executor.docker_e
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from executor.image import assemble, docker_build, rootfs
+from executor.image.layer import Entry, write_archive, write_layer
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
 from executor.types import BaseImage, canonical_json, sha256_hex
@@ -267,30 +266,11 @@ def _from_image(api: Any, source: str, progress: Progress) -> str:
 
 # -- the build ----------------------------------------------------------------------------------------
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, int(rootfs.SOURCE_DATE_EPOCH)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_context(out: IO[bytes], dockerfile: bytes, prepare_data: bytes, wheels: Sequence[Wheel]) -> None:
-    """The build context tar, laid out like the repository so Dockerfile.train also builds by hand."""
-    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = int(rootfs.SOURCE_DATE_EPOCH)
-        info.mode = 0o644
-        return info
-
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, CONTEXT_DOCKERFILE, dockerfile)
-        for d in ("executor", "executor/scaffold", CONTEXT_WHEELS):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(rootfs.SOURCE_DATE_EPOCH)
-            tar.addfile(info)
-        _add_bytes(tar, CONTEXT_PREPARE_DATA, prepare_data)
-        for wheel in sorted(wheels, key=lambda w: w.name):
-            tar.add(wheel.path, arcname=f"{CONTEXT_WHEELS}/{wheel.name}", recursive=False, filter=normalise)
+    """The build context tar, laid out like the repository so Dockerfile.train also builds by hand
+    (written like a layer: layer.write_layer, the wheels streamed from disk)."""
+    write_layer([Entry(CONTEXT_DOCKERFILE, dockerfile), Entry(CONTEXT_PREPARE_DATA, prepare_data),
+                 *(Entry(f"{CONTEXT_WHEELS}/{w.name}", source=w.path) for w in wheels)], out)
 
 
 def _built(api: Any, base_id: str, source_label: str, cache_dir: Path, dockerfile_bytes: bytes,
@@ -345,7 +325,7 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
             labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
         archive = work / "base.tar"
         with archive.open("wb") as fh:
-            assemble.write_archive(fh, config, layers, tag)
+            write_archive(fh, config, layers, tag)
         with archive.open("rb") as fh:
             load_stream(api, fh)
     finally:
