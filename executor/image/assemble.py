@@ -1,7 +1,7 @@
 """Deterministic assembly of the offline base image: unchanged inputs give the same image ID anywhere.
 
 The classic builder stamps build times into every image, so the offline base is not built but written
-by hand, with the same layer writer as experiment images (layer.py): this module
+by hand, with the layer writer and config builder that experiment images use (layer.py); this module
 only decides what goes into its three layers, whose bytes depend only on their inputs:
 
   1. rootfs  the Debian tree from mmdebstrap, as it is (reproducible with SOURCE_DATE_EPOCH)
@@ -12,8 +12,8 @@ only decides what goes into its three layers, whose bytes depend only on their i
              from the rootfs's own standard library
 Layers 2 and 3 are trees on disk streamed into tar files (layer.tree_entries, layer.write_layer):
 sorted, fixed mtime, owner 0:0 (uid 1000 where the container user must write). The config is
-canonical JSON with a fixed `created`; its sha256 is the ID. base.py loads the
-result with layer.write_archive.
+layer.image_config's canonical JSON with a fixed `created`; its sha256 is the ID. base.py loads
+the result through layer.write_archive.
 `Dockerfile.train` still builds the `--from IMAGE` variant, where nothing can be made reproducible.
 """
 
@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from executor.errors import BaseImageError
-from executor.image.layer import CREATED, tree_entries, write_layer
-from executor.types import canonical_json, sha256_hex
+from executor.image.layer import image_config, tree_entries, write_layer
+from executor.types import sha256_hex
 
 PYTHON = "python3.11"  # bookworm's interpreter; the wheels and the .pyc files are for it
 SITE = f"usr/local/lib/{PYTHON}/dist-packages"
 ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
        "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONHASHSEED=0", "HOME=/home/sealab")
 USER_DIRS = {"home/sealab": (1000, 1000), "out": (1000, 1000)}
+LAYERS = ("rootfs", "torch", "sealab")
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
 
 
@@ -129,14 +130,9 @@ def rootfs_python_version(rootfs_tar: Path) -> str:
 
 
 def config_bytes(diff_ids: Sequence[str], labels: dict[str, str]) -> bytes:
-    """The canonical image config of the assembled base."""
-    return canonical_json({
-        "architecture": "amd64", "os": "linux", "created": CREATED,
-        "config": {"Env": list(ENV), "Cmd": ["python3"], "Labels": dict(sorted(labels.items()))},
-        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
-        "history": [{"created": CREATED, "created_by": f"sealab base layer {name}"}
-                    for name in ("rootfs", "torch", "sealab")],
-    })
+    """The canonical image config of the assembled base (layer.image_config with the base's settings)."""
+    return image_config(diff_ids=diff_ids, env=ENV, cmd=["python3"], labels=labels,
+                        created_by=[f"sealab base layer {name}" for name in LAYERS])
 
 
 def assemble(*, rootfs_tar: Path, wheels: Sequence[Path], prepare_data: Path, work: Path, labels: dict[str, str],

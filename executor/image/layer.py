@@ -1,4 +1,4 @@
-"""The one layer writer and `docker load` archive writer of every sealab image, and experiment configs.
+"""The one layer writer, config builder and `docker load` archive writer of every sealab image.
 
 Experiment images (seal.py) and the offline base (assemble.py) are both made here, byte for byte,
 by hand rather than by `docker build`: the classic builder stamps build times into every layer and
@@ -130,33 +130,40 @@ def tree_entries(root: Path, owners: Mapping[str, tuple[int, int]] | None = None
 
 def image_config(
     *,
-    base_diff_ids: Iterable[str],
-    layer_digest: str,
+    diff_ids: Sequence[str],
     env: Iterable[str],
     cmd: Iterable[str],
     labels: Mapping[str, str],
+    created_by: Sequence[str] | None = None,
     architecture: str = "amd64",
     os: str = "linux",
-    user: str = "1000:1000",
-    workdir: str = "/workspace",
+    user: str | None = None,
+    workdir: str | None = None,
 ) -> bytes:
-    """The canonical config JSON of base layers + one new layer; its sha256 is the image ID."""
-    diff_ids = [*base_diff_ids, layer_digest]
-    config = {
+    """The canonical config JSON of an image with these layers; its sha256 is the image ID.
+
+    `created_by` names each layer in the history (default "sealab layer <i>"); `user` and `workdir`
+    are left out of the config when None (the engine's defaults: root, /).
+    """
+    diff_ids = list(diff_ids)
+    if created_by is None:
+        created_by = [f"sealab layer {i}" for i in range(len(diff_ids))]
+    if len(created_by) != len(diff_ids):
+        raise ValueError(f"an image config needs one history entry per layer: {len(diff_ids)} layers, "
+                         f"{len(created_by)} history entries")
+    runtime: dict[str, object] = {"Env": list(env), "Cmd": list(cmd), "Labels": dict(sorted(labels.items()))}
+    if user is not None:
+        runtime["User"] = user
+    if workdir is not None:
+        runtime["WorkingDir"] = workdir
+    return canonical_json({
         "architecture": architecture,
         "os": os,
         "created": CREATED,
-        "config": {
-            "Env": list(env),
-            "Cmd": list(cmd),
-            "Labels": dict(sorted(labels.items())),
-            "User": user,
-            "WorkingDir": workdir,
-        },
+        "config": runtime,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created": CREATED, "created_by": f"sealab layer {i}"} for i in range(len(diff_ids))],
-    }
-    return canonical_json(config)
+        "history": [{"created": CREATED, "created_by": name} for name in created_by],
+    })
 
 
 def image_id(config: bytes) -> str:

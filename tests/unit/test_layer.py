@@ -1,6 +1,6 @@
-"""The one layer writer and archive writer (executor/image/layer.py) that experiment images and the
-offline base share: same entries, same bytes; streamed from disk; and the bytes the base's own writer
-produced before it was merged into these (golden sha256 values)."""
+"""The one layer writer, config builder and archive writer (executor/image/layer.py) that experiment
+images and the offline base share: same entries, same bytes; streamed from disk; and the bytes the
+base's own writer and builder produced before they were merged into these (golden sha256 values)."""
 
 import io
 import json
@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from executor.image import assemble
-from executor.image.layer import EPOCH, Entry, layer_tar, tree_entries, write_archive, write_layer
+from executor.image.layer import EPOCH, Entry, image_config, layer_tar, tree_entries, write_archive, write_layer
 from executor.types import sha256_hex
 
-# Computed with assemble.dir_layer as it was before issue 12 merged the base's writer into layer.py
-# (commit 7e236fd): the offline base's bytes must not move.
+# Computed with assemble.dir_layer and assemble.config_bytes as they were before issue 12 merged the
+# base's writer and builder into layer.py (commit 7e236fd): the offline base's bytes must not move.
 GOLDEN_TREE_LAYER = "sha256:796802c6d07016740463c068137fb1c27a50010aab853e511549074226df3423"
+GOLDEN_BASE_CONFIG = "78acd001426f6311eca23d1378d337a9dab4684865be4090b3948d51db85efec"
 
 
 def small_tree(root: Path) -> Path:
@@ -97,6 +98,24 @@ def test_tree_layer_bytes_are_the_bases_as_before(tmp_path):
     assert modes == {"home": ("0o755", 0), "home/sealab": ("0o755", 1000), "out": ("0o755", 1000),
                      "usr": ("0o755", 0), "usr/bin": ("0o755", 0), "usr/bin/tool": ("0o755", 0),
                      "usr/lib": ("0o755", 0), "usr/lib/a.py": ("0o644", 0), "usr/lib/link": ("0o777", 0)}
+
+
+def test_base_config_is_the_one_assemble_built_before():
+    """The offline base's config, now made by the shared builder, has the bytes (and so the image ID)
+    the base's own builder gave for the same layers and labels: no User or WorkingDir, one named
+    history entry per layer."""
+    diff_ids = ["sha256:" + c * 64 for c in "123"]
+    config = assemble.config_bytes(diff_ids, {"sealab.recipe": "sha256:" + "9" * 64, "sealab.source": "offline:bookworm"})
+    assert sha256_hex(config) == GOLDEN_BASE_CONFIG
+    parsed = json.loads(config)
+    assert "User" not in parsed["config"] and "WorkingDir" not in parsed["config"]
+    assert [h["created_by"] for h in parsed["history"]] == ["sealab base layer " + n for n in assemble.LAYERS]
+
+
+def test_config_needs_one_history_entry_per_layer():
+    """A history that does not match the layers is refused with both counts."""
+    with pytest.raises(ValueError, match="2 layers, 1 history entries"):
+        image_config(diff_ids=["sha256:a", "sha256:b"], env=[], cmd=[], labels={}, created_by=["only one"])
 
 
 def test_archive_lists_every_layer_and_holds_those_given(tmp_path):
