@@ -12,8 +12,9 @@ Steps, each reported as progress(step, detail):
   rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.image.rootfs, cached
                    under cache_dir/rootfs)
   recipe           no --from: sha256 over the rootfs tar, the wheels, prepare_data.py and the assembly
-                   version; the image is assembled deterministically (executor.image.assemble), so the same
-                   recipe gives the same image ID on any machine, and a known one is reused unbuilt.
+                   code (assemble.py and layer.py, which write the image's bytes); the image is assembled
+                   deterministically (executor.image.assemble), so the same recipe gives the same
+                   image ID on any machine, and a known one is reused unbuilt.
                    --from: sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the
                    wheels; an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
   assemble         one call per layer of the assembled base
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from executor.image import assemble, docker_build, rootfs
+from executor.image import assemble, docker_build, layer, rootfs
 from executor.image.layer import Entry, write_archive, write_layer
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
@@ -302,12 +303,13 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
                prepare_bytes: bytes, tag: str, rebuild: bool, progress: Progress) -> tuple[str, str]:
     """The offline base, assembled deterministically (executor.image.assemble): same inputs, same image ID.
 
-    The recipe (rootfs tar, wheels, prepare_data.py, the assembly code) maps to the image ID in
-    cache_dir/assembled/, so an unchanged recipe whose image the engine holds is reused unbuilt.
+    The recipe (rootfs tar, wheels, prepare_data.py, the assembly code: assemble.py and layer.py) maps
+    to the image ID in cache_dir/assembled/, so an unchanged recipe whose image the engine holds is
+    reused unbuilt.
     """
     tar, _key = rootfs.ensure_rootfs(cache_dir, sources=sources, progress=lambda line: progress("rootfs", line))
     recipe = "sha256:" + sha256_hex(canonical_json({
-        "assembly": sha256_hex(Path(assemble.__file__).read_bytes()), "rootfs": assemble.file_digest(tar),
+        "assembly": _assembly_code(), "rootfs": assemble.file_digest(tar),
         "wheels": sorted((w.name, w.sha256) for w in wheels), "prepare_data": sha256_hex(prepare_bytes)}))
     known = cache_dir / "assembled" / f"{recipe.removeprefix('sha256:')}.json"
     if not rebuild and known.is_file():
@@ -406,6 +408,12 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     progress("done", f"{base.image_id} ({info.get('Size', 0) / 1e6:.0f} MB, {len(base.diff_ids)} layers) "
                      f"in {time.monotonic() - started:.1f} s")
     return base
+
+
+def _assembly_code() -> str:
+    """sha256 over the code that writes the offline base's bytes: assemble.py, and layer.py's writer and builder."""
+    return sha256_hex(b"".join(sha256_hex(Path(module.__file__).read_bytes()).encode()
+                               for module in (assemble, layer)))
 
 
 def _tmp_dir(cache_dir: Path) -> Path:

@@ -135,3 +135,18 @@ def test_archive_lists_every_layer_and_holds_those_given(tmp_path):
     assert names == [sha256_hex(config) + ".json", "f/layer.tar", "m/layer.tar", "manifest.json"]
     assert manifest == [{"Config": sha256_hex(config) + ".json", "RepoTags": None,
                          "Layers": ["1" * 64 + "/layer.tar", "f/layer.tar", "m/layer.tar"]}]
+
+
+def test_base_recipe_covers_the_shared_writer(tmp_path, monkeypatch):
+    """The offline base's recipe hashes layer.py as well as assemble.py: a change to either, which may
+    change the base's bytes, is a new recipe, so a cached base is not reused for it."""
+    from executor.image import base, layer
+
+    before = base._assembly_code()
+    for module in (layer, assemble):
+        changed = tmp_path / f"{module.__name__}.py"
+        changed.write_bytes(Path(module.__file__).read_bytes() + b"\n# changed\n")
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__file__", str(changed))
+            assert base._assembly_code() != before
+    assert base._assembly_code() == before
