@@ -1,6 +1,7 @@
 """Pure sealing: a commit + a base + a run spec → the exact bytes of an image, and so its ID.
 
-Nothing here talks to git or Docker; the same inputs give the same image ID on any machine.
+Nothing here talks to git or Docker; the bytes are written by layer.py's layer writer and config
+builder (the ones the offline base uses too), so the same inputs give the same image ID on any machine.
 With `hide_val` the layer also holds an OCI whiteout of the base's validation split
 (/opt/sealab/data/.wh.val.bin), so the experiment image has no val.bin: train.py can neither train
 on it nor look targets up, and the metric is computed by the orchestrator (executor/evaluate.py).
