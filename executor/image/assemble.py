@@ -1,7 +1,8 @@
 """Deterministic assembly of the offline base image: unchanged inputs give the same image ID anywhere.
 
-The classic builder stamps build times into every image, so the offline base is assembled the way
-experiment images are (see layer.py), from three layers whose bytes depend only on their inputs:
+The classic builder stamps build times into every image, so the offline base is not built but written
+by hand, with the layer writer and config builder that experiment images use (layer.py); this module
+only decides what goes into its three layers, whose bytes depend only on their inputs:
 
   1. rootfs  the Debian tree from mmdebstrap, as it is (reproducible with SOURCE_DATE_EPOCH)
   2. torch   the wheels installed on the host with `pip install --target` (no network, no compile),
@@ -9,8 +10,10 @@ experiment images are (see layer.py), from three layers whose bytes depend only 
              console scripts are left out (their text depends on the host's pip and interpreter)
   3. sealab  /home/sealab and /out (uid 1000), /sealab, and /opt/sealab/data made by prepare_data.py
              from the rootfs's own standard library
-Every layer is a tar written in sorted order with a fixed mtime and owner 0:0 (uid 1000 where the
-container user must write). The config is canonical JSON with a fixed `created`; its sha256 is the ID.
+Layers 2 and 3 are trees on disk streamed into tar files (layer.tree_entries, layer.write_layer):
+sorted, fixed mtime, owner 0:0 (uid 1000 where the container user must write). The config is
+layer.image_config's canonical JSON with a fixed `created`; its sha256 is the ID. base.py loads
+the result through layer.write_archive.
 `Dockerfile.train` still builds the `--from IMAGE` variant, where nothing can be made reproducible.
 """
 
@@ -18,74 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import Callable, Sequence
 
 from executor.errors import BaseImageError
-from executor.image.layer import CREATED, EPOCH
-from executor.types import canonical_json, sha256_hex
+from executor.image.layer import image_config, tree_entries, write_layer
+from executor.types import sha256_hex
 
 PYTHON = "python3.11"  # bookworm's interpreter; the wheels and the .pyc files are for it
 SITE = f"usr/local/lib/{PYTHON}/dist-packages"
 ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
        "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONHASHSEED=0", "HOME=/home/sealab")
 USER_DIRS = {"home/sealab": (1000, 1000), "out": (1000, 1000)}
+LAYERS = ("rootfs", "torch", "sealab")
 PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
 
 
-class _Hashing:
-    """A write-only file wrapper that hashes what passes through it."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out, self.sha = out, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        return self.out.write(data)
-
-
-def dir_layer(root: Path, out: IO[bytes], owners: dict[str, tuple[int, int]] | None = None) -> str:
-    """Write the tree under `root` as a deterministic layer tar into `out`; return its diff ID.
-
-    Sorted entries, parents first; mtime EPOCH; owner 0:0 unless `owners` names the path; dirs 0755,
-    files 0755 if any execute bit is set else 0644; symlinks kept.
-    """
-    owners = owners or {}
-    sink = _Hashing(out)
-    paths: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        base = Path(dirpath)
-        paths += [base / d for d in dirnames] + [base / f for f in sorted(filenames)]
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(paths, key=lambda p: p.relative_to(root).parts):
-            rel = path.relative_to(root).as_posix()
-            info = tarfile.TarInfo(rel)
-            info.mtime, info.uname, info.gname = EPOCH, "", ""
-            info.uid, info.gid = owners.get(rel, (0, 0))
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                info.type, info.linkname, info.mode = tarfile.SYMTYPE, os.readlink(path), 0o777
-                tar.addfile(info)
-            elif stat.S_ISDIR(mode):
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.mode = 0o755 if mode & 0o111 else 0o644
-                info.size = path.stat().st_size
-                with path.open("rb") as fh:
-                    tar.addfile(info, fh)
-    return "sha256:" + sink.sha.hexdigest()
-
-
 def file_digest(path: Path) -> str:
+    """The diff ID of a layer file already on disk (the rootfs tar), read in chunks."""
     sha = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -172,31 +130,9 @@ def rootfs_python_version(rootfs_tar: Path) -> str:
 
 
 def config_bytes(diff_ids: Sequence[str], labels: dict[str, str]) -> bytes:
-    """The canonical image config of the assembled base."""
-    return canonical_json({
-        "architecture": "amd64", "os": "linux", "created": CREATED,
-        "config": {"Env": list(ENV), "Cmd": ["python3"], "Labels": dict(sorted(labels.items()))},
-        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
-        "history": [{"created": CREATED, "created_by": f"sealab base layer {name}"}
-                    for name in ("rootfs", "torch", "sealab")],
-    })
-
-
-def write_archive(out: IO[bytes], config: bytes, layers: Sequence[tuple[str, Path]], tag: str) -> None:
-    """A `docker save` archive of the config and every layer file (streamed from disk)."""
-    config_name = sha256_hex(config) + ".json"
-    entries = [f"{diff.removeprefix('sha256:')}/layer.tar" for diff, _ in layers]
-    manifest = canonical_json([{"Config": config_name, "RepoTags": [tag], "Layers": entries}])
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in ((config_name, config), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), EPOCH
-            tar.addfile(info, io.BytesIO(data))
-        for name, (_, path) in zip(entries, layers):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = path.stat().st_size, EPOCH
-            with path.open("rb") as fh:
-                tar.addfile(info, fh)
+    """The canonical image config of the assembled base (layer.image_config with the base's settings)."""
+    return image_config(diff_ids=diff_ids, env=ENV, cmd=["python3"], labels=labels,
+                        created_by=[f"sealab base layer {name}" for name in LAYERS])
 
 
 def assemble(*, rootfs_tar: Path, wheels: Sequence[Path], prepare_data: Path, work: Path, labels: dict[str, str],
@@ -213,7 +149,7 @@ def assemble(*, rootfs_tar: Path, wheels: Sequence[Path], prepare_data: Path, wo
         make(tree)
         path = work / f"{name}.tar"
         with path.open("wb") as fh:
-            diff = dir_layer(tree, fh, owners)
+            diff = write_layer(tree_entries(tree, owners), fh)
         shutil.rmtree(tree, ignore_errors=True)
         layers.append((diff, path))
         progress("assemble", f"{name} layer {diff[:19]} ({path.stat().st_size / 1e6:.0f} MB)")

@@ -12,8 +12,9 @@ Steps, each reported as progress(step, detail):
   rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.image.rootfs, cached
                    under cache_dir/rootfs)
   recipe           no --from: sha256 over the rootfs tar, the wheels, prepare_data.py and the assembly
-                   version; the image is assembled deterministically (executor.image.assemble), so the same
-                   recipe gives the same image ID on any machine, and a known one is reused unbuilt.
+                   code (assemble.py and layer.py, which write the image's bytes); the image is assembled
+                   deterministically (executor.image.assemble), so the same recipe gives the same
+                   image ID on any machine, and a known one is reused unbuilt.
                    --from: sha256 over Dockerfile.train, prepare_data.py, the FROM image ID and the
                    wheels; an image whose own build labelled it sealab.recipe=<it> is reused, unbuilt
   assemble         one call per layer of the assembled base
@@ -26,14 +27,12 @@ Docker is reached only through executor.image.docker_build and executor.docker_e
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from executor.image import assemble, docker_build, rootfs
+from executor.image import assemble, docker_build, layer, rootfs
+from executor.image.layer import Entry, write_archive, write_layer
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
 from executor.types import BaseImage, canonical_json, sha256_hex
@@ -267,30 +267,11 @@ def _from_image(api: Any, source: str, progress: Progress) -> str:
 
 # -- the build ----------------------------------------------------------------------------------------
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, int(rootfs.SOURCE_DATE_EPOCH)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_context(out: IO[bytes], dockerfile: bytes, prepare_data: bytes, wheels: Sequence[Wheel]) -> None:
-    """The build context tar, laid out like the repository so Dockerfile.train also builds by hand."""
-    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mtime = int(rootfs.SOURCE_DATE_EPOCH)
-        info.mode = 0o644
-        return info
-
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        _add_bytes(tar, CONTEXT_DOCKERFILE, dockerfile)
-        for d in ("executor", "executor/scaffold", CONTEXT_WHEELS):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(rootfs.SOURCE_DATE_EPOCH)
-            tar.addfile(info)
-        _add_bytes(tar, CONTEXT_PREPARE_DATA, prepare_data)
-        for wheel in sorted(wheels, key=lambda w: w.name):
-            tar.add(wheel.path, arcname=f"{CONTEXT_WHEELS}/{wheel.name}", recursive=False, filter=normalise)
+    """The build context tar, laid out like the repository so Dockerfile.train also builds by hand
+    (written like a layer: layer.write_layer, the wheels streamed from disk)."""
+    write_layer([Entry(CONTEXT_DOCKERFILE, dockerfile), Entry(CONTEXT_PREPARE_DATA, prepare_data),
+                 *(Entry(f"{CONTEXT_WHEELS}/{w.name}", source=w.path) for w in wheels)], out)
 
 
 def _built(api: Any, base_id: str, source_label: str, cache_dir: Path, dockerfile_bytes: bytes,
@@ -322,12 +303,13 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
                prepare_bytes: bytes, tag: str, rebuild: bool, progress: Progress) -> tuple[str, str]:
     """The offline base, assembled deterministically (executor.image.assemble): same inputs, same image ID.
 
-    The recipe (rootfs tar, wheels, prepare_data.py, the assembly code) maps to the image ID in
-    cache_dir/assembled/, so an unchanged recipe whose image the engine holds is reused unbuilt.
+    The recipe (rootfs tar, wheels, prepare_data.py, the assembly code: assemble.py and layer.py) maps
+    to the image ID in cache_dir/assembled/, so an unchanged recipe whose image the engine holds is
+    reused unbuilt.
     """
     tar, _key = rootfs.ensure_rootfs(cache_dir, sources=sources, progress=lambda line: progress("rootfs", line))
     recipe = "sha256:" + sha256_hex(canonical_json({
-        "assembly": sha256_hex(Path(assemble.__file__).read_bytes()), "rootfs": assemble.file_digest(tar),
+        "assembly": _assembly_code(), "rootfs": assemble.file_digest(tar),
         "wheels": sorted((w.name, w.sha256) for w in wheels), "prepare_data": sha256_hex(prepare_bytes)}))
     known = cache_dir / "assembled" / f"{recipe.removeprefix('sha256:')}.json"
     if not rebuild and known.is_file():
@@ -345,7 +327,7 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
             labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
         archive = work / "base.tar"
         with archive.open("wb") as fh:
-            assemble.write_archive(fh, config, layers, tag)
+            write_archive(fh, config, layers, tag)
         with archive.open("rb") as fh:
             load_stream(api, fh)
     finally:
@@ -426,6 +408,12 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     progress("done", f"{base.image_id} ({info.get('Size', 0) / 1e6:.0f} MB, {len(base.diff_ids)} layers) "
                      f"in {time.monotonic() - started:.1f} s")
     return base
+
+
+def _assembly_code() -> str:
+    """sha256 over the code that writes the offline base's bytes: assemble.py, and layer.py's writer and builder."""
+    return sha256_hex(b"".join(sha256_hex(Path(module.__file__).read_bytes()).encode()
+                               for module in (assemble, layer)))
 
 
 def _tmp_dir(cache_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Docker adapter for the base image: import a root file system, build, find, inspect, read a file.
+"""Docker adapter for the base image: build, pull by digest, find, tag, inspect, read a file.
 
 The base-image half of the Docker adapter (docker_engine.py holds the experiment half). Everything
 talks to the engine through docker-py's low-level APIClient, and every docker error is translated

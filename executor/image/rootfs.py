@@ -15,11 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from executor.errors import BaseImageError
+from executor.image.layer import EPOCH
 from executor.types import canonical_json, sha256_hex
 
 SUITE = "bookworm"
 SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
-SOURCE_DATE_EPOCH = "1700000000"
+SOURCE_DATE_EPOCH = str(EPOCH)  # the mtime mmdebstrap stamps, the same as every layer entry's
 PACKAGES = ("python3", "python3-pip")
 MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 

@@ -1,6 +1,7 @@
 """Pure sealing: a commit + a base + a run spec → the exact bytes of an image, and so its ID.
 
-Nothing here talks to git or Docker; the same inputs give the same image ID on any machine.
+Nothing here talks to git or Docker; the bytes are written by layer.py's layer writer and config
+builder (the ones the offline base uses too), so the same inputs give the same image ID on any machine.
 With `hide_val` the layer also holds an OCI whiteout of the base's validation split
 (/opt/sealab/data/.wh.val.bin), so the experiment image has no val.bin: train.py can neither train
 on it nor look targets up, and the metric is computed by the orchestrator (executor/evaluate.py).
@@ -19,6 +20,8 @@ TRAIN_PATH = "train.py"
 HARNESS_PATH = "prepare.py"
 RUN_SPEC_PATH = "/sealab/run_spec.json"
 CMD = ("python3", "/workspace/prepare.py")
+USER = "1000:1000"  # the container user (uid 1000 owns /home/sealab and /out in the base)
+WORKDIR = "/workspace"
 REVISION = "org.opencontainers.image.revision"
 TAG_REPO = "sealab/exp"
 # The whiteout of the base's validation split: an empty file named .wh.<name> beside it hides it in
@@ -92,7 +95,7 @@ def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool |
         entries.append(Entry(VAL_WHITEOUT, b"", 0o644))
     layer = layer_tar(entries)
     config = image_config(
-        base_diff_ids=base.diff_ids, layer_digest="sha256:" + sha256_hex(layer), env=base.env, cmd=CMD,
-        labels=labels, architecture=base.architecture, os=base.os,
+        diff_ids=[*base.diff_ids, "sha256:" + sha256_hex(layer)], env=base.env, cmd=CMD, labels=labels,
+        architecture=base.architecture, os=base.os, user=USER, workdir=WORKDIR,
     )
     return Sealed(image_id(config), config, layer, labels, base.diff_ids)

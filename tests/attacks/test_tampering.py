@@ -10,6 +10,7 @@ import git
 import pytest
 
 from executor.image.layer import Entry, image_config, image_id, layer_tar, load_archive
+from executor.image.seal import USER, WORKDIR
 from executor.types import sha256_hex
 from tests.attacks.conftest import committed_train, containers_of
 from tests.conftest import commit_train, sealab, sealab_json
@@ -28,6 +29,12 @@ def load(engine, config: bytes, layer: bytes, base_diff_ids, tag: str | None) ->
     return image_id(config)
 
 
+def experiment_config(base_diff_ids, layer: bytes, env, labels, cmd=("python3", "/workspace/prepare.py")) -> bytes:
+    """A config shaped like a sealed one (user, workdir, history): base layers plus `layer`."""
+    return image_config(diff_ids=[*base_diff_ids, "sha256:" + sha256_hex(layer)], env=env, cmd=cmd, labels=labels,
+                        user=USER, workdir=WORKDIR)
+
+
 def retagged(engine, root, sealed):
     """Another experiment's (real, sealed) image given this one's name."""
     commit_train(root, (root / "train.py").read_text() + "\n# another commit\n", "another commit")
@@ -42,8 +49,7 @@ def forged_labels(engine, root, sealed):
     base = engine.api.inspect_image(sealed["labels"]["sealab.base"])
     layer = engine_layer(engine, sealed)
     labels = {**sealed["labels"], "org.opencontainers.image.revision": "0" * 40}
-    config = image_config(base_diff_ids=base["RootFS"]["Layers"], layer_digest="sha256:" + sha256_hex(layer),
-                          env=base["Config"]["Env"], cmd=["python3", "/workspace/prepare.py"], labels=labels)
+    config = experiment_config(base["RootFS"]["Layers"], layer, base["Config"]["Env"], labels)
     return load(engine, config, layer, base["RootFS"]["Layers"], sealed["tag"]), True
 
 
@@ -52,8 +58,7 @@ def modified_layer(engine, root, sealed):
     base = engine.api.inspect_image(sealed["labels"]["sealab.base"])
     layer = layer_tar([Entry("/workspace/train.py", b"print('forged')\n"),
                        Entry("/workspace/prepare.py", b"print('forged')\n")])
-    config = image_config(base_diff_ids=base["RootFS"]["Layers"], layer_digest="sha256:" + sha256_hex(layer),
-                          env=base["Config"]["Env"], cmd=["python3", "/workspace/prepare.py"], labels=sealed["labels"])
+    config = experiment_config(base["RootFS"]["Layers"], layer, base["Config"]["Env"], sealed["labels"])
     return load(engine, config, layer, base["RootFS"]["Layers"], sealed["tag"]), True
 
 
@@ -62,13 +67,11 @@ def other_base(engine, root, sealed):
     that would run before the harness): a different base behind the same names and labels."""
     base = engine.api.inspect_image(sealed["labels"]["sealab.base"])
     evil = layer_tar([Entry("/usr/lib/python3/dist-packages/sitecustomize.py", b"print('pwned')\n")])
-    evil_config = image_config(base_diff_ids=base["RootFS"]["Layers"], layer_digest="sha256:" + sha256_hex(evil),
-                               env=base["Config"]["Env"], cmd=["python3"], labels={})
+    evil_config = experiment_config(base["RootFS"]["Layers"], evil, base["Config"]["Env"], {}, cmd=["python3"])
     evil_base = load(engine, evil_config, evil, base["RootFS"]["Layers"], None)
     diff_ids = [*base["RootFS"]["Layers"], "sha256:" + sha256_hex(evil)]
     layer = engine_layer(engine, sealed)
-    config = image_config(base_diff_ids=diff_ids, layer_digest="sha256:" + sha256_hex(layer),
-                          env=base["Config"]["Env"], cmd=["python3", "/workspace/prepare.py"], labels=sealed["labels"])
+    config = experiment_config(diff_ids, layer, base["Config"]["Env"], sealed["labels"])
     forged = load(engine, config, layer, diff_ids, sealed["tag"])
     return forged, evil_base
 

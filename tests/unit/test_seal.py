@@ -28,6 +28,16 @@ def test_same_inputs_same_id():
     assert a.image_id == b.image_id and a.layer == b.layer and a.config == b.config
 
 
+def test_image_ids_are_pinned():
+    """The fixture commit seals to the IDs it had before the image writer was shared with the base
+    (commit 7e236fd): ledgers pin image IDs, so no refactoring may move them."""
+    assert seal(facts(), BASE, RunSpec()).image_id == \
+        "sha256:f8d271291c75c46f6dbee840ac9b9bfe76e798c80a9955bbc8c5ce606accdb3c"
+    hidden = seal(facts(), BASE, RunSpec(), hide_val=True)
+    assert hidden.image_id == "sha256:9ac90b06b63482ba0b7ac345c30aee87cccc98443bc7db9a5bbfe8d73b6c758e"
+    assert sha256_hex(hidden.layer) == "f9c6bf6d22f9099aa56682dd1119a5f25a18589314ab6a7368897d446f5c58b2"
+
+
 def test_id_is_sha256_of_config():
     """The image ID is the sha256 of the config bytes, which list the base layers then the new one."""
     s = seal(facts(), BASE, RunSpec())
