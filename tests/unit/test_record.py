@@ -9,8 +9,8 @@ import json
 import pytest
 
 from executor.errors import RecordError, SealabError
-from executor.ledger import RECORD_KEYS
-from executor.record import (RECORD_VERSION, Decision, ExperimentRecord, Finish, Results,
+from executor.ledger import RECORD_KEYS, Ledger
+from executor.record import (RECORD_VERSION, Decision, ExperimentRecord, Finish, Results, RunLabels,
                              metrics as tolerant_metrics)
 from executor.types import RunSpec, Status
 
@@ -58,6 +58,27 @@ def test_every_older_shape_round_trips_to_the_same_bytes(shape):
     record = ExperimentRecord.from_dict(stored)
     assert record.to_dict() == stored and json.dumps(record.to_dict()) == json.dumps(stored)
     assert record.record_version is None and "record_version" not in record.to_dict()
+
+
+def test_a_record_written_now_round_trips_and_keeps_the_key_order_sealab_writes(tmp_path):
+    """A record begun and finished as `exec` does it is stored in the order sealab has always written
+    (the record keys, then backend and the loop's labels, then what finish adds), plus record_version,
+    and decodes to exactly that JSON again."""
+    ledger = Ledger(tmp_path / "l.db")
+    labels = RunLabels("night1", Decision.BASELINE, {"proposer": "offline", "description": "d", "usage": {}})
+    ledger.begin(ExperimentRecord(id="e1", commit="c" * 40, status=Status.RUNNING, parent="p" * 40, tree="t" * 40,
+                                  description="baseline", base_image_id=BASE, data_digest=DATA, run_spec=SPEC,
+                                  drift=[], log_path=".sealab/logs/e1.log", created_at="t", durations={},
+                                  backend="local", **labels.record_fields()), "owner")
+    ledger.finish("e1", Finish(Status.OK, None, image_id=IMAGE, durations={"total": 1.0}, backend="local",
+                               finished_at="t2", results=Results(metrics={"val_bpb": 1.5}, drift=[], placement="here",
+                                                                 peak_memory_mb=None, exit_code=0, cpu=None)))
+    stored = ledger.get("e1")
+    assert list(stored) == [*RECORD_KEYS, "backend", "run_tag", "decision", "proposal", "placement", "finished_at",
+                            "cpu"]
+    assert stored["record_version"] == RECORD_VERSION and stored["cpu"] is None and stored["status"] == "ok"
+    assert json.dumps(ExperimentRecord.from_dict(stored).to_dict()) == json.dumps(stored)
+    assert ledger.chain_problems() == []
 
 
 def test_unknown_keys_are_kept_where_they_were():
