@@ -340,16 +340,16 @@ def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None
     from executor.provenance import latest_link, statement
 
     ws, ledger, _ = _open(ctx, engine=False)
-    record = ledger.get(experiment)
+    record = ledger.experiment(experiment)
     if record is None:
         raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
-    found = ledger.base(record["base_image_id"]) if record.get("base_image_id") else None
+    found = ledger.base(record.base_image_id) if record.base_image_id else None
     try:
         digest = policies.policy_digest(policies.load_policy(ws.config().policy))
     except Exception:  # provenance without the policy is still provenance
         digest = None
     stmt = statement(record, base=found.to_dict() if found else None, policy_digest=digest,
-                     chain_hash=latest_link(ledger, record["id"]))
+                     chain_hash=latest_link(ledger, record.id))
     text = json.dumps(stmt, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     if output is None:
         click.echo(text, nl=False)

@@ -338,3 +338,19 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     for command in (["status"], ["results"]):  # the terminal readers too
         listed = CliRunner().invoke(main, ["-C", str(ws["ws"].root), *command])
         assert listed.exit_code == 0 and "e0006" in listed.output, (command, listed.output)
+
+
+def test_verify_reports_a_record_that_does_not_decode_and_checks_the_rest(ws):
+    """`verify` takes records as stored: one the codec refuses is a mismatch naming its field, what it
+    should hold and what it holds, and every other record is still re-derived (here: all of them fine)."""
+    from executor.verify import verify
+
+    ledger = Ledger(ws["ws"].ledger_path)
+    write_stored(ledger, {**ledger.get("e0004"), "id": "e0009", "metrics": "0.9"})
+    report = verify(ws["ws"].repo, ledger, None, ledger.records(), whole_ledger=True)
+    assert report["checked"] == 6
+    assert report["mismatches"] == [{"id": "e0009", "field": "metrics", "expected": "a table", "actual": "0.9"}]
+    with reading(ws["ws"].ledger_path) as read_only:
+        rows = {r["id"]: r["verification"] for r in board(ws).experiments(read_only)["experiments"]}
+    assert rows["e0009"] == {"state": "mismatch", "problems": ["metrics: expected a table, found 0.9"]}
+    assert rows["e0004"]["state"] == "ok"

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from executor.ledger import RECORD_KEYS, Ledger
-from executor.provenance import latest_link, statement, statement_bytes, statement_digest
-from executor.record import Finish, Results
+from executor.provenance import latest_link, statement as statement_of, statement_bytes, statement_digest
+from executor.record import ExperimentRecord, Finish, Results
 from executor.types import BaseImage, Status
 from tests.conftest import begin
 
@@ -20,6 +20,11 @@ CHAIN = "9" * 64
 COMMIT, TREE, TRAIN_BLOB = "c" * 40, "7" * 40, "5" * 40
 BASE = BaseImage(BASE_ID, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",), "recipe-1", DATA,
                  "offline:bookworm")
+
+
+def statement(record: dict, **kw) -> dict:
+    """The statement of a record given as it is stored (decoded by the codec first, as the CLI does)."""
+    return statement_of(ExperimentRecord.from_dict(record), **kw)
 
 
 def make_record() -> dict:
