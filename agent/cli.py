@@ -212,20 +212,19 @@ def exec_cmd(ctx: click.Context, commit: str, as_json: bool, backend: str | None
     ws, ledger, eng = _open(ctx)
     record = execute(ws, commit, eng, ledger, backend=_backend(ws, eng, backend))
     if as_json:
-        _emit_json(record)
+        _emit_json(record.to_dict())
     else:
         _print_record(record)
-    ctx.exit(EXIT_FOR_STATUS.get(record["status"], 1))
+    ctx.exit(EXIT_FOR_STATUS.get(record.status, 1))
 
 
-def _print_record(rec: dict[str, Any]) -> None:
-    metric = recorded.run_spec(rec).get("metric", "val_bpb")
-    value = recorded.metrics(rec).get(metric)
-    shown = f"{metric} {value:.6f}" if isinstance(value, float) else escape(rec.get("reason") or "")
-    colour = "green" if rec["status"] == "ok" else "red"
-    err.print(f"[{colour}]{rec['status']}[/] experiment {rec['id']} commit {rec['commit'][:12]} "
-              f"image {str(rec['image_id'])[:19]}  {shown}")
-    for entry in recorded.drift(rec):
+def _print_record(rec: recorded.ExperimentRecord) -> None:
+    value = (rec.metrics or {}).get(rec.metric)
+    shown = f"{rec.metric} {value:.6f}" if isinstance(value, float) else escape(rec.reason or "")
+    colour = "green" if rec.status == Status.OK else "red"
+    err.print(f"[{colour}]{rec.status.value}[/] experiment {rec.id} commit {rec.commit[:12]} "
+              f"image {str(rec.image_id)[:19]}  {shown}")
+    for entry in rec.drift_entries():
         for change in entry["changes"]:
             err.print(f"[yellow]drift (not run): {escape(entry['path'])}: {escape(change)}[/]")
 
@@ -340,16 +339,16 @@ def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None
     from executor.provenance import latest_link, statement
 
     ws, ledger, _ = _open(ctx, engine=False)
-    record = ledger.get(experiment)
+    record = ledger.experiment(experiment)
     if record is None:
         raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
-    found = ledger.base(record["base_image_id"]) if record.get("base_image_id") else None
+    found = ledger.base(record.base_image_id) if record.base_image_id else None
     try:
         digest = policies.policy_digest(policies.load_policy(ws.config().policy))
     except Exception:  # provenance without the policy is still provenance
         digest = None
     stmt = statement(record, base=found.to_dict() if found else None, policy_digest=digest,
-                     chain_hash=latest_link(ledger, record["id"]))
+                     chain_hash=latest_link(ledger, record.id))
     text = json.dumps(stmt, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     if output is None:
         click.echo(text, nl=False)
@@ -369,9 +368,9 @@ def push(ctx: click.Context, experiment: str, registry: str, as_json: bool) -> N
     _, ledger, eng = _open(ctx)
     record = push_experiment(eng, ledger, experiment, registry)
     if as_json:
-        _emit_json(record)
+        _emit_json(record.to_dict())
     else:
-        click.echo(record["registry_digest"])
+        click.echo(record.registry_digest)
 
 
 @main.command()

@@ -24,7 +24,9 @@ from agent.progress import LoopDisplay, build_base_with_progress
 from executor import logs
 from executor.docker_engine import Engine
 from executor.ledger import Ledger
+from executor.record import Decision
 from executor.run import recover
+from executor.types import Status
 from executor.workspace import Workspace, init
 from policies import load_policy
 
@@ -75,12 +77,12 @@ def run_demo(directory: Path, budget: float, experiments: int, console: Console)
             thread.join()
             loop.check_drift(state, "end")  # the linter's last edit, if any, is recorded too
 
-    records = [r for r in ledger.records() if r.get("run_tag") == tag]
+    records = ledger.experiments(tag)
     table = Table("experiment", "commit", "description", "status", "decision", "val_bpb", "image", "SCALAR_LR ran")
     for r in records:
-        metrics = r.get("metrics") or {}
-        table.add_row(r["id"], r["commit"][:12], r["description"], r["status"], r.get("decision") or "-",
-                      f"{metrics['val_bpb']:.4f}" if "val_bpb" in metrics else "-", str(r["image_id"])[:19],
+        metrics = r.metrics or {}
+        table.add_row(r.id, r.commit[:12], r.description, r.status.value, r.decision.value if r.decision else "-",
+                      f"{metrics['val_bpb']:.4f}" if "val_bpb" in metrics else "-", str(r.image_id)[:19],
                       str(metrics.get("hyperparameters", {}).get("SCALAR_LR")))
     console.print("[bold]4.[/] results")
     console.print(table)
@@ -90,10 +92,10 @@ def run_demo(directory: Path, budget: float, experiments: int, console: Console)
     from agent.html_report import write_report
 
     page, chart = write_report(ledger, ws.state / "report", tag=tag, repo=ws.repo, root=ws.root)
-    kept = sum(1 for r in records if r.get("decision") == "keep")
+    kept = sum(1 for r in records if r.decision == Decision.KEEP)
     console.print(f"[bold]5.[/] best val_bpb {state.best_value:.4f} at {state.best_commit[:12]} on branch "
                   f"{state.branch}; {kept} kept beyond the noise floor ({state.threshold:.4f}); "
                   f"{len(drift)} drift event(s) recorded and undone")
     console.print(f"   report: {page}\n   chart:  {chart}")
-    if not records or any(r["status"] == "infra_error" for r in records):
+    if not records or any(r.status == Status.INFRA_ERROR for r in records):
         raise SystemExit("demo: the run did not complete")

@@ -26,6 +26,7 @@ from executor.drift import describe, summarize
 from executor.backends.interface import Backend
 from executor.errors import EngineUnavailable, SealabError
 from executor.ledger import Ledger
+from executor.record import Decision, ExperimentRecord, RunLabels
 from executor.run import execute
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
@@ -110,12 +111,12 @@ class Loop:
         self._guard(state, "resume", tip)
         self._adopt_baselines(state)
         if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
-            record = self.ledger.get(state.pending["experiment"]) if state.pending.get("experiment") else None
-            if record is not None and record["status"] == Status.INFRA_ERROR.value:
+            record = self.ledger.experiment(state.pending["experiment"]) if state.pending.get("experiment") else None
+            if record is not None and record.status == Status.INFRA_ERROR:
                 state.pending["retry"] = True  # lost to the engine: `run` runs the commit again
                 self._save(state)
                 return state
-            if record is not None and record["status"] not in (Status.RUNNING.value, Status.INTERRUPTED.value):
+            if record is not None and record.status not in (Status.RUNNING, Status.INTERRUPTED):
                 self._decide(state, record)
             else:
                 self._discard(state, state.pending["commit"], state.pending.get("experiment") or
@@ -125,8 +126,8 @@ class Loop:
         if state.round:  # a round whose decision was never made: decide what finished, discard the rest
             finished = []
             for entry in state.round:
-                record = self.ledger.get(entry["experiment"]) if entry.get("experiment") else None
-                if record is not None and record["status"] not in (Status.RUNNING.value, Status.INTERRUPTED.value):
+                record = self.ledger.experiment(entry["experiment"]) if entry.get("experiment") else None
+                if record is not None and record.status not in (Status.RUNNING, Status.INTERRUPTED):
                     finished.append((entry, record))
                 else:
                     self._discard(state, entry["commit"], entry.get("experiment") or "unrun-" + entry["commit"][:12])
@@ -146,10 +147,10 @@ class Loop:
             self._guard(state, "after baseline run")
             value = self._metric(record)
             if value is None:
-                raise LoopStopped(f"the baseline run {record['id']} ended {record['status']}: {record['reason']}")
+                raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
             state.baseline.append(value)
             if state.baseline_ids is not None:
-                state.baseline_ids.append(record["id"])
+                state.baseline_ids.append(record.id)
             state.best_value = statistics.fmean(state.baseline)  # the mean: one lucky baseline run sets no bar
             state.threshold = noise_floor(self.policy, state.baseline)
             self._save(state)
@@ -229,23 +230,19 @@ class Loop:
             return None
         return proposal
 
-    def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> dict[str, Any]:
+    def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> ExperimentRecord:
         commit = state.pending["commit"] if state.pending else state.best_commit
         record = self._run_commit(state, self.ws, self.ledger, commit, lambda eid: self._note_pending(state, eid),
                                   self._extra(state, decision, proposal), editable=bool(state.pending))
         return self._annotate(self.ledger, record, state, decision, proposal)
 
-    def _extra(self, state: RunState, decision: str | None, proposal: Proposal | None) -> dict[str, Any]:
-        extra: dict[str, Any] = {"run_tag": state.tag}
-        if decision:
-            extra["decision"] = decision
-        if proposal is not None:
-            extra["proposal"] = {"proposer": proposal.proposer, "description": proposal.description,
-                                 "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest}
-        return extra
+    def _extra(self, state: RunState, decision: str | None, proposal: Proposal | None) -> RunLabels:
+        return RunLabels(state.tag, Decision(decision) if decision else None, None if proposal is None else {
+            "proposer": proposal.proposer, "description": proposal.description, "usage": asdict(proposal.usage),
+            "prompt_digest": proposal.prompt_digest})
 
     def _run_commit(self, state: RunState, ws: Workspace, ledger: Ledger, commit: str,
-                    on_record: Callable[[str], None], extra: dict[str, Any], *, editable: bool) -> dict[str, Any]:
+                    on_record: Callable[[str], None], extra: RunLabels | None, *, editable: bool) -> ExperimentRecord:
         """Execute `commit` (the executor re-checks the scope itself); a run lost to the engine
         (`infra_error`) is run again as a new record, per the policy's [retry], once the engine answers."""
         attempt, ids = 0, []
@@ -258,7 +255,7 @@ class Loop:
             try:
                 return execute(ws, commit, self.engine, ledger, on_record=noted,
                                editable=self.policy.scope.editable if editable else None, backend=self.backend,
-                               extra=extra)
+                               labels=extra)
             except EngineUnavailable as exc:
                 attempt += 1
                 if attempt > self.policy.retry.infra_error or self.stopping.is_set():
@@ -288,10 +285,10 @@ class Loop:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _annotate(self, ledger: Ledger, record: dict[str, Any], state: RunState, decision: str | None,
-                  proposal: Proposal | None) -> dict[str, Any]:
-        """The loop's keys on a finished record (already there from its first write; idempotent)."""
-        return ledger.annotate(record["id"], **self._extra(state, decision, proposal))
+    def _annotate(self, ledger: Ledger, record: ExperimentRecord, state: RunState, decision: str | None,
+                  proposal: Proposal | None) -> ExperimentRecord:
+        """The loop's labels on a finished record (already there from its first write; idempotent)."""
+        return ledger.label(record.id, self._extra(state, decision, proposal))
 
     # -- parallel rounds (--workers N) --------------------------------------------------------------
     def _round(self, state: RunState, spec: RunSpec, n: int) -> None:
@@ -335,10 +332,11 @@ class Loop:
         self._guard(state, "after run")
         self._decide_round(state, list(zip(entries, records)))
 
-    def _run_round(self, state: RunState, entries: list[dict[str, Any]], proposals: list[Proposal]) -> list[dict]:
+    def _run_round(self, state: RunState, entries: list[dict[str, Any]],
+                   proposals: list[Proposal]) -> list[ExperimentRecord]:
         """Execute the round's commits at once, one thread each (own git handle and ledger connection)."""
         lock = threading.Lock()
-        results: list[dict | BaseException | None] = [None] * len(entries)
+        results: list[ExperimentRecord | BaseException | None] = [None] * len(entries)
 
         def note(i: int, eid: str, ledger: Ledger) -> None:
             with lock:
@@ -371,7 +369,7 @@ class Loop:
         for outcome in results:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return [r for r in results if isinstance(r, dict)]
+        return [r for r in results if isinstance(r, ExperimentRecord)]
 
     def _stop_round(self, entries: list[dict[str, Any]], threads: list[threading.Thread], wait_s: float = 60) -> None:
         """Mark the round's running records `interrupted` and remove their containers (or cancel their
@@ -384,9 +382,7 @@ class Loop:
                 experiment_id = entry.get("experiment")
                 if not experiment_id:
                     continue
-                record = self.ledger.get(experiment_id)
-                if record is not None and record["status"] == Status.RUNNING.value:
-                    self.ledger.finish(experiment_id, status=Status.INTERRUPTED.value, reason="stopped by the user")
+                self.ledger.interrupt(experiment_id, "stopped by the user")  # a record still running only
                 self._cleanup(experiment_id)
             alive = [t for t in threads if t.is_alive()]
             if not alive or time.monotonic() > deadline:
@@ -394,7 +390,7 @@ class Loop:
             for t in alive:
                 t.join(0.5)
 
-    def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], ExperimentRecord]]) -> None:
         """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""
         spec = self._spec(state.best_commit)
         candidates = [(self._metric(record), entry.get("size", 0)) for entry, record in finished]
@@ -410,23 +406,23 @@ class Loop:
         for i, (entry, record) in enumerate(finished):
             value = self._metric(record)
             state.experiments += 1
-            crashed = record["status"] in (Status.CRASH.value, Status.TIMEOUT.value, Status.OOM.value)
+            crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
             state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
             if i == win:
                 decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
                                        threshold=state.threshold)
             else:
-                self._discard(state, entry["commit"], record["id"])
+                self._discard(state, entry["commit"], record.id)
                 if value is None:
-                    decision, why = "discard", f"status {record['status']}"
+                    decision, why = "discard", f"status {record.status.value}"
                 else:
                     decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
                                            threshold=state.threshold)
                     if decision == "keep":
-                        decision, why = "discard", f"{finished[win][1]['id']} did better in the same round"
-            self.ledger.annotate(record["id"], decision=decision, decision_reason=why)
-            shown = f"{value:.6f}" if value is not None else record["status"]
-            self.on_event(f"{decision}: {record['description']} → {shown}", state)
+                        decision, why = "discard", f"{finished[win][1].id} did better in the same round"
+            self.ledger.record_decision(record.id, Decision(decision), why)
+            shown = f"{value:.6f}" if value is not None else record.status.value
+            self.on_event(f"{decision}: {record.description} → {shown}", state)
         state.since_improvement = 0 if win is not None else state.since_improvement + len(finished)
         state.round = None
         self._save(state)
@@ -436,13 +432,13 @@ class Loop:
         """Count baseline runs of this run that finished but were not counted (killed in between)."""
         if state.baseline_ids is None:
             return
-        for record in self.ledger.records():
+        for record in self.ledger.experiments(state.tag):
             if len(state.baseline) >= self.policy.acceptance.noise_runs:
                 return
-            if (record.get("run_tag") == state.tag and record.get("decision") == "baseline"
-                    and record["id"] not in state.baseline_ids and self._metric(record) is not None):
+            if (record.decision == Decision.BASELINE and record.id not in state.baseline_ids
+                    and self._metric(record) is not None):
                 state.baseline.append(self._metric(record))
-                state.baseline_ids.append(record["id"])
+                state.baseline_ids.append(record.id)
                 state.best_value = statistics.fmean(state.baseline)
                 state.threshold = noise_floor(self.policy, state.baseline)
                 self._save(state)
@@ -452,27 +448,27 @@ class Loop:
             state.pending["experiment"] = experiment_id
             self._save(state)
 
-    def _decide(self, state: RunState, record: dict[str, Any]) -> None:
-        value, commit = self._metric(record), record["commit"]
-        spec = RunSpec.from_dict(record["run_spec"])
+    def _decide(self, state: RunState, record: ExperimentRecord) -> None:
+        value, commit = self._metric(record), record.commit
+        spec = record.spec
         state.experiments += 1
-        crashed = record["status"] in (Status.CRASH.value, Status.TIMEOUT.value, Status.OOM.value)
+        crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
         state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
         if value is not None:
             decision, why = decide(self.policy, direction=spec.direction, best=state.best_value, candidate=value,
                                    threshold=state.threshold)
         else:
-            decision, why = "discard", f"status {record['status']}"
+            decision, why = "discard", f"status {record.status.value}"
         if decision == "keep":
             state.best_commit, state.best_value, state.since_improvement = commit, value, 0
         else:
             state.since_improvement += 1
-            self._discard(state, commit, record["id"])
+            self._discard(state, commit, record.id)
         state.pending = None
-        self.ledger.annotate(record["id"], decision=decision, decision_reason=why)
+        self.ledger.record_decision(record.id, Decision(decision), why)
         self._save(state)
-        shown = f"{value:.6f}" if value is not None else record["status"]
-        self.on_event(f"{decision}: {record['description']} → {shown} (best {state.best_value:.6f})", state)
+        shown = f"{value:.6f}" if value is not None else record.status.value
+        self.on_event(f"{decision}: {record.description} → {shown} (best {state.best_value:.6f})", state)
 
     def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
         """Keep the discarded commit reachable, and move the branch back to the best one (CAS)."""
@@ -554,13 +550,14 @@ class Loop:
 
     # -- helpers ------------------------------------------------------------------------------------
     def _context(self, state: RunState, spec: RunSpec) -> ProposalContext:
-        history = [{"commit": r["commit"], "description": r.get("description"), "status": r["status"],
-                    "decision": r.get("decision"), "metric": self._metric(r)}
-                   for r in self.ledger.records() if r.get("run_tag") == state.tag]
-        last = next((r for r in reversed(self.ledger.records()) if r.get("run_tag") == state.tag), None)
+        records = self.ledger.experiments(state.tag)
+        history = [{"commit": r.commit, "description": r.description, "status": r.status.value,
+                    "decision": r.decision.value if r.decision else None, "metric": self._metric(r)}
+                   for r in records]
+        last = records[-1] if records else None
         tail = ""
-        if last and last.get("log_path") and (self.ws.root / last["log_path"]).exists():
-            tail = "\n".join((self.ws.root / last["log_path"]).read_text(errors="replace").splitlines()[-50:])
+        if last and last.log_path and (self.ws.root / last.log_path).exists():
+            tail = "\n".join((self.ws.root / last.log_path).read_text(errors="replace").splitlines()[-50:])
         best = state.best_commit
         return ProposalContext(
             program=self._read(best, "program.md") or "", train_source=self._read(best, "train.py") or "",
@@ -586,10 +583,8 @@ class Loop:
             return None
 
     @staticmethod
-    def _metric(record: dict[str, Any]) -> float | None:
-        if record["status"] != Status.OK.value:
-            return None
-        return (record.get("metrics") or {}).get(record["run_spec"]["metric"])
+    def _metric(record: ExperimentRecord) -> float | None:
+        return record.value
 
     def _save(self, state: RunState) -> None:
         self.ledger.save_run(state.tag, asdict(state))

@@ -69,7 +69,7 @@ def main() -> None:
     ledger.set_base(base)
     toml = re.sub(r"(?m)^\[budget\]\n", f"[budget]\nsteps = {args.steps}\n", (ws.root / "sealab.toml").read_text(), 1)
     commit_file(git.Repo(ws.root), "sealab.toml", toml, f"train {args.steps} steps")
-    record = execute(ws, "HEAD", engine, ledger)
+    record = execute(ws, "HEAD", engine, ledger).to_dict()
     assert record["status"] == "ok", record["reason"]
     recorded = record["metrics"]["val_bpb"]
     print(f"recorded {record['id']}: val_bpb {recorded!r}, {record['metrics']['steps']} steps, "

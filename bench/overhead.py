@@ -177,7 +177,7 @@ def main() -> None:
         # (b) sealab in-process, a new commit each run
         commit_file(repo, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 1}"), f"run {i + 1}")
         t = time.perf_counter()
-        record = execute(ws, "HEAD", engine, ledger)
+        record = execute(ws, "HEAD", engine, ledger).to_dict()
         times["sealab"].append(time.perf_counter() - t)
         assert record["status"] == "ok", record["reason"]
         seal_verify.append(sum(record["durations"].get(k, 0.0) for k in ("seal", "load", "verify")))

@@ -31,10 +31,11 @@ from typing import IO, Any, Callable, Iterator
 
 from executor import owner
 from executor.docker_engine import Engine
-from executor.errors import BaseImageError, IdentityMismatch, WorkspaceError
-from executor.ledger import Ledger
+from executor.errors import BaseImageError, IdentityMismatch, RecordError, WorkspaceError
 from executor.image.seal import image_tag
-from executor.types import BaseImage, Status
+from executor.ledger import Ledger
+from executor.record import ExperimentRecord, Finish
+from executor.types import BaseImage
 
 FORMAT_VERSION = 1
 MANIFEST, RECORDS, BASES, IMAGES = "manifest.json", "records.json", "bases.json", "images.tar"
@@ -92,38 +93,38 @@ def export_archive(ledger: Ledger, engine: Engine, refs: list[str], out: Path,
     """
     if not refs:
         raise WorkspaceError("name at least one experiment to export")
-    records: list[dict[str, Any]] = []
+    records: list[ExperimentRecord] = []
     for ref in refs:
-        rec = ledger.get(ref)
+        rec = ledger.experiment(ref)
         if rec is None:
             raise WorkspaceError(f"no experiment {ref} in {ledger.path}")
-        if rec["status"] == Status.RUNNING.value:
-            raise WorkspaceError(f"experiment {rec['id']} is still running; export it once it has finished")
-        if not rec.get("image_id") or not rec.get("base_image_id"):
-            raise WorkspaceError(f"experiment {rec['id']} was never sealed into an image: nothing to export")
-        if rec["id"] not in {r["id"] for r in records}:
+        if not rec.finished:
+            raise WorkspaceError(f"experiment {rec.id} is still running; export it once it has finished")
+        if not rec.image_id or not rec.base_image_id:
+            raise WorkspaceError(f"experiment {rec.id} was never sealed into an image: nothing to export")
+        if rec.id not in {r.id for r in records}:
             records.append(rec)
     bases: list[BaseImage] = []
     for rec in records:
-        if rec["base_image_id"] in {b.image_id for b in bases}:
+        if rec.base_image_id in {b.image_id for b in bases}:
             continue
-        base = ledger.base(rec["base_image_id"])
+        base = ledger.base(rec.base_image_id)  # type: ignore[arg-type]  (checked above)
         if base is None:
-            raise BaseImageError(f"base image {rec['base_image_id'][:19]} of experiment {rec['id']} is not recorded "
+            raise BaseImageError(f"base image {str(rec.base_image_id)[:19]} of experiment {rec.id} is not recorded "
                                  f"in {ledger.path}")
         if engine.image_id(base.image_id) != base.image_id:
             raise BaseImageError(f"base image {base.image_id[:19]} is not in the engine; nothing to export")
         bases.append(base)
     images = [b.image_id for b in bases]
     for rec in records:
-        if rec["image_id"] in images:
+        if rec.image_id in images:
             continue
-        if engine.image_id(rec["image_id"]) != rec["image_id"]:
-            raise WorkspaceError(f"image {rec['image_id'][:19]} of experiment {rec['id']} is not in the engine; "
-                                 f"`sealab seal {rec['commit'][:12]}` recreates it")
-        images.append(rec["image_id"])
+        if engine.image_id(rec.image_id) != rec.image_id:
+            raise WorkspaceError(f"image {str(rec.image_id)[:19]} of experiment {rec.id} is not in the engine; "
+                                 f"`sealab seal {rec.commit[:12]}` recreates it")
+        images.append(rec.image_id)  # type: ignore[arg-type]  (checked above)
 
-    records_bytes = _json_bytes(records)
+    records_bytes = _json_bytes([r.to_dict() for r in records])  # as stored: the codec is exact both ways
     bases_bytes = _json_bytes([b.to_dict() for b in bases])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def export_archive(ledger: Ledger, engine: Engine, refs: list[str], out: Path,
             "format": FORMAT_VERSION,
             "sealab_version": _sealab_version(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "experiments": [r["id"] for r in records],
+            "experiments": [r.id for r in records],
             "base_images": [b.image_id for b in bases],
             "images": images,
             "sha256": {IMAGES: "sha256:" + writer.sha.hexdigest(), RECORDS: _sha256(records_bytes),
@@ -178,23 +179,35 @@ def _open_archive(path: Path) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInf
     return tar, members
 
 
-# What an imported record must hold for import to use it (it is then added as it is, and chained).
-_RECORD_FIELDS = {"id": str, "commit": str, "image_id": str, "status": str, "run_spec": dict}
+# What an imported record must hold besides being a record (the codec's REQUIRED keys): import seals
+# nothing, so the image and the run spec it was sealed with must be there.
+_IMPORT_NEEDS = ("image_id", "run_spec")
+_VALUED = ("status", "decision", "record_version")  # fields whose kind is a set of values
 
 
-def _check_records(path: Path, records: Any) -> None:
-    """Raises WorkspaceError (one line, exit 2) unless `records` is a list of records that import can
-    use: an archive edited by hand can have checksums that match and records that do not."""
+def _check_records(path: Path, records: Any) -> list[ExperimentRecord]:
+    """The records of the archive, decoded (ExperimentRecord.from_dict), or WorkspaceError (one line,
+    exit 2) unless `records` is a list of finished records that import can use: an archive edited by
+    hand can have checksums that match and records that do not."""
     if not isinstance(records, list):
         raise WorkspaceError(f"{path}: {RECORDS} is not a list of records")
-    for n, record in enumerate(records):
-        if not isinstance(record, dict):
+    decoded = []
+    for n, data in enumerate(records):
+        if not isinstance(data, dict):
             raise WorkspaceError(f"{path}: record {n} of {RECORDS} is not a JSON object")
-        for key, kind in _RECORD_FIELDS.items():
-            if not isinstance(record.get(key), kind):
-                raise WorkspaceError(f"{path}: record {n} ({record.get('id')!r}) of {RECORDS} has no valid {key} "
-                                     f"(expected a {'table' if kind is dict else 'string'}, found "
-                                     f"{type(record.get(key)).__name__})")
+        where = f"{path}: record {n} ({data.get('id')!r}) of {RECORDS}"
+        try:
+            record = ExperimentRecord.from_dict(data)
+            for name in _IMPORT_NEEDS:
+                if getattr(record, name) is None:
+                    raise RecordError(name, "a string" if name == "image_id" else "a table", None, record.id)
+            if not record.finished:
+                raise RecordError("status", "a finished status", record.status.value, record.id)
+        except RecordError as exc:  # a value of the wrong kind is named by its type, a wrong value by itself
+            found = repr(exc.actual)[:60] if exc.field in _VALUED else type(exc.actual).__name__
+            raise WorkspaceError(f"{where} has no valid {exc.field} (expected {exc.expected}, found {found})") from None
+        decoded.append(record)
+    return decoded
 
 
 def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progress = _quiet) -> dict[str, Any]:
@@ -235,8 +248,8 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
             bases = [BaseImage.from_dict(b) for b in json.loads(contents[BASES])]
         except (ValueError, TypeError, KeyError) as exc:
             raise WorkspaceError(f"{path}: unreadable records or bases ({exc})") from exc
-        _check_records(path, records)
-        if [r["id"] for r in records] != manifest.get("experiments"):
+        records = _check_records(path, records)
+        if [r.id for r in records] != manifest.get("experiments"):
             raise WorkspaceError(f"{path}: {RECORDS} does not hold the experiments its manifest lists")
 
         progress(f"loading {len(manifest['images'])} image(s) ({members[IMAGES].size / 1e6:.0f} MB)")
@@ -247,7 +260,7 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
             raise IdentityMismatch(f"image loaded from {path}", image, held or "not in the engine")
     progress(f"loaded in {time.monotonic() - started:.1f} s; every image has its recorded ID")
     for rec in records:
-        engine.tag(rec["image_id"], image_tag(rec["commit"], rec["image_id"]))
+        engine.tag(rec.image_id, image_tag(rec.commit, rec.image_id))
 
     current = ledger.current_base()
     bases_added = [b.image_id for b in bases if ledger.base(b.image_id) is None]
@@ -261,12 +274,12 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
         ledger.set_base(current)  # keep the workspace's current base
     imported, skipped = [], []
     for rec in records:
-        known = ledger.get(rec["id"])
-        if known is not None and known["id"] == rec["id"]:
-            skipped.append(rec["id"])
+        known = ledger.get(rec.id)
+        if known is not None and known.get("id") == rec.id:
+            skipped.append(rec.id)
             continue
-        ledger.begin(rec, owner.token())
-        ledger.finish(rec["id"], **rec)
-        imported.append(rec["id"])
+        ledger.begin(rec, owner.token())  # the whole record, as `running` ...
+        ledger.finish(rec.id, Finish(rec.status, rec.reason))  # ... then its own status: as it was written
+        imported.append(rec.id)
     return {"experiments": manifest["experiments"], "images": manifest["images"], "imported": imported,
             "skipped": skipped, "bases_added": bases_added, "seconds": time.monotonic() - started}

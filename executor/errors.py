@@ -8,6 +8,7 @@
     ├── BaseImageError              base image missing or its build failed    (problem, log_tail)
     ├── IdentityMismatch            an image is not the one the commit implies (what, expected, actual)
     └── LedgerError                 the state database cannot be used         (problem)
+        └── RecordError             a ledger record that is not one           (field, expected, actual)
 
 Experiment outcomes (crash, timeout, oom, rejected, ...) are not errors: they are statuses in a record.
 Every error renders as one line that says what happened and, where possible, what to do.
@@ -68,3 +69,15 @@ class IdentityMismatch(SealabError):
 
 class LedgerError(SealabError):
     exit_code = 5
+
+
+class RecordError(LedgerError):
+    """A record that does not decode (see executor.record.ExperimentRecord.from_dict): one field named,
+    with what it should hold and what it holds."""
+
+    def __init__(self, field: str, expected: str, actual: object, record_id: str | None = None) -> None:
+        self.field, self.expected, self.actual, self.record_id = field, expected, actual, record_id
+        shown = repr(actual)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        where = f"record {record_id}: " if record_id else ""
+        super().__init__(f"{where}{field}: expected {expected}, got {shown}")

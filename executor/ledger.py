@@ -15,14 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from executor.errors import LedgerError
+from executor.errors import LedgerError, RecordError
+from executor.record import Decision, ExperimentRecord, Finish, RunLabels, one_of
 from executor.types import BaseImage, Status, canonical_json, sha256_hex
 
 SCHEMA_VERSION = 3
 RECORD_KEYS = (
     "id", "commit", "parent", "tree", "description", "image_id", "base_image_id", "data_digest",
     "run_spec", "status", "reason", "metrics", "peak_memory_mb", "exit_code", "durations", "drift",
-    "log_path", "created_at",
+    "log_path", "created_at", "record_version",
 )
 
 _SCHEMA = """
@@ -63,9 +64,9 @@ CREATE TABLE chain (
 );
 """,
 }
-# What may be added to a finished record from outside the run (Ledger.annotate); the rest (metrics,
-# identity, status, timings, the CPU) is written by the executor's begin/finish only.
-ANNOTATIONS = frozenset({"run_tag", "decision", "decision_reason", "proposal", "registry_digest", "reproduces"})
+# What may be added to a record from outside the run is ANNOTATIONS (executor.record), through label,
+# record_decision, record_push and record_rerun; the rest (metrics, identity, status, timings, the CPU)
+# is written by the executor's begin/finish/interrupt only.
 GENESIS = "0" * 64
 
 
@@ -143,26 +144,76 @@ class Ledger:
         row = self._query("SELECT value FROM meta WHERE key = 'current_base'").fetchone()
         return self.base(row[0]) if row else None
 
-    # -- experiments --------------------------------------------------------------------------------
-    def begin(self, record: dict[str, Any], owner: str) -> None:
-        """Insert a new record as `running`, owned by the process `owner` until finished."""
-        record = {**{k: None for k in RECORD_KEYS}, **record, "status": Status.RUNNING.value}
+    # -- experiments: the executor's writes ---------------------------------------------------------
+    def begin(self, record: ExperimentRecord, owner: str) -> ExperimentRecord:
+        """Insert a new record as `running` (with every RECORD_KEYS key), owned by the process `owner`
+        until finished. Only the executor begins records (a run, an import)."""
+        data = {**{k: None for k in RECORD_KEYS}, **record.to_dict(), "status": Status.RUNNING.value}
         with self._tx():
             self.db.execute(
                 "INSERT INTO experiments (id, status, owner, record, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (record["id"], record["status"], owner, json.dumps(record), record["created_at"], now()),
+                (data["id"], data["status"], owner, json.dumps(data), data["created_at"], now()),
             )
-            self._link(record["id"], record)
+            self._link(data["id"], data)
+        return ExperimentRecord.from_dict(data)
 
-    def finish(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
-        """Merge `updates` (which include the final status) into a record and release its owner."""
+    def finish(self, experiment_id: str, outcome: Finish) -> ExperimentRecord:
+        """Write how the run ended (its final status, reason and what it reported) onto its record and
+        release its owner. Only the executor finishes records."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, outcome.changes(), release=True))
+
+    def interrupt(self, experiment_id: str, reason: str) -> bool:
+        """Mark a record that is still `running` `interrupted` (a stopped round, a dead process's run)
+        and release its owner; a record that has ended is left as it is (and an unknown one is no error:
+        a stop marks what it finds). Returns whether it was marked."""
+        changes = {"status": Status.INTERRUPTED.value, "reason": reason}
+        return self._merge(experiment_id, changes, release=True, only_running=True, check=False) is not None
+
+    # -- experiments: annotations (what others say about a record; never its metrics, identity or status)
+    def label(self, experiment_id: str, labels: RunLabels) -> ExperimentRecord:
+        """The research loop's run tag, `baseline` and proposal (idempotent: a record the loop ran has
+        them from its first write)."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, labels.changes()))
+
+    def record_decision(self, experiment_id: str, decision: Decision, why: str) -> ExperimentRecord:
+        """The loop's keep or discard of an experiment, and why."""
+        try:
+            decision = Decision(decision)
+        except ValueError:
+            raise RecordError("decision", one_of(Decision), decision, experiment_id) from None
+        changes = {"decision": decision.value, "decision_reason": str(why)}
+        return ExperimentRecord.from_dict(self._merge(experiment_id, changes))
+
+    def record_push(self, experiment_id: str, registry_digest: str) -> ExperimentRecord:
+        """Where `sealab push` put the experiment's image: `HOST[:PORT]/REPO@sha256:…`."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, {"registry_digest": str(registry_digest)}))
+
+    def record_rerun(self, experiment_id: str, reproduces: str) -> ExperimentRecord:
+        """That the experiment is a `sealab reproduce` rerun of the experiment `reproduces`."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, {"reproduces": str(reproduces)}))
+
+    def _merge(self, experiment_id: str, changes: dict[str, Any], *, release: bool = False,
+               only_running: bool = False, check: bool = True) -> dict[str, Any] | None:
+        """Merge `changes` into the stored record in one transaction (so a concurrent write is never
+        undone), append its chain link and return it; None when `only_running` and it has ended (or is
+        not there).
+        `release` clears the owner (the run is over). `check`: the result must decode, or nothing is
+        written (RecordError); only `interrupt` writes onto any record, so a dead run is always recovered."""
         with self._tx():
             row = self.db.execute("SELECT record FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+            if row is None and only_running:
+                return None
             if row is None:
                 raise LedgerError(f"no experiment {experiment_id} in {self.path}")
-            record = {**json.loads(row[0]), **updates}
-            self.db.execute("UPDATE experiments SET status = ?, owner = NULL, record = ?, updated_at = ? WHERE id = ?",
-                            (record["status"], json.dumps(record), now(), experiment_id))
+            stored = json.loads(row[0])
+            if only_running and stored.get("status") != Status.RUNNING.value:
+                return None
+            record = {**stored, **changes}
+            if check:
+                ExperimentRecord.from_dict(record)  # raises before anything is written
+            owner = ", owner = NULL" if release else ""
+            self.db.execute(f"UPDATE experiments SET status = ?{owner}, record = ?, updated_at = ? WHERE id = ?",
+                            (record.get("status"), json.dumps(record), now(), experiment_id))
             self._link(experiment_id, record)
         return record
 
@@ -213,7 +264,9 @@ class Ledger:
             report(listed_order[moved], moved + 1, "order", chained_order[moved], listed_order[moved])
         return problems
 
+    # -- experiments: reads ---------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
+        """Every record as stored, whatever its shape (the tolerant readers' view; see executor.record)."""
         return [json.loads(r[0]) for r in self._query("SELECT record FROM experiments ORDER BY seq")]
 
     def get(self, experiment_id: str) -> dict[str, Any] | None:
@@ -226,26 +279,26 @@ class Ledger:
             return exact[0]
         return json.loads(rows[0][0]) if len(rows) == 1 else None
 
+    def experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        """`get`'s record, decoded.
+
+        Raises:
+            RecordError: the stored record is not one (see ExperimentRecord.from_dict).
+        """
+        found = self.get(experiment_id)
+        return None if found is None else ExperimentRecord.from_dict(found)
+
+    def experiments(self, run_tag: str | None = None) -> list[ExperimentRecord]:
+        """Every record, or those of the research run `run_tag`, decoded, in the order they were begun.
+
+        Raises:
+            RecordError: one of them is not a record (see ExperimentRecord.from_dict).
+        """
+        return [ExperimentRecord.from_dict(r) for r in self.records() if run_tag is None or r.get("run_tag") == run_tag]
+
     def running(self) -> list[tuple[str, str]]:
         """(id, owner) of every record still marked running."""
         return list(self._query("SELECT id, owner FROM experiments WHERE status = ?", (Status.RUNNING.value,)))
-
-    def annotate(self, experiment_id: str, **updates: Any) -> dict[str, Any]:
-        """Add what others say about a finished record (ANNOTATIONS: the loop's decision, a push, a
-        rerun's link), keeping everything the run wrote.
-
-        Raises:
-            LedgerError: an unknown experiment, or a key that is the run's own (metrics, identity,
-                status, ...): those are written by the executor's `finish` only.
-        """
-        theirs = sorted(set(updates) - ANNOTATIONS)
-        if theirs:
-            raise LedgerError(f"{', '.join(theirs)} of experiment {experiment_id} cannot be annotated: only the "
-                              f"run writes them (annotations: {', '.join(sorted(ANNOTATIONS))})")
-        record = self.get(experiment_id)
-        if record is None:
-            raise LedgerError(f"no experiment {experiment_id} in {self.path}")
-        return self.finish(experiment_id, **{**updates, "status": record["status"]})
 
     # -- research runs ------------------------------------------------------------------------------
     def save_run(self, tag: str, state: dict[str, Any]) -> None:

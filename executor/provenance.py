@@ -1,7 +1,7 @@
 """Provenance export: an in-toto Statement v1 with a SLSA provenance v1 predicate for one record.
 
-Pure: a record dict (plus the base, the policy digest and the ledger's chain link, when known) in,
-a statement dict out; `statement_bytes` is its one canonical serialisation (sorted keys, compact,
+Pure: a record (plus the base, the policy digest and the ledger's chain link, when known) in, a
+statement dict out; `statement_bytes` is its one canonical serialisation (sorted keys, compact,
 UTF-8), so the same record always gives the same bytes and `statement_digest`. No I/O here except
 `latest_link`, which reads one row of the ledger's hash chain.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from executor.record import ExperimentRecord
 from executor.types import canonical_json, sha256_hex
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -30,53 +31,55 @@ def _digest(value: str, default_algorithm: str = "sha256") -> dict[str, str]:
     return {algorithm: hexdigest} if sep else {default_algorithm: value}
 
 
-def _subjects(record: dict[str, Any], registry_digest: str | None) -> list[dict[str, Any]]:
+def _subjects(record: ExperimentRecord, registry_digest: str | None) -> list[dict[str, Any]]:
     subjects = []
-    image_id = record.get("image_id")
+    image_id = record.image_id
     if image_id:
         subjects.append({"name": f"{SUBJECT_REPO}@{image_id}", "digest": _digest(image_id)})
-    pushed = registry_digest or record.get("registry_digest")
+    pushed = registry_digest or record.registry_digest
     if pushed:
         repo, _, digest = pushed.rpartition("@")
         subjects.append({"name": repo or pushed, "digest": _digest(digest)})
     return subjects
 
 
-def _materials(record: dict[str, Any], base: dict[str, Any] | None, policy_digest: str | None) -> list[dict[str, Any]]:
+def _materials(record: ExperimentRecord, base: dict[str, Any] | None,
+               policy_digest: str | None) -> list[dict[str, Any]]:
     materials: list[dict[str, Any]] = []
-    if record.get("commit"):
-        materials.append({"name": "commit", "uri": "git+commit", "digest": {"gitCommit": record["commit"]}})
-    if record.get("tree"):
-        materials.append({"name": "tree", "uri": "git+tree", "digest": {"gitTree": record["tree"]}})
-    if record.get("base_image_id"):
-        entry: dict[str, Any] = {"name": "base", "uri": "docker-image", "digest": _digest(record["base_image_id"])}
+    harness, train_blob = record.unknown.get("harness"), record.unknown.get("train_blob")  # not written today
+    if record.commit:
+        materials.append({"name": "commit", "uri": "git+commit", "digest": {"gitCommit": record.commit}})
+    if record.tree:
+        materials.append({"name": "tree", "uri": "git+tree", "digest": {"gitTree": record.tree}})
+    if record.base_image_id:
+        entry: dict[str, Any] = {"name": "base", "uri": "docker-image", "digest": _digest(record.base_image_id)}
         if base:
             notes = _present(source=base.get("source"), recipe=base.get("recipe"))
             if notes:
                 entry["annotations"] = notes
         materials.append(entry)
-    if record.get("harness"):
-        materials.append({"name": "harness", "uri": "git+file:prepare.py", "digest": _digest(record["harness"])})
-    if record.get("train_blob"):
-        materials.append({"name": "train.py", "uri": "git+file:train.py", "digest": {"gitBlob": record["train_blob"]}})
-    if record.get("data_digest"):
-        materials.append({"name": "data", "uri": "sealab:data-manifest", "digest": _digest(record["data_digest"])})
+    if isinstance(harness, str) and harness:
+        materials.append({"name": "harness", "uri": "git+file:prepare.py", "digest": _digest(harness)})
+    if isinstance(train_blob, str) and train_blob:
+        materials.append({"name": "train.py", "uri": "git+file:train.py", "digest": {"gitBlob": train_blob}})
+    if record.data_digest:
+        materials.append({"name": "data", "uri": "sealab:data-manifest", "digest": _digest(record.data_digest)})
     if policy_digest:
         materials.append({"name": "policy", "uri": "sealab:policy", "digest": _digest(policy_digest)})
-    proposal = record.get("proposal")
-    if isinstance(proposal, dict):
+    proposal = record.proposal
+    if proposal is not None:
         notes = _present(proposer=proposal.get("proposer"), prompt_digest=proposal.get("prompt_digest"))
         if notes:
             materials.append({"name": "proposer", "annotations": notes})
     return materials
 
 
-def _byproducts(record: dict[str, Any], chain_hash: str | None) -> list[dict[str, Any]]:
+def _byproducts(record: ExperimentRecord, chain_hash: str | None) -> list[dict[str, Any]]:
     results = _present(
-        status=record.get("status"), reason=record.get("reason"), metrics=record.get("metrics"),
-        peak_memory_mb=record.get("peak_memory_mb"), exit_code=record.get("exit_code"),
-        durations=record.get("durations"), decision=record.get("decision"), run_tag=record.get("run_tag"),
-        drift=len(record.get("drift") or []),
+        status=record.status.value, reason=record.reason, metrics=record.metrics,
+        peak_memory_mb=record.peak_memory_mb, exit_code=record.exit_code, durations=record.durations,
+        decision=record.decision.value if record.decision else None, run_tag=record.run_tag,
+        drift=len(record.drift or []),
     )
     byproducts: list[dict[str, Any]] = [{"name": "results", "annotations": results}]
     if chain_hash:
@@ -84,20 +87,19 @@ def _byproducts(record: dict[str, Any], chain_hash: str | None) -> list[dict[str
     return byproducts
 
 
-def statement(record: dict[str, Any], *, base: dict[str, Any] | None = None, policy_digest: str | None = None,
+def statement(record: ExperimentRecord, *, base: dict[str, Any] | None = None, policy_digest: str | None = None,
               registry_digest: str | None = None, chain_hash: str | None = None) -> dict[str, Any]:
     """The in-toto Statement v1 (SLSA provenance v1 predicate) of one experiment record."""
     build_definition = {
         "buildType": BUILD_TYPE,
-        "externalParameters": _present(commit=record.get("commit"), run_spec=record.get("run_spec"),
-                                       description=record.get("description")),
-        "internalParameters": _present(base_image_id=record.get("base_image_id"),
-                                       data_digest=record.get("data_digest")),
+        "externalParameters": _present(commit=record.commit, run_spec=record.run_spec,
+                                       description=record.description),
+        "internalParameters": _present(base_image_id=record.base_image_id, data_digest=record.data_digest),
         "resolvedDependencies": _materials(record, base, policy_digest),
     }
     run_details = {
         "builder": {"id": BUILDER_ID},
-        "metadata": _present(invocationId=record.get("id"), startedOn=record.get("created_at")),
+        "metadata": _present(invocationId=record.id, startedOn=record.created_at),
         "byproducts": _byproducts(record, chain_hash),
     }
     return {

@@ -14,6 +14,7 @@ from typing import Any
 from executor.docker_engine import Engine
 from executor.errors import IdentityMismatch, SealabError, WorkspaceError
 from executor.ledger import Ledger
+from executor.record import ExperimentRecord
 
 _REPO = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?")
@@ -48,33 +49,34 @@ def parse_digest_ref(ref: str) -> tuple[str, str]:
     return parse_registry(repo), digest
 
 
-def push_experiment(engine: Engine, ledger: Ledger, experiment: str, registry: str) -> dict[str, Any]:
+def push_experiment(engine: Engine, ledger: Ledger, experiment: str, registry: str) -> ExperimentRecord:
     """Push the image of `experiment` to `registry` (HOST[:PORT]/REPO) and record its digest reference.
 
-    Returns the annotated record, whose `registry_digest` is `HOST[:PORT]/REPO@sha256:…`.
+    Returns the record with its `registry_digest`, `HOST[:PORT]/REPO@sha256:…`.
 
     Raises:
         WorkspaceError: unknown experiment, or one that has no image.
+        RecordError: the experiment's record does not decode.
         BadReference: a malformed registry.
         IdentityMismatch: the experiment's image is not in the engine.
         RegistryError: the push failed.
     """
     repo = parse_registry(registry)
-    record = ledger.get(experiment)
+    record = ledger.experiment(experiment)
     if record is None:
         raise WorkspaceError(f"no experiment {experiment} in {ledger.path}")
-    image_id = record.get("image_id")
+    image_id = record.image_id
     if not image_id:
-        raise WorkspaceError(f"experiment {record['id']} has no image (it was never sealed)")
+        raise WorkspaceError(f"experiment {record.id} has no image (it was never sealed)")
     if engine.image_id(image_id) != image_id:
-        raise IdentityMismatch(f"image of experiment {record['id']}", image_id,
+        raise IdentityMismatch(f"image of experiment {record.id}", image_id,
                                "not in the engine (run `sealab seal` on its commit)")
-    tag = f"{record['commit'][:12]}-{image_id.removeprefix('sha256:')[:12]}"
+    tag = f"{record.commit[:12]}-{image_id.removeprefix('sha256:')[:12]}"
     engine.tag(image_id, f"{repo}:{tag}")
     digest, problem = engine.push_image(repo, tag)
     if problem or not digest:
-        raise RegistryError(f"push of {record['id']} to {repo} failed: {problem}")
-    return ledger.annotate(record["id"], registry_digest=f"{repo}@{digest}")
+        raise RegistryError(f"push of {record.id} to {repo} failed: {problem}")
+    return ledger.record_push(record.id, f"{repo}@{digest}")
 
 
 def ensure_by_digest(engine: Engine, ref: str, expected_image_id: str) -> bool:

@@ -19,9 +19,11 @@ from typing import Any
 from executor.docker_engine import Engine
 from executor.errors import IdentityMismatch, WorkspaceError
 from executor.ledger import Ledger
+from executor.record import ExperimentRecord, number
 from executor.registry import ensure_by_digest
 from executor.run import current_base, execute
 from executor.verify import verify
+from executor.types import Status
 from executor.workspace import Workspace
 
 
@@ -82,18 +84,19 @@ def diverged_in(recorded: dict[str, Any], rerun: dict[str, Any], metric: str) ->
     return "score"
 
 
-def find_record(ledger: Ledger, ref: str) -> dict[str, Any]:
+def find_record(ledger: Ledger, ref: str) -> ExperimentRecord:
     """The record named by an experiment ID (or unambiguous prefix), an image ID (newest first) or a pushed
     `repo@sha256:…` (its `registry_digest`).
 
     Raises:
         WorkspaceError: nothing matches.
+        RecordError: the record found does not decode.
     """
     if "@sha256:" in ref:  # a pushed image, by its registry digest (see executor.registry)
-        matches = [r for r in ledger.records() if r.get("registry_digest") == ref]
+        matches = [r for r in ledger.records() if r.get("registry_digest") == ref]  # as stored: any shape
         if not matches:
             raise WorkspaceError(f"no experiment pushed as {ref} in {ledger.path}")
-        return matches[-1]
+        return ExperimentRecord.from_dict(matches[-1])
     found = ledger.get(ref)
     if found is None:
         image = ref if ref.startswith("sha256:") else f"sha256:{ref}"
@@ -101,7 +104,7 @@ def find_record(ledger: Ledger, ref: str) -> dict[str, Any]:
         found = matches[-1] if matches else None
     if found is None:
         raise WorkspaceError(f"no experiment or image {ref} in {ledger.path}")
-    return found
+    return ExperimentRecord.from_dict(found)
 
 
 def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: int = 1,
@@ -110,37 +113,38 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
 
     Raises:
         WorkspaceError: unknown experiment, or one without a metric.
+        RecordError: the record does not decode.
         IdentityMismatch: the record does not re-derive from git and its base, the base or the data
             changed, or a rerun sealed to another image; nothing (more) is run.
     """
     original = find_record(ledger, ref)
-    metric = original["run_spec"]["metric"]
-    recorded = (original.get("metrics") or {}).get(metric)
-    if original["status"] != "ok" or not isinstance(recorded, (int, float)):
-        raise WorkspaceError(f"experiment {original['id']} ended {original['status']}: there is no metric to reproduce")
+    metric = original.metric
+    recorded = original.value
+    if recorded is None:
+        raise WorkspaceError(f"experiment {original.id} ended {original.status}: there is no metric to reproduce")
     if "@sha256:" in ref:
-        ensure_by_digest(engine, ref, original["image_id"])  # pulled by digest only, and its ID checked
-    report = verify(ws.repo, ledger, engine, [original])
+        ensure_by_digest(engine, ref, original.image_id or "")  # pulled by digest only, and its ID checked
+    report = verify(ws.repo, ledger, engine, [original.to_dict()])
     if report["mismatches"]:
         m = report["mismatches"][0]
-        raise IdentityMismatch(f"experiment {original['id']} {m['field']}", str(m["expected"]), str(m["actual"]))
+        raise IdentityMismatch(f"experiment {original.id} {m['field']}", str(m["expected"]), str(m["actual"]))
     base = current_base(ledger, engine)
-    if base.data_digest != original["data_digest"]:
-        raise IdentityMismatch("data digest of the base image", original["data_digest"], base.data_digest)
-    if base.image_id != original["base_image_id"]:
-        raise IdentityMismatch("base image", original["base_image_id"], base.image_id)
+    if base.data_digest != original.data_digest:
+        raise IdentityMismatch("data digest of the base image", str(original.data_digest), base.data_digest)
+    if base.image_id != original.base_image_id:
+        raise IdentityMismatch("base image", str(original.base_image_id), base.image_id)
     if tolerance is None:
-        state = ledger.run_state(original["run_tag"]) if original.get("run_tag") else None
+        state = ledger.run_state(original.run_tag) if original.run_tag else None
         tolerance = (state or {}).get("threshold") or 0.0
     reruns = []
     for _ in range(runs):
-        rerun = ledger.annotate(execute(ws, original["commit"], engine, ledger)["id"], reproduces=original["id"])
-        if rerun["image_id"] != original["image_id"]:
-            raise IdentityMismatch("rerun image", original["image_id"], str(rerun["image_id"]))
+        rerun = ledger.record_rerun(execute(ws, original.commit, engine, ledger).id, original.id)
+        if rerun.image_id != original.image_id:
+            raise IdentityMismatch("rerun image", str(original.image_id), str(rerun.image_id))
         reruns.append(rerun)
-    values = [(r.get("metrics") or {}).get(metric) if r["status"] == "ok" else None for r in reruns]
-    judged = judge(recorded, values, tolerance, original.get("cpu"), [r.get("cpu") for r in reruns])
-    parted = [diverged_in(original.get("metrics") or {}, r.get("metrics") or {}, metric) for r in reruns]
-    return {"experiment": original["id"], "image_id": original["image_id"], "metric": metric, "recorded": recorded,
-            "values": values, "reruns": [r["id"] for r in reruns], **judged, "diverged_in": parted,
-            "cpus": {"recorded": original.get("cpu"), "reruns": [r.get("cpu") for r in reruns]}}
+    values = [number((r.metrics or {}).get(metric)) if r.status == Status.OK else None for r in reruns]
+    judged = judge(recorded, values, tolerance, original.cpu, [r.cpu for r in reruns])
+    parted = [diverged_in(original.metrics or {}, r.metrics or {}, metric) for r in reruns]
+    return {"experiment": original.id, "image_id": original.image_id, "metric": metric, "recorded": recorded,
+            "values": values, "reruns": [r.id for r in reruns], **judged, "diverged_in": parted,
+            "cpus": {"recorded": original.cpu, "reruns": [r.cpu for r in reruns]}}

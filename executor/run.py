@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -29,6 +29,7 @@ from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
 from executor.ledger import Ledger, now
+from executor.record import ExperimentRecord, Finish, Results, RunLabels
 from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
@@ -54,12 +55,12 @@ def current_base(ledger: Ledger, engine: Engine) -> BaseImage:
 
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             on_record: Callable[[str], None] | None = None, editable: Sequence[str] | None = None,
-            backend: Backend | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            backend: Backend | None = None, labels: RunLabels | None = None) -> ExperimentRecord:
     """Run commit `ref` of the workspace sealed, and return its finished ledger record.
 
     `backend` runs the image (default: `engine`, this machine's); it verifies the image where it runs.
     `on_record(experiment_id)` is called once the record exists (as `running`), before anything starts.
-    `extra` (e.g. the loop's `run_tag`, `decision`, `proposal`) is part of the record from its first write.
+    `labels` (the loop's run tag, `baseline`, proposal) are part of the record from its first write.
     `editable` (glob patterns): the commit may change only these paths against its parent, as read
     from git here, whatever the caller claims; otherwise it is `rejected` and nothing is loaded.
 
@@ -83,12 +84,12 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     for line in describe(drift):
         log.warning("drift", change=line, note="the run uses the commit, not the working tree")
     out_dir, log_path = ws.outputs / eid, ws.logs / f"{eid}.log"
-    ledger.begin({
-        "id": eid, "commit": facts.sha, "parent": facts.parent, "tree": facts.tree, "description": facts.subject,
-        "base_image_id": base.image_id, "data_digest": base.data_digest, "run_spec": spec.to_dict(),
-        "drift": drift, "log_path": str(log_path.relative_to(ws.root)), "created_at": now(), "durations": {},
-        "backend": backend.name, **(extra or {}),
-    }, owner.token())
+    ledger.begin(ExperimentRecord(
+        id=eid, commit=facts.sha, status=Status.RUNNING, parent=facts.parent, tree=facts.tree,
+        description=facts.subject, base_image_id=base.image_id, data_digest=base.data_digest,
+        run_spec=spec.to_dict(), drift=drift, log_path=str(log_path.relative_to(ws.root)), created_at=now(),
+        durations={}, backend=backend.name, **(labels.record_fields() if labels else {}),
+    ), owner.token())
     if on_record is not None:
         on_record(eid)
     durations: dict[str, float] = {}
@@ -130,9 +131,10 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         reason = ("stopped by the user" if interrupted else str(exc) if isinstance(exc, EngineUnavailable)
                   else f"the workspace's state directory failed: {exc.strerror or exc}"
                        + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""))
-        if (ledger.get(eid) or {}).get("status") == Status.RUNNING.value:  # a stopping loop may have said so first
-            ledger.finish(eid, status=status.value, reason=reason, image_id=image_id, durations=durations,
-                          backend=backend.name, finished_at=now())
+        current = ledger.experiment(eid)
+        if current is not None and not current.finished:  # a stopping loop may have said so first
+            ledger.finish(eid, Finish(status, reason, image_id=image_id, durations=durations, backend=backend.name,
+                                      finished_at=now()))
         log.error("experiment.finished", status=status.value, reason=reason, durations=durations)
         if isinstance(exc, OSError):
             raise LedgerError(reason) from exc
@@ -145,17 +147,18 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     for line in describe(during):
         log.warning("drift", change=line, note="made during the run; the run used the commit")
     drift = drift + during
-    current = ledger.get(eid) or {}
-    if current.get("status") != Status.RUNNING.value:  # a stopping loop finished it first (`interrupted`)
+    current = ledger.experiment(eid)
+    if current is not None and current.finished:  # a stopping loop finished it first (`interrupted`)
         return current
-    record = ledger.finish(
-        eid, status=outcome.status.value, reason=outcome.reason, image_id=image_id, metrics=metrics,
-        backend=backend.name, placement=placement, finished_at=now(), drift=drift,
-        peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
-        durations={k: round(v, 4) for k, v in durations.items()}, cpu=cpu_of(result),
-    )
-    log.info("experiment.finished", status=record["status"], reason=record["reason"],
-             metric=metrics.get(spec.metric), durations=record["durations"], drift=len(drift))
+    record = ledger.finish(eid, Finish(
+        outcome.status, outcome.reason, image_id=image_id, durations={k: round(v, 4) for k, v in durations.items()},
+        backend=backend.name, finished_at=now(),
+        results=Results(metrics=metrics, drift=drift, placement=placement,
+                        peak_memory_mb=(result or {}).get("peak_memory_mb"), exit_code=outcome.exit_code,
+                        cpu=cpu_of(result)),
+    ))
+    log.info("experiment.finished", status=record.status.value, reason=record.reason,
+             metric=metrics.get(spec.metric), durations=record.durations, drift=len(drift))
     return record
 
 
@@ -228,7 +231,7 @@ def recover(ledger: Ledger, engine: Engine | None,
     """Mark records left `running` by a dead process as `interrupted` and stop what they left running:
     the local engine's containers, or (via `backend_for(name)`) a Slurm or Kubernetes job."""
     recovered = []
-    for eid, holder in ledger.running():
+    for eid, holder in ledger.running():  # records read as stored: every command recovers, none may fail on one
         if owner.alive(holder):
             continue
         name = (ledger.get(eid) or {}).get("backend") or "local"
@@ -242,12 +245,11 @@ def recover(ledger: Ledger, engine: Engine | None,
             except SealabError as exc:  # the record is still recovered; say what may be left running
                 structlog.get_logger().warning("recover.cleanup_failed", experiment_id=eid, backend=name,
                                                error=str(exc))
-        ledger.finish(eid, status=Status.INTERRUPTED.value,
-                      reason=f"the sealab process that ran it ({holder}) died before it finished")
-        recovered.append(eid)
+        if ledger.interrupt(eid, f"the sealab process that ran it ({holder}) died before it finished"):
+            recovered.append(eid)
     if engine is not None:  # containers of finished records (e.g. their removal failed while the engine was down)
         for container, eid in engine.experiment_containers():
-            record = ledger.get(eid)
-            if record is not None and record["status"] != Status.RUNNING.value:
+            stored = ledger.get(eid)
+            if stored is not None and stored.get("status") != Status.RUNNING.value:
                 engine.remove(container)
     return recovered

@@ -130,3 +130,23 @@ def commit_train(root: Path, source: str, message: str = "change train.py") -> s
     from agent.gitops import commit_file
 
     return commit_file(git.Repo(root), "train.py", source, message)
+
+
+def begin(ledger, owner: str = "test", **fields):
+    """`ledger.begin` of a record given as its stored keys (checked by the codec on the way in)."""
+    from executor.record import ExperimentRecord
+
+    return ledger.begin(ExperimentRecord.from_dict({"status": "running", **fields}), owner)
+
+
+def write_stored(ledger, record: dict, status: str | None = None) -> None:
+    """Store `record` exactly as given, with its hash-chain link, as an older or another sealab may have
+    written it: the typed writes (begin, finish, the annotations) cannot write an odd record any more."""
+    text = json.dumps(record)
+    with ledger._tx():
+        ledger.db.execute(
+            "INSERT INTO experiments (id, status, owner, record, created_at, updated_at) VALUES (?, ?, NULL, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, owner = NULL, record = excluded.record, "
+            "updated_at = excluded.updated_at",
+            (record["id"], status or str(record.get("status")), text, str(record.get("created_at")), "t"))
+        ledger._link(record["id"], record)

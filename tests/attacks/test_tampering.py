@@ -138,7 +138,7 @@ def test_image_deleted_between_verification_and_start(tiny_workspace, engine, mo
     monkeypatch.setattr(Engine, "create", delete_then_create)
     ws = Workspace.open(root)
     since = time.time()
-    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path))
+    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path)).to_dict()
     assert record["status"] == "rejected" and "gone from the engine" in record["reason"]
     assert record["image_id"] == sealed["image_id"] and "run" not in record["durations"]
     assert containers_of(engine, record["id"]) == [] and container_events(engine, record["id"], since) == []
@@ -173,7 +173,7 @@ def test_name_swapped_after_verification_still_runs_the_sealed_image(tiny_worksp
 
     ws = Workspace.open(root)
     try:
-        record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path))
+        record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path)).to_dict()
         assert swapped and set(swapped) == {sealed["image_id"]}  # by ID, each phase
         assert record["status"] == "ok" and record["image_id"] == sealed["image_id"]
         assert record["metrics"]["hyperparameters"]["MARK"] == 0

@@ -10,8 +10,8 @@ The points wrap real functions and change nothing else:
 | `begun`     | the record was just inserted as `running` (`Ledger.begin`), nothing sealed or loaded  |
 | `seal`      | the image is sealed, about to be loaded into the engine (`Engine.load`)               |
 | `container` | the training container was just started and runs (`Engine.start`; eval phases skipped) |
-| `finished`  | the executor finished the record (`Ledger.finish(durations=…)`), nothing annotated yet |
-| `annotated` | the record carries the run's tag, no decision yet (`Ledger.annotate(run_tag=…)`)       |
+| `finished`  | the executor finished the record (`Ledger.finish`, with durations), nothing labelled yet |
+| `annotated` | the record carries the run's tag, no decision yet (`Ledger.label`)                    |
 | `cas`       | a ref has just moved by compare-and-swap, the run state not yet saved (`gitops.cas`)   |
 
 The hooks sit on the adapters (ledger, engine, git), not on executor/run.py or agent/loop.py, so they
@@ -78,8 +78,9 @@ def install() -> None:
     Ledger.begin = after(Ledger.begin, "begun")
     Engine.load = before(Engine.load, "seal")
     Engine.start = after(Engine.start, "container", lambda a, kw: _phase(*a[:2]) != "eval")
-    Ledger.finish = after(Ledger.finish, "finished", lambda a, kw: "durations" in kw and "run_tag" not in kw)
-    Ledger.annotate = after(Ledger.annotate, "annotated", lambda a, kw: "run_tag" in kw)
+    Ledger.finish = after(Ledger.finish, "finished", lambda a, kw: (a[2] if len(a) > 2 else kw["outcome"]).durations
+                          is not None)  # a run's end (not a recovery's)
+    Ledger.label = after(Ledger.label, "annotated")
     agent.gitops.cas = after(agent.gitops.cas, "cas")
     assert point in ("begun", "seal", "container", "finished", "annotated", "cas"), point
 

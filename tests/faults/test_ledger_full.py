@@ -10,7 +10,7 @@ import pytest
 
 from executor.errors import LedgerError
 from executor.ledger import Ledger
-from tests.conftest import unavailable
+from tests.conftest import begin, unavailable
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_writes_on_a_full_disk_fail_as_ledger_errors(tiny_disk):
     LedgerError that says the disk is full (it was a raw `cannot rollback` OperationalError), and the
     records written before stay readable and intact."""
     ledger = Ledger(tiny_disk / "ledger.db")
-    ledger.begin({"id": "a", "created_at": "2026-01-01T00:00:00Z"}, "owner")
+    begin(ledger, "owner", id="a", commit="c" * 40, created_at="2026-01-01T00:00:00Z")
     with open(tiny_disk / "filler", "wb", buffering=0) as fh:
         for size in (1 << 16, 1024, 1):
             while True:
@@ -41,11 +41,11 @@ def test_writes_on_a_full_disk_fail_as_ledger_errors(tiny_disk):
                     break
     with pytest.raises(LedgerError) as caught:
         for i in range(50):
-            ledger.begin({"id": f"b{i}", "created_at": "2026-01-01T00:00:00Z", "big": "y" * 200_000}, "owner")
+            begin(ledger, "owner", id=f"b{i}", commit="c" * 40, created_at="2026-01-01T00:00:00Z", big="y" * 200_000)
     assert not isinstance(caught.value, sqlite3.Error)
     assert "no space left" in str(caught.value) and "\n" not in str(caught.value)
     assert [r["id"] for r in ledger.records()] == ["a"] and ledger.chain_problems() == []
     (tiny_disk / "filler").unlink()
-    ledger.begin({"id": "c", "created_at": "2026-01-01T00:00:00Z"}, "owner")
+    begin(ledger, "owner", id="c", commit="c" * 40, created_at="2026-01-01T00:00:00Z")
     assert [r["id"] for r in ledger.records()] == ["a", "c"] and ledger.chain_problems() == []
     assert ledger.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

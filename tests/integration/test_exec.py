@@ -215,7 +215,7 @@ def test_image_deleted_between_verify_and_start(make_workspace, engine):
 
     root = make_workspace()
     ws = Workspace.open(root)
-    record = execute(ws, "HEAD", DeletesFirst(engine.client), Ledger(ws.ledger_path))
+    record = execute(ws, "HEAD", DeletesFirst(engine.client), Ledger(ws.ledger_path)).to_dict()
     assert record["status"] == "rejected" and "gone from the engine" in record["reason"]
     assert "run" not in record["durations"]
     assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={record['id']}"}) == []
@@ -265,8 +265,8 @@ def test_executor_rechecks_the_scope_from_the_commit(make_workspace, engine):
     harness = (root / "prepare.py").read_text()
     commit_file(repo, "prepare.py", harness.replace("EVAL_BYTES = 65536", "EVAL_BYTES = 1024"), "sneaky eval")
     ws = Workspace.open(root)
-    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"])
+    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"]).to_dict()
     assert record["status"] == "rejected" and "prepare.py" in record["reason"]
     assert engine.image_id(record["image_id"]) is None and "run" not in record["durations"]
     commit_train(root, (root / "train.py").read_text() + "\n", "a train.py change")
-    assert execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"])["status"] == "ok"
+    assert execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"]).status == "ok"

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.html_report import CHART_SIZE_PX, running_best
+from executor.record import ExperimentRecord, Finish
+from executor.types import Status
 from tests.conftest import chromium, sealab
 
 SCRIPT = "<script>alert(1)</script>"
@@ -86,9 +88,9 @@ def report_ws(tmp_path) -> dict:
         _record("e0005", c4, c1, "deeper", 0.95, "keep", proposal=prop("deeper")),
     ]
     ledger = Ledger(ws.ledger_path)
-    for rec in records:
-        ledger.begin({k: v for k, v in rec.items() if k != "status"}, owner="test")
-        ledger.finish(rec["id"], **rec)
+    for rec in records:  # as `sealab import` adds a whole record: begun with all it holds, then its status
+        ledger.begin(ExperimentRecord.from_dict(rec), owner="test")
+        ledger.finish(rec["id"], Finish(Status(rec["status"]), rec["reason"]))
     patch = ws.state / "drift" / "t1-0001.patch"
     patch.parent.mkdir(parents=True, exist_ok=True)
     patch.write_text(f"--- a/train.py\n+++ b/train.py\n+{SCRIPT}\n")

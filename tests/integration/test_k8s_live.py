@@ -48,7 +48,7 @@ def test_a_tiny_experiment_runs_as_a_kubernetes_job(cluster_options, engine, mak
     backend = KubernetesBackend.from_options(cluster_options, engine)
     root = make_workspace(budget=2, grace=120)
     ws = Workspace.open(root)
-    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path), backend=backend)
+    record = execute(ws, "HEAD", engine, Ledger(ws.ledger_path), backend=backend).to_dict()
     assert record["status"] == "ok", record["reason"]
     assert record["backend"] == "kubernetes" and record["placement"].startswith("kubernetes:")
     assert isinstance(record["metrics"]["val_bpb"], float)

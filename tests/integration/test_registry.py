@@ -121,6 +121,9 @@ def test_reproduce_by_digest_pulls_and_ignores_moved_tag(make_workspace, engine,
 def test_digest_missing_from_registry_is_one_line_error(make_workspace, engine, registry):
     """A recorded digest the registry does not hold, or an unrecorded one, is a one-line error and nothing runs."""
     from executor.ledger import Ledger
+    from executor.record import Finish, Results
+    from executor.types import Status
+    from tests.conftest import begin
 
     root = make_workspace()
     missing = f"{registry}/sealab-test@sha256:{'0' * 64}"
@@ -130,10 +133,10 @@ def test_digest_missing_from_registry_is_one_line_error(make_workspace, engine, 
 
     ledger = Ledger(root / ".sealab" / "ledger.db")
     head = git.Repo(root).head.commit.hexsha
-    ledger.begin({"id": "feedfacecafe", "commit": head, "image_id": "sha256:" + "1" * 64,
-                  "run_spec": {"metric": "val_bpb"}, "created_at": "2020-01-01T00:00:00.000Z"}, owner="test")
-    ledger.finish("feedfacecafe", status="ok", metrics={"val_bpb": 1.0})
-    ledger.annotate("feedfacecafe", registry_digest=missing)
+    begin(ledger, id="feedfacecafe", commit=head, image_id="sha256:" + "1" * 64, run_spec={"metric": "val_bpb"},
+          created_at="2020-01-01T00:00:00.000Z")
+    ledger.finish("feedfacecafe", Finish(Status.OK, results=Results(metrics={"val_bpb": 1.0}, drift=[])))
+    ledger.record_push("feedfacecafe", missing)
     proc = sealab("reproduce", missing, cwd=root)
     assert proc.returncode == 3 and "pull of" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

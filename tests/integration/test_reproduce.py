@@ -44,6 +44,7 @@ def test_the_record_names_its_cpu_and_another_cpu_is_judged_within_noise(make_wo
     """The record names the CPU model and x86-64 level of its run; reproduced on another CPU (the record says
     another one), bit-exactness is not claimed: the verdict is within noise, and both CPUs are named."""
     from executor.ledger import Ledger
+    from tests.conftest import write_stored
 
     root = step_budget_workspace(make_workspace, steps=3)
     record = sealab_json("exec", cwd=root)
@@ -53,7 +54,7 @@ def test_the_record_names_its_cpu_and_another_cpu_is_judged_within_noise(make_wo
     cpu = record["cpu"]
     assert cpu["model"] == here and cpu["isa"].startswith("x86-64") and cpu["threads"] == 2
     elsewhere = {**record["cpu"], "model": "AMD EPYC 7763 64-Core Processor", "isa": "x86-64-v3"}
-    Ledger(root / ".sealab" / "ledger.db").finish(record["id"], status="ok", cpu=elsewhere)  # as a run elsewhere wrote it
+    write_stored(Ledger(root / ".sealab" / "ledger.db"), {**record, "cpu": elsewhere})  # as a run elsewhere wrote it
     proc = sealab("reproduce", record["id"], cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     verdict, note = proc.stdout.strip().splitlines()

@@ -92,7 +92,7 @@ def execute_in_thread(root: Path, ref: str, engine, backend, records: dict, ids:
         ledger = Ledger(Workspace.open(root).ledger_path)
         try:
             records[ref] = execute(Workspace.open(root), ref, engine, ledger, backend=backend,
-                                   on_record=ids.append if ids is not None else None)
+                                   on_record=ids.append if ids is not None else None).to_dict()
         except BaseException as exc:  # reported by the test
             records[ref] = exc
         finally:

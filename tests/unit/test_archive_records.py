@@ -1,5 +1,6 @@
 """`sealab import` of an archive whose checksums match but whose records are malformed (edited by hand,
-checksums recomputed): one WorkspaceError line (exit 2), nothing imported; no engine is reached."""
+checksums recomputed): one WorkspaceError line (exit 2), nothing imported; no engine is reached. Each
+record goes through the record codec (executor.record), as every reader that acts on one does."""
 
 import hashlib
 import io
@@ -35,6 +36,9 @@ def archive(tmp_path: Path, records) -> Path:
     ([{**GOOD, "id": 7}], "record 0 (7) of records.json has no valid id (expected a string, found int)"),
     ([{k: v for k, v in GOOD.items() if k != "image_id"}], "has no valid image_id"),
     ([{**GOOD, "run_spec": "fast"}], "has no valid run_spec (expected a table, found str)"),
+    ([{**GOOD, "metrics": "0.9"}], "has no valid metrics (expected a table, found str)"),  # the record codec's
+    ([{**GOOD, "status": "exploded"}], "has no valid status (expected one of running, ok"),
+    ([{**GOOD, "status": "running"}], "has no valid status (expected a finished status, found 'running')"),
 ])
 def test_malformed_records_are_one_line_and_nothing_is_imported(tmp_path, records, said):
     ledger = Ledger(tmp_path / "ledger.db")

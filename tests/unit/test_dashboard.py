@@ -17,7 +17,9 @@ from agent.dashboard import Dashboard
 from agent.html_report import collect
 from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, StrictJSON, create_app, is_loopback, reading
 from executor.ledger import Ledger
-from executor.types import BaseImage
+from executor.record import Decision, Finish, Results, RunLabels
+from executor.types import BaseImage, Status
+from tests.conftest import begin, write_stored
 
 SCRIPT = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
 SPEC = {"budget_s": 2.0, "grace_s": 40.0, "seed": 42, "metric": "val_bpb", "direction": "minimize",
@@ -63,14 +65,15 @@ def ws(tmp_path) -> dict:
     ledger.set_base(BASE)
     for n, (eid, commit, parent, value, decision, status) in enumerate(rows):
         description = repo.commit(commit).summary
-        ledger.begin({"id": eid, "commit": commit, "parent": parent, "tree": repo.commit(commit).tree.hexsha,
-                      "description": description, "base_image_id": BASE.image_id, "data_digest": BASE.data_digest,
-                      "run_spec": SPEC, "drift": [], "log_path": f".sealab/logs/{eid}.log",
-                      "created_at": stamp(NOW + timedelta(minutes=n))}, owner="test")
-        ledger.finish(eid, status=status, reason=None if status == "ok" else "exit code 1", image_id=sealed(commit),
-                      metrics={"val_bpb": value} if value is not None else {}, durations={"total": 3.0})
-        ledger.annotate(eid, run_tag="t1", decision=decision, decision_reason=f"{decision} {SCRIPT}",
-                        **({"proposal": {"description": description, "usage": {"cost_usd": 0.5}}} if parent else {}))
+        begin(ledger, id=eid, commit=commit, parent=parent, tree=repo.commit(commit).tree.hexsha,
+              description=description, base_image_id=BASE.image_id, data_digest=BASE.data_digest, run_spec=SPEC,
+              drift=[], log_path=f".sealab/logs/{eid}.log", created_at=stamp(NOW + timedelta(minutes=n)))
+        ledger.finish(eid, Finish(Status(status), None if status == "ok" else "exit code 1", image_id=sealed(commit),
+                                  durations={"total": 3.0},
+                                  results=Results(metrics={"val_bpb": value} if value is not None else {}, drift=[])))
+        ledger.label(eid, RunLabels("t1", proposal={"description": description, "usage": {"cost_usd": 0.5}}
+                                    if parent else None))
+        ledger.record_decision(eid, Decision(decision), f"{decision} {SCRIPT}")
     patch = w.state / "drift" / "t1-0001.patch"
     patch.parent.mkdir(parents=True, exist_ok=True)
     patch.write_text(f"+SCALAR_LR = 0.123  # {SCRIPT}\n")
@@ -113,10 +116,9 @@ def test_verification_reports_a_wrong_image_id_and_an_edited_record(ws):
     SQLite file breaks the hash chain and says so on its row; a running record is listed, pending."""
     path = ws["ws"].ledger_path
     ledger = Ledger(path)
-    ledger.finish("e0004", status="ok", image_id="sha256:" + "f" * 64)  # a write through sealab: chained, but wrong
-    ledger.begin({"id": "e0006", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW),
-                  "run_tag": "t1"}, owner="test")
-    ledger.begin({"id": "e0007", "commit": ws["commits"][1], "run_spec": SPEC, "created_at": stamp(NOW)}, owner="test")
+    ledger.finish("e0004", Finish(Status.OK, image_id="sha256:" + "f" * 64))  # through sealab: chained, but wrong
+    begin(ledger, id="e0006", commit=ws["commits"][1], run_spec=SPEC, created_at=stamp(NOW), run_tag="t1")
+    begin(ledger, id="e0007", commit=ws["commits"][1], run_spec=SPEC, created_at=stamp(NOW))
     ledger.close()
     con = sqlite3.connect(path)
     record = json.loads(con.execute("SELECT record FROM experiments WHERE id = 'e0003'").fetchone()[0])
@@ -139,8 +141,8 @@ def test_state_phases_current_experiment_and_cost(ws):
     when the owner died or nothing happened for longer than an experiment can take."""
     path = ws["ws"].ledger_path
     ledger = Ledger(path)
-    ledger.begin({"id": "e0006", "commit": ws["commits"][1], "description": "running one", "run_spec": SPEC,
-                  "created_at": stamp(NOW - timedelta(seconds=30)), "run_tag": "t1"}, owner="host:1:1")
+    begin(ledger, "host:1:1", id="e0006", commit=ws["commits"][1], description="running one", run_spec=SPEC,
+          created_at=stamp(NOW - timedelta(seconds=30)), run_tag="t1")
     ledger.close()
     with reading(path) as ledger:
         live = board(ws).state(ledger, now=NOW)
@@ -155,7 +157,7 @@ def test_state_phases_current_experiment_and_cost(ws):
     assert dead["run"]["phase"] == "interrupted" and dead["current"] is None
 
     ledger = Ledger(path)
-    ledger.finish("e0006", status="ok", metrics={"val_bpb": 0.99})
+    ledger.finish("e0006", Finish(Status.OK, results=Results(metrics={"val_bpb": 0.99}, drift=[])))
     ledger.close()
     with reading(path) as ledger:
         recent = datetime.now(timezone.utc)
@@ -308,11 +310,12 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     run spec without resources) is answered with JSON on every route, never a 500."""
     ledger = Ledger(ws["ws"].ledger_path)
     commit = ws["commits"][1]
-    ledger.begin({"id": "e0006", "commit": commit, "parent": ws["commits"][0], "tree": "t",
-                  "description": "old shape", "base_image_id": BASE.image_id, "data_digest": BASE.data_digest,
-                  "run_spec": {"metric": "val_bpb"}, "drift": ["train.py: SCALAR_LR 0.5 -> 0.3"],
-                  "log_path": None, "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1"}, owner="test")
-    ledger.finish("e0006", status="ok", reason=None, image_id=None, metrics="0.9", durations={"seal": "fast"})
+    write_stored(ledger, {"id": "e0006", "commit": commit, "parent": ws["commits"][0], "tree": "t",
+                          "description": "old shape", "image_id": None, "base_image_id": BASE.image_id,
+                          "data_digest": BASE.data_digest, "run_spec": {"metric": "val_bpb"}, "status": "ok",
+                          "reason": None, "metrics": "0.9", "durations": {"seal": "fast"},
+                          "drift": ["train.py: SCALAR_LR 0.5 -> 0.3"], "log_path": None,
+                          "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1"})
     ledger.close()
     app = create_app(ws["ws"].root, ledger_path=ws["ws"].ledger_path, allowed_hosts=LOOPBACK_NAMES)
     for name in ("state", "experiments", "kept", "drift", "review"):
@@ -335,3 +338,19 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     for command in (["status"], ["results"]):  # the terminal readers too
         listed = CliRunner().invoke(main, ["-C", str(ws["ws"].root), *command])
         assert listed.exit_code == 0 and "e0006" in listed.output, (command, listed.output)
+
+
+def test_verify_reports_a_record_that_does_not_decode_and_checks_the_rest(ws):
+    """`verify` takes records as stored: one the codec refuses is a mismatch naming its field, what it
+    should hold and what it holds, and every other record is still re-derived (here: all of them fine)."""
+    from executor.verify import verify
+
+    ledger = Ledger(ws["ws"].ledger_path)
+    write_stored(ledger, {**ledger.get("e0004"), "id": "e0009", "metrics": "0.9"})
+    report = verify(ws["ws"].repo, ledger, None, ledger.records(), whole_ledger=True)
+    assert report["checked"] == 6
+    assert report["mismatches"] == [{"id": "e0009", "field": "metrics", "expected": "a table", "actual": "0.9"}]
+    with reading(ws["ws"].ledger_path) as read_only:
+        rows = {r["id"]: r["verification"] for r in board(ws).experiments(read_only)["experiments"]}
+    assert rows["e0009"] == {"state": "mismatch", "problems": ["metrics: expected a table, found 0.9"]}
+    assert rows["e0004"]["state"] == "ok"

@@ -6,21 +6,26 @@ import pytest
 
 from executor.errors import LedgerError
 from executor.ledger import RECORD_KEYS, SCHEMA_VERSION, Ledger
-from executor.types import BaseImage
+from executor.record import RECORD_VERSION, ExperimentRecord, Finish, Results
+from executor.types import BaseImage, Status
+from tests.conftest import begin
 
 BASE = BaseImage("sha256:" + "b" * 64, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",),
                  "recipe", "sha256:" + "d" * 64, "offline:bookworm")
 
 
 def test_record_lifecycle(tmp_path):
-    """A record begins as running with every key, and finishes in place with its final status."""
+    """A record begins as running with every key (this sealab's record version among them), and
+    finishes in place with its final status."""
     ledger = Ledger(tmp_path / "l.db")
-    ledger.begin({"id": "e1", "commit": "c" * 40, "created_at": "t"}, "owner")
+    ledger.begin(ExperimentRecord(id="e1", commit="c" * 40, status=Status.RUNNING, created_at="t"), "owner")
     assert ledger.running() == [("e1", "owner")]
     assert set(ledger.get("e1")) == set(RECORD_KEYS) and ledger.get("e1")["status"] == "running"
-    ledger.finish("e1", status="ok", metrics={"val_bpb": 1.5})
+    assert ledger.get("e1")["record_version"] == RECORD_VERSION == ledger.experiment("e1").record_version
+    ledger.finish("e1", Finish(Status.OK, results=Results(metrics={"val_bpb": 1.5}, drift=[])))
     reopened = Ledger(tmp_path / "l.db")
     assert reopened.running() == [] and reopened.get("e")["metrics"] == {"val_bpb": 1.5}
+    assert reopened.experiment("e").status == Status.OK and reopened.experiment("e").value == 1.5
 
 
 def test_base_roundtrip(tmp_path):
@@ -56,18 +61,18 @@ def test_ambiguous_prefix_finds_nothing(tmp_path):
     """A prefix that matches two records resolves to none."""
     ledger = Ledger(tmp_path / "l.db")
     for eid in ("ab1", "ab2"):
-        ledger.begin({"id": eid, "commit": "c", "created_at": "t"}, "o")
+        begin(ledger, id=eid, commit="c", created_at="t")
     assert ledger.get("ab") is None and ledger.get("ab2")["id"] == "ab2"
 
 
 def test_like_wildcards_in_a_prefix_match_only_themselves(tmp_path):
     """`_`, `%` and `\\` in what the user typed are literal characters, not SQL LIKE wildcards."""
     ledger = Ledger(tmp_path / "l.db")
-    ledger.begin({"id": "abc123", "commit": "c", "created_at": "t"}, "o")
+    begin(ledger, id="abc123", commit="c", created_at="t")
     assert ledger.get("abc")["id"] == "abc123"
     for typed in ("a_c", "_bc", "a%", "%", "ab\\", "abc12_"):
         assert ledger.get(typed) is None, typed
-    ledger.begin({"id": "a_c9", "commit": "c", "created_at": "t"}, "o")
+    begin(ledger, id="a_c9", commit="c", created_at="t")
     assert ledger.get("a_c")["id"] == "a_c9"
 
 
@@ -91,15 +96,15 @@ def test_version_1_ledger_is_migrated_in_place(tmp_path):
 def chained(tmp_path, n=3):
     ledger = Ledger(tmp_path / "l.db")
     for i in range(n):
-        ledger.begin({"id": f"e{i}", "commit": "c", "created_at": "t"}, "o")
-        ledger.finish(f"e{i}", status="ok", metrics={"val_bpb": 1.0 + i})
+        begin(ledger, id=f"e{i}", commit="c", created_at="t")
+        ledger.finish(f"e{i}", Finish(Status.OK, results=Results(metrics={"val_bpb": 1.0 + i}, drift=[])))
     return ledger, sqlite3.connect(tmp_path / "l.db")
 
 
 def test_untouched_chain_has_no_problems(tmp_path):
     """Records written through the ledger agree with their hash chain."""
     ledger, _ = chained(tmp_path)
-    ledger.annotate("e1", decision="keep")
+    ledger.record_decision("e1", "keep", "better")
     assert ledger.chain_problems() == []
 
 
@@ -137,20 +142,3 @@ def test_edited_chain_link_is_reported(tmp_path):
     db.execute("UPDATE chain SET record_sha256 = 'f' || substr(record_sha256, 2) WHERE seq = 2")
     db.commit()
     assert any(p["field"] == "chain link" for p in ledger.chain_problems())
-
-
-def test_annotations_cannot_rewrite_what_the_run_wrote(tmp_path):
-    """The loop and the commands add decisions, pushes and rerun links; metrics, identity and status stay
-    the run's own: annotating them is refused, naming the keys, and the record is unchanged."""
-    ledger = Ledger(tmp_path / "ledger.db")
-    ledger.begin({"id": "e1", "commit": "c" * 40, "created_at": "2026-01-01T00:00:00Z"}, owner="t")
-    ledger.finish("e1", status="ok", metrics={"val_bpb": 1.5}, image_id="sha256:" + "a" * 64)
-    before = ledger.get("e1")
-    for forged in ({"metrics": {"val_bpb": 0.1}}, {"status": "crash"}, {"image_id": "sha256:" + "b" * 64},
-                   {"decision": "keep", "commit": "d" * 40}):
-        with pytest.raises(LedgerError) as refused:
-            ledger.annotate("e1", **forged)
-        assert "cannot be annotated" in str(refused.value) and "decision" not in str(refused.value).split(" of ")[0]
-    assert ledger.get("e1") == before and ledger.chain_problems() == []
-    annotated = ledger.annotate("e1", decision="keep", decision_reason="better", run_tag="t")
-    assert annotated["metrics"] == {"val_bpb": 1.5} and annotated["decision"] == "keep"

@@ -6,8 +6,10 @@ import json
 import pytest
 
 from executor.ledger import RECORD_KEYS, Ledger
-from executor.provenance import latest_link, statement, statement_bytes, statement_digest
-from executor.types import BaseImage
+from executor.provenance import latest_link, statement as statement_of, statement_bytes, statement_digest
+from executor.record import ExperimentRecord, Finish, Results
+from executor.types import BaseImage, Status
+from tests.conftest import begin
 
 IMAGE = "sha256:" + "a" * 64
 BASE_ID = "sha256:" + "b" * 64
@@ -18,6 +20,11 @@ CHAIN = "9" * 64
 COMMIT, TREE, TRAIN_BLOB = "c" * 40, "7" * 40, "5" * 40
 BASE = BaseImage(BASE_ID, ("sha256:" + "1" * 64,), ("PATH=/usr/bin",), ("python3",), "recipe-1", DATA,
                  "offline:bookworm")
+
+
+def statement(record: dict, **kw) -> dict:
+    """The statement of a record given as it is stored (decoded by the codec first, as the CLI does)."""
+    return statement_of(ExperimentRecord.from_dict(record), **kw)
 
 
 def make_record() -> dict:
@@ -33,7 +40,7 @@ def make_record() -> dict:
                      "prompt_digest": "sha256:" + "3" * 64},
         "decision": "keep", "run_tag": "night1", "harness": HARNESS, "train_blob": TRAIN_BLOB,
     }
-    assert set(RECORD_KEYS) <= set(record)
+    assert set(RECORD_KEYS) - {"record_version"} <= set(record)  # a record from before record_version
     return record
 
 
@@ -131,9 +138,9 @@ def test_digest_changes_with_any_material(change):
 def test_latest_link_is_the_records_last_chain_hash(tmp_path):
     """latest_link returns the chain hash of a record's latest write, and None for an unknown id."""
     ledger = Ledger(tmp_path / "l.db")
-    ledger.begin({"id": "e1", "commit": COMMIT, "created_at": "t"}, "owner")
+    begin(ledger, "owner", id="e1", commit=COMMIT, created_at="t")
     first = latest_link(ledger, "e1")
-    ledger.finish("e1", status="ok")
+    ledger.finish("e1", Finish(Status.OK))
     last = ledger.db.execute("SELECT hash FROM chain ORDER BY seq DESC LIMIT 1").fetchone()[0]
     assert first and latest_link(ledger, "e1") == last != first
     assert latest_link(ledger, "nope") is None
@@ -149,10 +156,9 @@ def test_cli_provenance(tmp_path):
     ledger = Ledger(ws.ledger_path)
     ledger.set_base(BASE)
     head = ws.repo.head.commit
-    ledger.begin({"id": "exp1", "commit": head.hexsha, "tree": head.tree.hexsha, "description": "baseline",
-                  "base_image_id": BASE_ID, "data_digest": DATA, "created_at": "2024-01-01T00:00:00.000Z"},
-                 owner.token())
-    ledger.finish("exp1", status="ok", image_id=IMAGE, metrics={"val_bpb": 2.0})
+    begin(ledger, owner.token(), id="exp1", commit=head.hexsha, tree=head.tree.hexsha, description="baseline",
+          base_image_id=BASE_ID, data_digest=DATA, created_at="2024-01-01T00:00:00.000Z")
+    ledger.finish("exp1", Finish(Status.OK, image_id=IMAGE, results=Results(metrics={"val_bpb": 2.0}, drift=[])))
     ledger.close()
 
     proc = sealab("provenance", "exp1", cwd=ws.root)

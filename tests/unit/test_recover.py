@@ -5,6 +5,7 @@ import socket
 
 from executor.ledger import Ledger, now
 from executor.run import recover
+from tests.conftest import begin as started
 
 
 class Recorder:
@@ -19,7 +20,7 @@ class Recorder:
 
 
 def begin(ledger, eid, backend, holder):
-    ledger.begin({"id": eid, "commit": "c" * 40, "created_at": now(), "run_spec": {}, "backend": backend}, holder)
+    started(ledger, holder, id=eid, commit="c" * 40, created_at=now(), run_spec={}, backend=backend)
 
 
 def test_dead_cluster_runs_are_cancelled_through_their_backend(tmp_path):

@@ -12,6 +12,7 @@ from agent.loop import Loop, RunState
 from executor.errors import EngineUnavailable
 from executor.ledger import Ledger, now
 from policies import load_policy
+from tests.conftest import begin
 
 
 class Backend:
@@ -42,7 +43,7 @@ def lost_run(ledger, calls):
     def execute(ws, commit, engine, run_ledger, *, on_record, **_):
         eid = f"e{len(calls)}"
         calls.append(eid)
-        run_ledger.begin({"id": eid, "commit": commit, "created_at": now(), "run_spec": {}}, "test")
+        begin(run_ledger, id=eid, commit=commit, created_at=now(), run_spec={})
         on_record(eid)
         raise EngineUnavailable(f"No such container: sealab-{eid}")
     return execute
@@ -57,20 +58,20 @@ def test_a_stopping_round_does_not_retry_what_it_removed(tmp_path, monkeypatch, 
         loop.stopping.set()
     with pytest.raises(EngineUnavailable):
         state = RunState(tag="t", branch="b", start_commit="c" * 40, best_commit="c" * 40)
-        loop._run_commit(state, None, ledger, "c" * 40, lambda eid: None, {}, editable=False)
+        loop._run_commit(state, None, ledger, "c" * 40, lambda eid: None, None, editable=False)
     assert len(calls) == runs == 1 + (0 if stopping else loop.policy.retry.infra_error)
 
 
 def test_a_record_begun_during_the_stop_is_interrupted_before_its_container_goes(tmp_path):
     loop, ledger = make_loop(tmp_path)
-    ledger.begin({"id": "a", "commit": "a" * 40, "created_at": now(), "run_spec": {}}, "test")
+    begin(ledger, id="a", commit="a" * 40, created_at=now(), run_spec={})
     entries = [{"commit": "a" * 40, "experiment": "a"}, {"commit": "b" * 40, "experiment": None}]
     release = threading.Event()
 
     def late_worker():  # its record appears only after the stop began
         release.wait(5)
         ledger_b = Ledger(tmp_path / "ledger.db")
-        ledger_b.begin({"id": "b", "commit": "b" * 40, "created_at": now(), "run_spec": {}}, "test")
+        begin(ledger_b, id="b", commit="b" * 40, created_at=now(), run_spec={})
         entries[1]["experiment"] = "b"
         ledger_b.close()
         while not any(eid == "b" for eid, _ in loop.backend.cleaned):
