@@ -40,9 +40,9 @@ def test_a_better_model_gets_a_lower_metric_from_the_real_scorer(setup):
     for scale in (1.0, 5.0):
         sha = commit(f"\nSCALE = {scale}\n")
         record = execute(ws, sha, engine, ledger, backend=backend)
-        assert record["status"] == "ok", record["reason"]
-        assert record["metrics"]["metric_source"] == "evaluator"
-        values[scale] = record["metrics"]["val_bpb"]
+        assert record.status.value == "ok", record.reason
+        assert record.metrics["metric_source"] == "evaluator"
+        values[scale] = record.metrics["val_bpb"]
         assert train_py_of(backend.jobs[-1]).endswith(f"SCALE = {scale}\n".encode())
     assert [j.phase for j in backend.jobs] == ["train", "eval", "train", "eval"]
     assert 4.5 < values[5.0] < values[1.0] < 8.0
@@ -61,10 +61,10 @@ def test_how_the_train_phase_ended_is_the_status(setup, run, status, reason):
     ws, ledger, engine, backend, commit = setup
     backend.outcome = lambda source: run
     record = execute(ws, commit("\nSCALE = 2.0\n"), engine, ledger, backend=backend)
-    assert record["status"] == status
-    assert reason in record["reason"]
+    assert record.status.value == status
+    assert reason in record.reason
     assert [j.phase for j in backend.jobs] == ["train"]
-    assert ledger.get(record["id"])["status"] == status
+    assert ledger.get(record.id)["status"] == status
 
 
 def test_a_result_for_another_train_py_is_rejected(setup):
@@ -82,8 +82,8 @@ def test_a_result_for_another_train_py_is_rejected(setup):
 
     backend.run = lying
     record = execute(ws, sha, engine, ledger, backend=backend)
-    assert record["status"] == "rejected"
-    assert git_blob(b"other") in record["reason"]
+    assert record.status.value == "rejected"
+    assert git_blob(b"other") in record.reason
 
 
 def test_a_change_outside_the_editable_paths_starts_nothing(setup):
@@ -91,8 +91,8 @@ def test_a_change_outside_the_editable_paths_starts_nothing(setup):
     ws, ledger, engine, backend, commit = setup
     sha = commit("print('hi')\n", path="prepare_more.py")
     record = execute(ws, sha, engine, ledger, backend=backend, editable=["train.py"])
-    assert record["status"] == "rejected"
-    assert "prepare_more.py" in record["reason"] and "nothing was started" in record["reason"]
+    assert record.status.value == "rejected"
+    assert "prepare_more.py" in record.reason and "nothing was started" in record.reason
     assert backend.jobs == []
 
 
@@ -130,8 +130,8 @@ def test_working_tree_edits_are_reported_never_run(setup):
     sha = commit("\nSCALE = 5.0\n")
     (ws.root / "train.py").write_text((ws.root / "train.py").read_text().replace("SCALE = 5.0", "SCALE = 3.0"))
     record = execute(ws, sha, engine, ledger, backend=backend)
-    assert record["status"] == "ok"
-    assert [d["path"] for d in record["drift"]] == ["train.py"]
+    assert record.status.value == "ok"
+    assert [d["path"] for d in record.drift] == ["train.py"]
     assert b"SCALE = 5.0" in train_py_of(backend.jobs[0]) and b"SCALE = 3.0" not in train_py_of(backend.jobs[0])
 
 
