@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import git
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.dashboard import Dashboard
+from executor import git_source
 from executor.errors import LedgerError, SealabError
 from executor.ledger import Ledger
 
@@ -99,7 +99,7 @@ def reading(ledger_path: Path) -> Iterator[Ledger]:
 def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None = None,
                board: Dashboard | None = None) -> Starlette:
     """The dashboard app of the workspace at `root` (`allowed_hosts` None: any Host header)."""
-    board = board or Dashboard(root=root, repo=git.Repo(root))
+    board = board or Dashboard(root=root, repo=git_source.open_repo(root))
 
     def api(build: Callable[..., dict[str, Any]]):
         async def endpoint(request: Request) -> Response:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import git
-
 from executor import git_source
 from executor.docker_engine import Engine
 from executor.errors import SourceError
@@ -14,7 +12,7 @@ from executor.image.seal import seal
 from executor.types import RunSpec, Status
 
 
-def verify(repo: git.Repo, ledger: Ledger, engine: Engine | None, records: Iterable[dict[str, Any]],
+def verify(repo: git_source.Repository, ledger: Ledger, engine: Engine | None, records: Iterable[dict[str, Any]],
            *, whole_ledger: bool = False) -> dict[str, Any]:
     """`{"checked": N, "mismatches": [{"id", "field", "expected", "actual"}]}` over `records`.
 

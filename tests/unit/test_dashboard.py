@@ -39,11 +39,11 @@ def ws(tmp_path) -> dict:
     from executor import git_source
     from executor.image.seal import seal
     from executor.types import RunSpec
-    from executor.workspace import init
+    from agent.create import init
 
     w = init(tmp_path / "ws")
-    repo = w.repo
-    start = repo.head.commit.hexsha
+    repo = w.git
+    start = git_source.head_commit(repo)
     cas(repo, "refs/heads/sealab/t1", start, ZERO)
     train = (w.root / "train.py").read_text()
     c1 = make_commit(repo, start, {"train.py": train + "\nNEW_CONSTANT = 1\n"}, f"lower lr {SCRIPT}")
@@ -62,8 +62,8 @@ def ws(tmp_path) -> dict:
     ledger = Ledger(w.ledger_path)
     ledger.set_base(BASE)
     for n, (eid, commit, parent, value, decision, status) in enumerate(rows):
-        description = repo.commit(commit).summary
-        ledger.begin({"id": eid, "commit": commit, "parent": parent, "tree": repo.commit(commit).tree.hexsha,
+        description = git_source.resolve(repo, commit).subject
+        ledger.begin({"id": eid, "commit": commit, "parent": parent, "tree": git_source.tree_of(repo, commit),
                       "description": description, "base_image_id": BASE.image_id, "data_digest": BASE.data_digest,
                       "run_spec": SPEC, "drift": [], "log_path": f".sealab/logs/{eid}.log",
                       "created_at": stamp(NOW + timedelta(minutes=n))}, owner="test")
@@ -89,7 +89,7 @@ def ws(tmp_path) -> dict:
 
 
 def board(ws: dict, alive=lambda owner: True) -> Dashboard:
-    return Dashboard(root=ws["ws"].root, repo=ws["ws"].repo, alive=alive)
+    return Dashboard(root=ws["ws"].root, repo=ws["ws"].git, alive=alive)
 
 
 def test_experiments_rows_chart_series_and_verification(ws):
@@ -326,7 +326,7 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     from agent.html_report import render_html
 
     with reading(ws["ws"].ledger_path) as ledger:
-        page = render_html(collect(ledger, "t1"), ws["ws"].repo, ws["ws"].root)
+        page = render_html(collect(ledger, "t1"), ws["ws"].git, ws["ws"].root)
     assert "e0006" in page
     from click.testing import CliRunner
 
