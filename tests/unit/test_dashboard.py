@@ -15,8 +15,8 @@ import pytest
 
 from agent.dashboard import Dashboard
 from agent.html_report import collect
-from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, StrictJSON, create_app, is_loopback, reading
-from executor.ledger import Ledger
+from agent.serve import LOOPBACK_NAMES, StrictJSON, create_app, is_loopback
+from executor.ledger import Ledger, ReadOnlyLedger, reading
 from executor.types import BaseImage
 
 SCRIPT = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
