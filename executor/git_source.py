@@ -1,11 +1,11 @@
-"""Read-only git adapter: a commit's facts and its tree, read from git objects (never the working tree).
+"""Read-only git adapter: commits, their trees and refs, read from git objects (never the working tree).
 
 The executor's one git module, and the read half of sealab's git seam: with agent/gitops.py (the
 write half) it is one of the only two modules that import `git` (tests/unit/test_layering.py holds
-them to it). A repository travels as a `Repository`, a handle whose GitPython object no other module
-can reach, so every read anywhere is one of the named functions below. Nothing here writes to the
-repository: refs, commits, the index and the work tree are gitops's. The working tree is read only
-to report drift against a commit, and whether it is clean.
+them to it). A repository travels as a `Repository`, a handle whose GitPython object only these two
+modules touch, so everywhere else a read of git is one of the named functions below. Nothing here
+writes to the repository: refs, commits, the index and the work tree are gitops's. The working tree
+is read only to report drift against a commit, and whether it is clean.
 """
 
 from __future__ import annotations
