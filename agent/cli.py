@@ -115,21 +115,24 @@ def _emit_json(value: Any) -> None:
               help="Turn an existing autoresearch checkout in DIRECTORY into a workspace (adds and commits sealab.toml only).")
 def init(directory: Path, adopt: bool) -> None:
     """Scaffold a research workspace in DIRECTORY (a new git repository), or --adopt an autoresearch checkout."""
-    from executor.workspace import adopt as adopt_workspace
-    from executor.workspace import init as init_workspace
+    from agent.create import adopt as adopt_workspace
+    from agent.create import init as init_workspace
+    from executor import git_source
 
     if not adopt:
         ws = init_workspace(directory)
-        head = ws.repo.head.commit.hexsha
+        head = git_source.head_commit(ws.git)
         click.echo(f"initialised sealab workspace {ws.root} at commit {head[:12]}")
         click.echo(f"next: cd {directory} && sealab base && sealab exec")
         return
     ws = adopt_workspace(directory)
-    head = ws.repo.head.commit
-    branch = "detached HEAD" if ws.repo.head.is_detached else f"branch {ws.repo.active_branch.name}"
-    history = f"on top of {head.parents[0].hexsha[:12]}" if head.parents else "as the first commit of a new repository"
-    committed = "sealab.toml" if head.parents else "train.py, prepare.py, program.md and sealab.toml"
-    click.echo(f"adopted {ws.root} as a sealab workspace: committed {committed} at {head.hexsha[:12]} "
+    head = git_source.head_commit(ws.git)
+    parent = git_source.ref_value(ws.git, f"{head}^")
+    on = git_source.current_branch(ws.git)
+    branch = "detached HEAD" if on is None else f"branch {on}"
+    history = f"on top of {parent[:12]}" if parent else "as the first commit of a new repository"
+    committed = "sealab.toml" if parent else "train.py, prepare.py, program.md and sealab.toml"
+    click.echo(f"adopted {ws.root} as a sealab workspace: committed {committed} at {head[:12]} "
                f"({branch}, {history}); .sealab/ excluded via .git/info/exclude")
     click.echo("warning: metric_source = \"summary\": the metric is read from the `---` summary block printed by "
                "train.py, i.e. REPORTED BY EDITABLE CODE and less trustworthy than a protected harness's result.json")
@@ -168,7 +171,7 @@ def seal_cmd(ctx: click.Context, commit: str, as_json: bool) -> None:
     from executor.image.seal import seal
 
     ws, ledger, eng = _open(ctx)
-    facts = git_source.resolve(ws.repo, commit)
+    facts = git_source.resolve(ws.git, commit)
     sealed = seal(facts, current_base(ledger, eng), config.of_commit(facts.files, facts.sha).run_spec)
     ensure_image(eng, sealed)
     if as_json:
@@ -274,7 +277,7 @@ def report(ctx: click.Context, out: Path | None, tag: str | None) -> None:
     if tag is not None and ledger.run_state(tag) is None:
         raise click.BadParameter(f"no run tagged {tag!r} in the ledger", param_hint="--tag")
     page, chart = write_report(ledger, out if out is not None else ws.state / "report", tag=tag,
-                               repo=ws.repo, root=ws.root)
+                               repo=ws.git, root=ws.root)
     click.echo(page)
     click.echo(chart)
 
@@ -426,7 +429,7 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
         if found is None:
             raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
         records = [found]
-    report = verify_records(ws.repo, ledger, eng, records, whole_ledger=check_all)
+    report = verify_records(ws.git, ledger, eng, records, whole_ledger=check_all)
     if as_json:
         _emit_json(report)
     else:

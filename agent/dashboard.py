@@ -13,13 +13,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import git
-
 from agent.html_report import ReportData, _read_patch, collect, metric_of, running_best
 from executor import owner
 from executor import record as recorded
 from executor.errors import SealabError
-from executor.git_source import commit_diff
+from executor.git_source import Repository, commit_diff
 from executor.ledger import Ledger, record_digest
 from executor.types import Status
 
@@ -72,7 +70,7 @@ class Dashboard:
     """
 
     root: Path | None = None
-    repo: git.Repo | None = None
+    repo: Repository | None = None
     alive: Callable[[str | None], bool] = owner.alive
     _identity: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict, repr=False)
     _diffs: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)

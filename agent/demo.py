@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from agent.create import init
 from agent.gitops import commit_file, set_constant
 from agent.loop import Loop
 from agent.offline import OfflineProposer
@@ -27,7 +28,7 @@ from executor.ledger import Ledger
 from executor.record import Decision
 from executor.run import recover
 from executor.types import Status
-from executor.workspace import Workspace, init
+from executor.workspace import Workspace
 from policies import load_policy
 
 
@@ -57,7 +58,7 @@ def run_demo(directory: Path, budget: float, experiments: int, console: Console)
     toml = (ws.root / "sealab.toml").read_text()
     budgeted = set_constant(toml, "train_seconds", f"{budget:g}")
     if budgeted != toml:
-        commit_file(ws.repo, "sealab.toml", budgeted, f"demo: training budget {budget:g} s")
+        commit_file(ws.git, "sealab.toml", budgeted, f"demo: training budget {budget:g} s")
     policy = load_policy(cfg.policy)
     tag = "demo-" + time.strftime("%Y%m%d-%H%M%S")
     console.print(f"[bold]3.[/] sealab run --experiments {experiments} --tag {tag} (offline proposer, "
@@ -91,7 +92,7 @@ def run_demo(directory: Path, budget: float, experiments: int, console: Console)
         console.print(f"   drift ({event['where']}, {event['action']}): {'; '.join(event['changes'])}")
     from agent.html_report import write_report
 
-    page, chart = write_report(ledger, ws.state / "report", tag=tag, repo=ws.repo, root=ws.root)
+    page, chart = write_report(ledger, ws.state / "report", tag=tag, repo=ws.git, root=ws.root)
     kept = sum(1 for r in records if r.decision == Decision.KEEP)
     console.print(f"[bold]5.[/] best val_bpb {state.best_value:.4f} at {state.best_commit[:12]} on branch "
                   f"{state.branch}; {kept} kept beyond the noise floor ({state.threshold:.4f}); "

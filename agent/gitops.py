@@ -1,22 +1,27 @@
-"""Write-side git helpers of the agent: commit files, move refs by compare-and-swap, restore the tree.
+"""Write-side git of the agent: make repositories and commits, move refs by compare-and-swap, restore the tree.
 
-The executor only reads git. Every ref update here is a compare-and-swap (`git update-ref NEW OLD`):
-it moves only if the ref still points where the decision was made.
+The write half of sealab's git seam: everything that changes a repository (its refs, objects, index,
+work tree or info/exclude) is a function here, and with executor/git_source.py (the read half, whose
+`Repository` handle these functions take) it is one of the only two modules that import `git`. The
+executor only reads git. Every ref update here is a compare-and-swap (`git update-ref NEW OLD`): it
+moves only if the ref still points where the decision was made.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import git
 from git.index.typ import BaseIndexEntry
 from gitdb import IStream
 
+from executor import git_source
 from executor.errors import SealabError
-from executor.workspace import _actor
+from executor.git_source import Repository
 
 ZERO = "0" * 40
 
@@ -41,45 +46,92 @@ def set_constant(text: str, name: str, value: str) -> str:
     return new
 
 
-def commit_file(repo: git.Repo, path: str, content: str, message: str) -> str:
-    """Write `content` to `path` in the work tree, commit exactly that file on HEAD, return the sha."""
-    (Path(repo.working_tree_dir) / path).write_text(content)
-    repo.index.add([path])
+def init_repo(path: Path) -> Repository:
+    """`git init` at `path`, its first branch `main`."""
+    return Repository(git.Repo.init(path, initial_branch="main"))
+
+
+def exclude(repo: Repository, pattern: str, comment: str) -> None:
+    """Add `pattern` (under a `# comment` line) to the repository's info/exclude, unless it is there already."""
+    path = repo.git_dir / "info" / "exclude"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    if pattern not in existing.splitlines():
+        separator = "" if not existing or existing.endswith("\n") else "\n"
+        with path.open("a") as fh:
+            fh.write(f"{separator}# {comment}\n{pattern}\n")
+
+
+def commit_paths(repo: Repository, paths: Sequence[str], message: str) -> str:
+    """Stage `paths` as they are in the work tree and commit the index on HEAD; the new commit's sha."""
+    index = repo._repo.index
+    index.add(list(paths))
     actor = _actor(repo)
-    return repo.index.commit(message, author=actor, committer=actor).hexsha
+    return index.commit(message, author=actor, committer=actor).hexsha
 
 
-def ref_value(repo: git.Repo, ref: str) -> str | None:
-    try:
-        return repo.git.rev_parse("--verify", "-q", ref + "^{commit}")
-    except git.GitCommandError:
-        return None
+def commit_file(repo: Repository, path: str, content: str, message: str) -> str:
+    """Write `content` to `path` in the work tree, commit exactly that file on HEAD, return the sha."""
+    (Path(repo._repo.working_tree_dir) / path).write_text(content)
+    return commit_paths(repo, [path], message)
 
 
-def cas(repo: git.Repo, ref: str, new: str, old: str) -> None:
+def commit_beside_index(repo: Repository, head: str | None, paths: Sequence[str], message: str, *,
+                        reflog: str | None = None) -> str:
+    """Commit `paths` as they are in the work tree on top of `head` (None: a root commit), leaving the
+    user's index alone, and move HEAD (its branch) there from `head`; the new commit's sha.
+
+    The commit's tree is `head`'s with `paths` added (forced past .gitignore), written through a
+    private index file, so whatever else is staged stays staged and uncommitted. Then HEAD moves by
+    compare-and-swap (`reflog`, default `message`, is the reflog's line for it), and the real index
+    takes exactly `paths`, which now equal the new HEAD.
+
+    Raises:
+        RefMoved: HEAD was no longer at `head`; no ref moved (the commit object is left unreferenced).
+    """
+    run = repo._repo.git
+    actor = _actor(repo)
+    with tempfile.TemporaryDirectory(prefix="sealab-index-") as tmp:
+        with run.custom_environment(GIT_INDEX_FILE=str(Path(tmp) / "index")):
+            if head is not None:
+                run.read_tree(head)
+            run.add("-f", "--", *paths)
+            tree = run.write_tree()
+    identity = {"GIT_AUTHOR_NAME": actor.name, "GIT_AUTHOR_EMAIL": actor.email,
+                "GIT_COMMITTER_NAME": actor.name, "GIT_COMMITTER_EMAIL": actor.email}
+    with run.custom_environment(**identity):
+        commit = run.commit_tree(tree, *(["-p", head] if head is not None else []), "-m", message)
+    cas(repo, "HEAD", commit, head or ZERO, reason=reflog or message)
+    run.add("-f", "--", *paths)
+    return commit
+
+
+def cas(repo: Repository, ref: str, new: str, old: str, *, reason: str | None = None) -> None:
     """Point `ref` at `new` only if it points at `old` now (`old` = ZERO: only if it does not exist).
+    `reason` is the reflog's message for the move.
 
     Raises:
         RefMoved: it pointed elsewhere; nothing changed.
     """
     try:
-        repo.git.update_ref(ref, new, old)
+        repo._repo.git.update_ref(*(["-m", reason] if reason else []), ref, new, old)
     except git.GitCommandError:
-        raise RefMoved(ref, old, ref_value(repo, ref)) from None
+        raise RefMoved(ref, old, git_source.ref_value(repo, ref)) from None
 
 
-def make_commit(repo: git.Repo, parent: str, files: Mapping[str, str], message: str) -> str:
+def make_commit(repo: Repository, parent: str, files: Mapping[str, str], message: str) -> str:
     """A commit of `files` on top of `parent`, moving no ref.
 
     It is built from git objects alone (blobs written to the object store, an in-memory index of the
     parent's tree), so whatever happens to the work tree meanwhile cannot leak into it.
     """
-    base = repo.commit(parent)
-    index = git.IndexFile.from_tree(repo, base)
+    raw = repo._repo
+    base = raw.commit(parent)
+    index = git.IndexFile.from_tree(raw, base)
     entries = []
     for path, content in sorted(files.items()):
         data = content.encode()
-        stored = repo.odb.store(IStream(git.Blob.type, len(data), io.BytesIO(data)))
+        stored = raw.odb.store(IStream(git.Blob.type, len(data), io.BytesIO(data)))
         try:
             mode = (base.tree / path).mode
         except KeyError:
@@ -87,35 +139,44 @@ def make_commit(repo: git.Repo, parent: str, files: Mapping[str, str], message: 
         entries.append(BaseIndexEntry((mode, stored.binsha, 0, path)))
     index.add(entries, write=False)
     actor = _actor(repo)
-    commit = git.Commit.create_from_tree(repo, index.write_tree(), message, parent_commits=[base], head=False,
+    commit = git.Commit.create_from_tree(raw, index.write_tree(), message, parent_commits=[base], head=False,
                                          author=actor, committer=actor)
     return commit.hexsha
 
 
-def move(repo: git.Repo, branch: str, old: str, new: str) -> bool:
+def move(repo: Repository, branch: str, old: str, new: str) -> bool:
     """Take the checked-out work tree and index from `old` to `new` (`branch` must point at `new` and be
     checked out) without overwriting a local change: a two-tree merge, `git read-tree -m -u OLD NEW`.
 
     False when git refuses (a local change in a file that differs between the two, or HEAD elsewhere):
     nothing was touched, and the caller reports the drift before forcing the tree (see `restore`).
     """
-    actual = ref_value(repo, f"refs/heads/{branch}")
+    actual = git_source.ref_value(repo, f"refs/heads/{branch}")
     if actual != new:
         raise RefMoved(f"refs/heads/{branch}", new, actual)
+    run = repo._repo.git
     try:
-        if repo.git.symbolic_ref("-q", "HEAD") != f"refs/heads/{branch}":
+        if run.symbolic_ref("-q", "HEAD") != f"refs/heads/{branch}":
             return False
-        repo.git.update_index("-q", "--refresh", with_exceptions=False)
-        repo.git.read_tree("-m", "-u", old, new)
+        run.update_index("-q", "--refresh", with_exceptions=False)
+        run.read_tree("-m", "-u", old, new)
         return True
     except git.GitCommandError:
         return False
 
 
-def restore(repo: git.Repo, branch: str, commit: str) -> None:
+def restore(repo: Repository, branch: str, commit: str) -> None:
     """Check out `branch` (which must point at `commit`) with index and work tree equal to it."""
-    actual = ref_value(repo, f"refs/heads/{branch}")
+    actual = git_source.ref_value(repo, f"refs/heads/{branch}")
     if actual != commit:
         raise RefMoved(f"refs/heads/{branch}", commit, actual)
-    repo.git.checkout("-q", "-f", branch)
-    repo.git.reset("-q", "--hard", commit)
+    repo._repo.git.checkout("-q", "-f", branch)
+    repo._repo.git.reset("-q", "--hard", commit)
+
+
+def _actor(repo: Repository) -> git.Actor:
+    """The configured git identity, or a neutral one so that init works on a fresh machine."""
+    reader = repo._repo.config_reader()
+    name = reader.get_value("user", "name", default="") or "sealab"
+    email = reader.get_value("user", "email", default="") or "sealab@localhost"
+    return git.Actor(name, email)

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import git
-
 from executor import record as recorded
-from executor.git_source import commit_diff
+from executor.git_source import Repository, commit_diff
 from executor.ledger import Ledger
 
 CHART_NAME = "progress.png"
@@ -195,7 +193,7 @@ def _experiments(data: ReportData) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></section>")
 
 
-def _kept(data: ReportData, repo: git.Repo | None) -> str:
+def _kept(data: ReportData, repo: Repository | None) -> str:
     parts = []
     for r in data.records:
         if r.get("decision") != "keep":
@@ -261,7 +259,7 @@ def _failures(data: ReportData) -> str:
     return f'<section id="failures"><h2>Proposal failures</h2>{body}</section>'
 
 
-def render_html(data: ReportData, repo: git.Repo | None = None, root: Path | None = None) -> str:
+def render_html(data: ReportData, repo: Repository | None = None, root: Path | None = None) -> str:
     """The page; the chart is referenced as `progress.png` next to it."""
     branch = (data.state or {}).get("branch")
     title = f"sealab report — {data.tag or 'all records'}"
@@ -278,7 +276,7 @@ def render_html(data: ReportData, repo: git.Repo | None = None, root: Path | Non
         "</body></html>", ""])
 
 
-def write_report(ledger: Ledger, out: Path, *, tag: str | None = None, repo: git.Repo | None = None,
+def write_report(ledger: Ledger, out: Path, *, tag: str | None = None, repo: Repository | None = None,
                  root: Path | None = None) -> tuple[Path, Path]:
     """Write `out/report.html` and `out/progress.png`; return both paths."""
     data = collect(ledger, tag)

@@ -16,8 +16,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-import git
-
 from agent import gitops
 from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
 from executor import config, git_source
@@ -74,19 +72,21 @@ class Loop:
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)  # a round is being stopped
 
     @property
-    def repo(self) -> git.Repo:
-        return self.ws.repo
+    def repo(self) -> git_source.Repository:
+        return self.ws.git
 
     # -- set-up -------------------------------------------------------------------------------------
     def start(self, tag: str) -> RunState:
         """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
         if self.ledger.run_state(tag) is not None:
             raise LoopStopped(f"a run tagged {tag!r} exists; use --resume or another --tag")
-        if self.repo.is_dirty():
+        if git_source.is_dirty(self.repo):
             raise LoopStopped("the working tree has uncommitted changes; commit or stash them before `sealab run`")
-        head = self.repo.head.commit.hexsha
+        head = git_source.head_commit(self.repo)
+        if head is None:
+            raise LoopStopped("HEAD has no commit yet; commit the research files before `sealab run`")
         branch = f"sealab/{tag}"
-        if gitops.ref_value(self.repo, f"refs/heads/{branch}") is not None:
+        if git_source.ref_value(self.repo, f"refs/heads/{branch}") is not None:
             raise LoopStopped(f"branch {branch} exists already; use another --tag")
         state = RunState(tag=tag, branch=branch, start_commit=head, best_commit=head)
         self._save(state)  # first: a kill after the branch exists can be resumed
@@ -101,7 +101,7 @@ class Loop:
         data.setdefault("baseline_ids", None)
         state = RunState(**data)
         state.stop_reason = None
-        tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
         if tip is None:  # killed between saving the state and creating the branch
             gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, gitops.ZERO)
             tip = state.best_commit
@@ -310,7 +310,8 @@ class Loop:
             if proposal is None:
                 continue
             commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
-            if any(self.repo.commit(e["commit"]).tree == self.repo.commit(commit).tree for e in entries):
+            tree = git_source.tree_of(self.repo, commit)
+            if any(git_source.tree_of(self.repo, e["commit"]) == tree for e in entries):
                 self.ledger.add_event(state.tag, "rejected", {
                     "description": proposal.description, "rule": "round.duplicate", "proposer": proposal.proposer,
                     "reason": "another proposal of this round makes the same change", "best_commit": state.best_commit,
@@ -473,9 +474,9 @@ class Loop:
     def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
         """Keep the discarded commit reachable, and move the branch back to the best one (CAS)."""
         keep = f"refs/sealab/discarded/{experiment_id}"
-        if gitops.ref_value(self.repo, keep) != commit:  # idempotent: a resumed run may redo this step
+        if git_source.ref_value(self.repo, keep) != commit:  # idempotent: a resumed run may redo this step
             gitops.cas(self.repo, keep, commit, gitops.ZERO)
-        if gitops.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
+        if git_source.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
             gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, commit)
             self._move(state, commit, state.best_commit, "after run")
         elif not self._on_branch(state):
@@ -496,7 +497,7 @@ class Loop:
         Raises:
             LoopStopped: the branch is elsewhere (exit 4, like a moved ref at a compare-and-swap).
         """
-        tip = gitops.ref_value(self.repo, f"refs/heads/{state.branch}")
+        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
         if tip != state.best_commit:
             raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
                               f"{state.best_commit[:12]}: someone moved it")
@@ -543,10 +544,7 @@ class Loop:
         self._guard(state, where)
 
     def _on_branch(self, state: RunState) -> bool:
-        try:
-            return self.repo.active_branch.name == state.branch
-        except TypeError:  # detached HEAD
-            return False
+        return git_source.current_branch(self.repo) == state.branch  # None (detached HEAD) is no branch
 
     # -- helpers ------------------------------------------------------------------------------------
     def _context(self, state: RunState, spec: RunSpec) -> ProposalContext:
@@ -566,10 +564,8 @@ class Loop:
 
     def _read(self, commit: str, path: str) -> str | None:
         """A file of `commit`, from git objects (never the work tree)."""
-        try:
-            return (self.repo.commit(commit).tree / path).data_stream.read().decode(errors="replace")
-        except KeyError:
-            return None
+        data = git_source.file_at(self.repo, commit, path)
+        return None if data is None else data.decode(errors="replace")
 
     def _spec(self, commit: str) -> RunSpec:
         return config.parse(self._read(commit, config.CONFIG_NAME) or "", f"sealab.toml at {commit[:12]}").run_spec

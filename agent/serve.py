@@ -1,7 +1,7 @@
 """`sealab serve`: a live, read-only dashboard of one workspace (a Starlette app run by uvicorn).
 
 Nothing here can change state: the routes are GET only, and every request opens the ledger read-only
-(SQLite `mode=ro`, a WAL reader that never blocks the writer), so a running `sealab run` goes on
+(`executor.ledger.reading`: SQLite `mode=ro`, a WAL reader that never blocks the writer), so a running `sealab run` goes on
 unhindered. The page is static; its script polls the JSON API and writes ledger text with
 `textContent` only, under a Content-Security-Policy that allows no inline script at all.
 """
@@ -13,13 +13,10 @@ import ipaddress
 import json
 import math
 import socket
-import sqlite3
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import git
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -28,8 +25,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.dashboard import Dashboard
-from executor.errors import LedgerError, SealabError
-from executor.ledger import Ledger
+from executor import git_source
+from executor.errors import SealabError
+from executor.ledger import reading
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -71,35 +69,10 @@ class ServeError(SealabError):
     exit_code = 2
 
 
-class ReadOnlyLedger(Ledger):
-    """A Ledger opened with SQLite's `mode=ro`: the read methods work, any write fails; no schema set-up."""
-
-    def __init__(self, path: Path) -> None:  # not super().__init__: that creates and migrates the schema
-        self.path = path
-        try:
-            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5,
-                                      isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA query_only = ON")
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from exc
-
-
-@contextmanager
-def reading(ledger_path: Path) -> Iterator[Ledger]:
-    """The ledger for one request, closed after it; an empty one while the workspace has none yet."""
-    ledger = ReadOnlyLedger(ledger_path) if ledger_path.exists() else Ledger(Path(":memory:"))
-    try:
-        yield ledger
-    except sqlite3.DatabaseError as exc:  # e.g. a ledger written before the chain existed
-        raise LedgerError(f"{ledger_path}: {exc}") from exc
-    finally:
-        ledger.close()
-
-
 def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None = None,
                board: Dashboard | None = None) -> Starlette:
     """The dashboard app of the workspace at `root` (`allowed_hosts` None: any Host header)."""
-    board = board or Dashboard(root=root, repo=git.Repo(root))
+    board = board or Dashboard(root=root, repo=git_source.open_repo(root))
 
     def api(build: Callable[..., dict[str, Any]]):
         async def endpoint(request: Request) -> Response:

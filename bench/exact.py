@@ -23,18 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import git
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.create import init  # noqa: E402
 from agent.gitops import commit_file  # noqa: E402
+from executor.git_source import open_repo  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 from executor.reproduce import reproduce  # noqa: E402
 from executor.run import execute  # noqa: E402
-from executor.workspace import init  # noqa: E402
 
 
 def burn(stop: multiprocessing.Event) -> None:
@@ -68,7 +67,7 @@ def main() -> None:
     ledger = Ledger(ws.ledger_path)
     ledger.set_base(base)
     toml = re.sub(r"(?m)^\[budget\]\n", f"[budget]\nsteps = {args.steps}\n", (ws.root / "sealab.toml").read_text(), 1)
-    commit_file(git.Repo(ws.root), "sealab.toml", toml, f"train {args.steps} steps")
+    commit_file(open_repo(ws.root), "sealab.toml", toml, f"train {args.steps} steps")
     record = execute(ws, "HEAD", engine, ledger).to_dict()
     assert record["status"] == "ok", record["reason"]
     recorded = record["metrics"]["val_bpb"]

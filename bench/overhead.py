@@ -36,12 +36,12 @@ import git
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.create import init  # noqa: E402
 from agent.gitops import commit_file  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine, prepare_out_dir  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 from executor.run import execute  # noqa: E402
-from executor.workspace import init  # noqa: E402
 
 FIXED_WORK = '''"""Fixed work for the overhead benchmark: the same number of steps whatever the budget."""
 import torch
@@ -119,7 +119,7 @@ def against(rev: str, runs: int, engine: Engine, base) -> None:
     for name in trees:
         ws = init(tmp / f"ws-{name}")
         Ledger(ws.ledger_path).set_base(base)
-        repos[name] = (ws, git.Repo(ws.root))
+        repos[name] = (ws, ws.git)
     times: dict[str, list[float]] = {name: [] for name in trees}
     for i in range(runs + 1):  # the first round warms the page cache and is not counted
         order = list(trees) if i % 2 else list(reversed(trees))
@@ -156,7 +156,7 @@ def main() -> None:
     ledger = Ledger(ws.ledger_path)
     ledger.set_base(base)
     repo = git.Repo(ws.root)
-    commit_file(repo, "train.py", FIXED_WORK, "fixed work")
+    commit_file(ws.git, "train.py", FIXED_WORK, "fixed work")
     copy_data_out(engine, base.image_id, tmp)
     spec_path = tmp / "run_spec.json"
     spec_path.write_text(json.dumps(ws.config().run_spec.to_dict()))
@@ -175,7 +175,7 @@ def main() -> None:
         times["bare"].append(time.perf_counter() - t)
 
         # (b) sealab in-process, a new commit each run
-        commit_file(repo, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 1}"), f"run {i + 1}")
+        commit_file(ws.git, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 1}"), f"run {i + 1}")
         t = time.perf_counter()
         record = execute(ws, "HEAD", engine, ledger).to_dict()
         times["sealab"].append(time.perf_counter() - t)
@@ -183,7 +183,7 @@ def main() -> None:
         seal_verify.append(sum(record["durations"].get(k, 0.0) for k in ("seal", "load", "verify")))
 
         # (b') the same through the CLI (process start-up and imports included)
-        commit_file(repo, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 100}"), f"cli run {i + 1}")
+        commit_file(ws.git, "train.py", FIXED_WORK.replace("RUN = 0", f"RUN = {i + 100}"), f"cli run {i + 1}")
         t = time.perf_counter()
         subprocess.run([sealab_bin, "exec"], cwd=ws.root, check=True, capture_output=True)
         times["sealab_cli"].append(time.perf_counter() - t)

@@ -33,11 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.create import init  # noqa: E402
 from agent.gitops import commit_file, set_constant  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
-from executor.workspace import init  # noqa: E402
 from tests.browser import Chromium, find_chromium  # noqa: E402
 
 SEALAB = str(Path(sys.executable).with_name("sealab"))
@@ -61,7 +61,7 @@ def workspace(tmp: Path, engine: Engine) -> Path:
     policy.write_text(re.sub(r"\[acceptance\][^\[]*", FAST_ACCEPTANCE, shipped, count=1))
     toml = (ws.root / "sealab.toml").read_text()
     toml = set_constant(set_constant(toml, "train_seconds", "2"), "grace_seconds", "120")
-    commit_file(ws.repo, "sealab.toml", toml.replace('name = "default"', f'name = "{policy}"'), "benchmark settings")
+    commit_file(ws.git, "sealab.toml", toml.replace('name = "default"', f'name = "{policy}"'), "benchmark settings")
     return ws.root
 
 

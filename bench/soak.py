@@ -107,9 +107,10 @@ def mutate(root: Path, kind: str, token: int) -> None:
         _git_retrying(lambda: repo.git.update_index("--cacheinfo", f"100644,{blob},train.py"))
     elif kind == "checkout":  # another branch, whose train.py has the token
         from agent.gitops import make_commit
+        from executor.git_source import open_repo
 
-        commit = make_commit(repo, repo.head.commit.hexsha, {"train.py": set_value(path.read_text(), "MARK", token)},
-                             f"elsewhere {token}")
+        commit = make_commit(open_repo(root), repo.head.commit.hexsha,
+                             {"train.py": set_value(path.read_text(), "MARK", token)}, f"elsewhere {token}")
         repo.git.branch("-f", f"elsewhere-{token}", commit)
         _git_retrying(lambda: repo.git.checkout("-q", "-f", f"elsewhere-{token}"))
     else:
@@ -169,6 +170,7 @@ def ref_move(soak: Soak, trial: Trial) -> None:
     """Another process points the loop's branch at a commit the loop never made: the loop must stop
     at its next compare-and-swap (exit 4) and leave the ref where the other process put it."""
     from agent.gitops import make_commit
+    from executor.git_source import open_repo
 
     episode = soak.episode(room=3)
     trial.phase = soak.strike_moment(episode)
@@ -176,8 +178,8 @@ def ref_move(soak: Soak, trial: Trial) -> None:
         trial.outcome = "void: the loop ended before the change"
         return
     repo = git.Repo(soak.root)
-    elsewhere = make_commit(repo, repo.commit("main").hexsha, {"train.py": set_value(TINY_TRAIN, "MARK", trial.token)},
-                            f"another process {trial.token}")
+    elsewhere = make_commit(open_repo(soak.root), repo.commit("main").hexsha,
+                            {"train.py": set_value(TINY_TRAIN, "MARK", trial.token)}, f"another process {trial.token}")
     repo.git.update_ref(f"refs/heads/{episode.branch}", elsewhere)
     code = episode.wait(timeout=DETECT_TIMEOUT_S)
     left = repo.git.rev_parse(f"refs/heads/{episode.branch}")
@@ -401,11 +403,11 @@ def audit(soak: Soak) -> dict[str, object]:
 
 # -- set-up and the table -------------------------------------------------------------------------------
 def make_workspace(where: Path, steps: int):
+    from agent.create import init
     from agent.gitops import commit_file
     from executor.image.base import build_base
     from executor.docker_engine import Engine
     from executor.ledger import Ledger
-    from executor.workspace import init
 
     engine = Engine.connect()
     base = build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")),
@@ -419,8 +421,8 @@ def make_workspace(where: Path, steps: int):
     toml = re.sub(r"^#?\s*steps = \d+", f"steps = {steps}", toml, count=1, flags=re.M)
     toml = re.sub(r"^grace_seconds = \d+", "grace_seconds = 60", toml, count=1, flags=re.M)
     toml = toml.replace('name = "default"', f'name = "{policy}"')
-    commit_file(ws.repo, "sealab.toml", toml, "soak: step budget and policy")
-    commit_file(ws.repo, "train.py", TINY_TRAIN, "soak: tiny deterministic train.py")
+    commit_file(ws.git, "sealab.toml", toml, "soak: step budget and policy")
+    commit_file(ws.git, "train.py", TINY_TRAIN, "soak: tiny deterministic train.py")
     return ws.root, engine
 
 

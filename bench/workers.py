@@ -22,16 +22,14 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-import git
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.create import init  # noqa: E402
 from agent.gitops import commit_file, set_constant  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.docker_engine import Engine  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
-from executor.workspace import init  # noqa: E402
 
 SEALAB = str(Path(sys.executable).with_name("sealab"))
 
@@ -87,7 +85,7 @@ def workspace(parent: Path, name: str, base, budget: float) -> Path:
     toml = (ws.root / "sealab.toml").read_text().replace('name = "default"', f'name = "{policy}"')
     toml = set_constant(set_constant(toml, "train_seconds", f"{budget:g}"), "grace_seconds", "120")
     toml = set_constant(toml, "cpus", "1")
-    repo = git.Repo(ws.root)
+    repo = ws.git
     commit_file(repo, "sealab.toml", toml, "benchmark settings")
     commit_file(repo, "train.py", LIGHT, "CPU-light train.py")
     return ws.root

@@ -1,7 +1,11 @@
-"""Read-only git adapter: a commit's facts and its tree, read from git objects (never the working tree).
+"""Read-only git adapter: commits, their trees and refs, read from git objects (never the working tree).
 
-The only module of the executor that imports `git`. It writes nothing to the repository; the
-working tree is read only to report drift against a commit.
+The executor's one git module, and the read half of sealab's git seam: with agent/gitops.py (the
+write half) it is one of the only two modules that import `git` (tests/unit/test_layering.py holds
+them to it). A repository travels as a `Repository`, a handle whose GitPython object only these two
+modules touch, so everywhere else a read of git is one of the named functions below. Nothing here
+writes to the repository: refs, commits, the index and the work tree are gitops's. The working tree
+is read only to report drift against a commit, and whether it is clean.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import git
 from gitdb.exc import BadName, BadObject
@@ -17,6 +22,32 @@ from executor.errors import SourceError, WorkspaceError
 
 # git modes → (entry kind, file mode in the image)
 _MODES = {0o100644: ("file", 0o644), 0o100755: ("file", 0o755), 0o120000: ("symlink", 0o777)}
+
+
+class Repository:
+    """An open git repository: what the functions here and in agent/gitops.py take.
+
+    Its GitPython object (`_repo`) is read by those two modules only. One handle is for one thread:
+    GitPython keeps `git cat-file` processes per repository object, so a worker thread opens its own.
+    """
+
+    __slots__ = ("_repo",)
+
+    def __init__(self, repo: git.Repo) -> None:
+        self._repo = repo
+
+    @property
+    def root(self) -> Path | None:
+        """The top of the work tree (None: a bare repository)."""
+        return None if self._repo.bare or self._repo.working_tree_dir is None else Path(self._repo.working_tree_dir)
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's common git directory (`.git`; the main one for a linked work tree)."""
+        return Path(self._repo.common_dir)
+
+    def __repr__(self) -> str:
+        return f"Repository({self._repo.git_dir!s})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,26 +76,79 @@ def blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def open_repo(path: Path) -> git.Repo:
+def find_repo(path: Path) -> Repository | None:
+    """The git repository whose work tree (or git directory) contains `path`, or None when there is none."""
+    try:
+        return Repository(git.Repo(path, search_parent_directories=True))
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def open_repo(path: Path) -> Repository:
     """The git repository whose work tree contains `path`.
 
     Raises:
         WorkspaceError: `path` is not inside a git work tree.
     """
+    repo = find_repo(path)
+    if repo is None:
+        raise WorkspaceError(f"{path} is not a git repository (run `sealab init DIR` to make a workspace)")
+    return repo
+
+
+def ref_value(repo: Repository, ref: str) -> str | None:
+    """The commit `ref` names (a ref, `HEAD`, `SHA^`…), or None when it names none."""
     try:
-        return git.Repo(path, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise WorkspaceError(f"{path} is not a git repository (run `sealab init DIR` to make a workspace)") from None
+        return repo._repo.git.rev_parse("--verify", "-q", ref + "^{commit}")
+    except git.GitCommandError:
+        return None
 
 
-def resolve(repo: git.Repo, ref: str) -> CommitFacts:
+def head_commit(repo: Repository) -> str | None:
+    """The commit HEAD points at; None while HEAD's branch has no commit yet."""
+    head = repo._repo.head
+    return head.commit.hexsha if head.is_valid() else None
+
+
+def current_branch(repo: Repository) -> str | None:
+    """The name of the branch HEAD is on; None for a detached HEAD."""
+    try:
+        return repo._repo.active_branch.name
+    except TypeError:  # GitPython's answer for a detached HEAD
+        return None
+
+
+def is_dirty(repo: Repository) -> bool:
+    """Whether the index or a tracked file of the work tree differs from HEAD (untracked files aside)."""
+    return repo._repo.is_dirty()
+
+
+def uncommitted(repo: Repository, paths: Sequence[str]) -> list[str]:
+    """Those of `paths` that are untracked or differ from HEAD in the index or the work tree, sorted."""
+    return sorted({line[3:] for line in repo._repo.git.status("--porcelain", "--", *paths).splitlines()})
+
+
+def tree_of(repo: Repository, commit: str) -> str:
+    """The ID of `commit`'s tree: two commits with the same one hold the same files."""
+    return repo._repo.commit(commit).tree.hexsha
+
+
+def file_at(repo: Repository, commit: str, path: str) -> bytes | None:
+    """The content of `path` in `commit`, from git objects (never the work tree); None when it has no such path."""
+    try:
+        return (repo._repo.commit(commit).tree / path).data_stream.read()
+    except KeyError:
+        return None
+
+
+def resolve(repo: Repository, ref: str) -> CommitFacts:
     """The facts of commit `ref` with every file of its tree, read from git objects.
 
     Raises:
         SourceError: `ref` names no commit.
     """
     try:
-        commit = repo.commit(ref)
+        commit = repo._repo.commit(ref)
     except (BadName, BadObject, ValueError, git.GitCommandError):
         raise SourceError(ref, "no such commit in this repository") from None
     files = []
@@ -78,14 +162,14 @@ def resolve(repo: git.Repo, ref: str) -> CommitFacts:
     return CommitFacts(commit.hexsha, parent, commit.tree.hexsha, subject, tuple(sorted(files, key=lambda f: f.path)))
 
 
-def changed_paths(repo: git.Repo, facts: CommitFacts) -> list[str]:
+def changed_paths(repo: Repository, facts: CommitFacts) -> list[str]:
     """The paths a commit changes against its first parent (every path for a root commit)."""
     if facts.parent is None:
         return [f.path for f in facts.files]
-    return repo.git.diff("--name-only", "--no-renames", facts.parent, facts.sha).splitlines()
+    return repo._repo.git.diff("--name-only", "--no-renames", facts.parent, facts.sha).splitlines()
 
 
-def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
+def working_diff(repo: Repository, sha: str) -> tuple[str, list[str]]:
     """The unified diff of the working tree and index against `sha`, and the untracked files.
 
     `git diff SHA` compares only the work tree, so a file staged with other content while the work
@@ -94,24 +178,24 @@ def working_diff(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
     """
     options = ("--no-color", "--no-ext-diff", "--unified=0", "--src-prefix=a/", "--dst-prefix=b/")
     try:
-        diff = repo.git.diff(sha, *options)
-        staged = repo.git.diff("--cached", sha, *options)
-        untracked = list(repo.untracked_files)
+        diff = repo._repo.git.diff(sha, *options)
+        staged = repo._repo.git.diff("--cached", sha, *options)
+        untracked = list(repo._repo.untracked_files)
     except git.GitCommandError as exc:  # e.g. a full disk: git cannot refresh the index
         said = " ".join(str(exc.stderr or exc).split())[:200]
-        raise WorkspaceError(f"{repo.working_tree_dir}: git cannot compare the work tree with {sha[:12]}: {said}") from exc
+        raise WorkspaceError(f"{repo.root}: git cannot compare the work tree with {sha[:12]}: {said}") from exc
     shown = set(_sections(diff))
     extra = [section for section in _sections(staged) if section not in shown]
     return "\n".join(filter(None, [diff, *extra])), untracked
 
 
-def commit_diff(repo: git.Repo | None, parent: str | None, commit: str | None) -> str:
+def commit_diff(repo: Repository | None, parent: str | None, commit: str | None) -> str:
     """The diff from `parent` to `commit` as text, or a line saying why there is none (no parent
     recorded, or git cannot diff them: a commit gone from the repository, say)."""
     if repo is None or not parent or not commit:
         return "(no parent recorded)"
     try:
-        return repo.git.diff(parent, commit)
+        return repo._repo.git.diff(parent, commit)
     except git.GitCommandError as exc:
         return f"(cannot diff {parent[:12]} {commit[:12]}: {(exc.stderr or str(exc)).strip()})"
 

@@ -3,6 +3,8 @@
 Each write is one transaction, so a kill -9 at any point leaves every committed record intact.
 A record is inserted as `running` before its container starts and finished in place; a record
 left `running` by a dead process is marked `interrupted` by the next command (see run.recover).
+The only module that imports sqlite3: a reader that must never write or wait (`sealab serve`) opens
+the same file read-only through `reading` rather than a connection of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from executor.errors import LedgerError, RecordError
 from executor.record import Decision, ExperimentRecord, Finish, RunLabels, one_of
@@ -330,6 +332,32 @@ class Ledger:
             return self.db.execute(sql, params)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc
+
+
+class ReadOnlyLedger(Ledger):
+    """A Ledger opened with SQLite's `mode=ro`: the read methods work, any write fails; no schema set-up."""
+
+    def __init__(self, path: Path) -> None:  # not super().__init__: that creates and migrates the schema
+        self.path = path
+        try:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5,
+                                      isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot read the ledger: {exc}") from exc
+
+
+@contextlib.contextmanager
+def reading(ledger_path: Path) -> Iterator[Ledger]:
+    """The ledger of `ledger_path` opened read-only for one use (a dashboard request), closed after it; an
+    empty in-memory one while the workspace has none yet, so that reading never creates a ledger."""
+    ledger = ReadOnlyLedger(ledger_path) if ledger_path.exists() else Ledger(Path(":memory:"))
+    try:
+        yield ledger
+    except sqlite3.DatabaseError as exc:  # e.g. a ledger written before the chain existed
+        raise LedgerError(f"{ledger_path}: {exc}") from exc
+    finally:
+        ledger.close()
 
 
 class _Transaction:

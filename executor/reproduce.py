@@ -124,7 +124,7 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
         raise WorkspaceError(f"experiment {original.id} ended {original.status}: there is no metric to reproduce")
     if "@sha256:" in ref:
         ensure_by_digest(engine, ref, original.image_id or "")  # pulled by digest only, and its ID checked
-    report = verify(ws.repo, ledger, engine, [original.to_dict()])
+    report = verify(ws.git, ledger, engine, [original.to_dict()])
     if report["mismatches"]:
         m = report["mismatches"][0]
         raise IdentityMismatch(f"experiment {original.id} {m['field']}", str(m["expected"]), str(m["actual"]))

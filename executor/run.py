@@ -72,13 +72,13 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     """
     started = time.monotonic()
     backend = backend or DockerBackend(engine)
-    facts = git_source.resolve(ws.repo, ref)
+    facts = git_source.resolve(ws.git, ref)
     settings = config.of_commit(facts.files, facts.sha)
     spec = settings.run_spec
     orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)
-    drift = summarize(*git_source.working_diff(ws.repo, facts.sha))
-    forbidden = [] if editable is None else out_of_scope(git_source.changed_paths(ws.repo, facts), editable)
+    drift = summarize(*git_source.working_diff(ws.git, facts.sha))
+    forbidden = [] if editable is None else out_of_scope(git_source.changed_paths(ws.git, facts), editable)
     eid = new_id()
     log = structlog.get_logger().bind(experiment_id=eid, commit=facts.sha[:12])
     for line in describe(drift):
@@ -142,7 +142,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     durations["total"] = time.monotonic() - started
     metrics = outcome.metrics or {}
     seen = {(d["path"], tuple(d["changes"])) for d in drift}
-    during = [d for d in summarize(*git_source.working_diff(ws.repo, facts.sha))
+    during = [d for d in summarize(*git_source.working_diff(ws.git, facts.sha))
               if (d["path"], tuple(d["changes"])) not in seen]  # made while it ran: reported, never run
     for line in describe(during):
         log.warning("drift", change=line, note="made during the run; the run used the commit")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-import git
-
 from executor import git_source
 from executor.docker_engine import Engine
 from executor.errors import RecordError, SourceError
@@ -19,7 +17,7 @@ from executor.record import ExperimentRecord
 from executor.types import Status
 
 
-def verify(repo: git.Repo, ledger: Ledger, engine: Engine | None, records: Iterable[Mapping[str, Any]],
+def verify(repo: git_source.Repository, ledger: Ledger, engine: Engine | None, records: Iterable[Mapping[str, Any]],
            *, whole_ledger: bool = False) -> dict[str, Any]:
     """`{"checked": N, "mismatches": [{"id", "field", "expected", "actual"}]}` over `records` (as stored).
 

@@ -107,7 +107,7 @@ def make_workspace(tmp_path, base_image):
     """A factory for scaffolded workspaces using the session's base, with a short training budget."""
     from agent.gitops import commit_file, set_constant
     from executor.ledger import Ledger
-    from executor.workspace import init
+    from agent.create import init
 
     def make(name: str = "ws", budget: float = 2, grace: float = 40, **resources) -> Path:
         ws = init(tmp_path / name)
@@ -117,7 +117,7 @@ def make_workspace(tmp_path, base_image):
         toml = set_constant(toml, "grace_seconds", f"{grace:g}")
         for key, value in resources.items():
             toml = set_constant(toml, key, str(value))
-        commit_file(ws.repo, "sealab.toml", toml, "test settings")
+        commit_file(ws.git, "sealab.toml", toml, "test settings")
         return ws.root
 
     return make
@@ -125,11 +125,10 @@ def make_workspace(tmp_path, base_image):
 
 def commit_train(root: Path, source: str, message: str = "change train.py") -> str:
     """Commit a new train.py in the workspace at `root`."""
-    import git
-
     from agent.gitops import commit_file
+    from executor.git_source import open_repo
 
-    return commit_file(git.Repo(root), "train.py", source, message)
+    return commit_file(open_repo(root), "train.py", source, message)
 
 
 def begin(ledger, owner: str = "test", **fields):

@@ -41,10 +41,11 @@ def set_steps(toml: str, steps: int) -> str:
 def tiny_workspace(make_workspace):
     """A factory: a workspace whose HEAD runs TINY_TRAIN (optionally gated) for a few steps."""
     from agent.gitops import commit_file
+    from executor.git_source import open_repo
 
     def make(name: str = "ws", *, gate: bool = False, steps: int = 5, policy: bool = False, **resources) -> Path:
         root = make_workspace(name, budget=2, grace=40, **resources)
-        repo = git.Repo(root)
+        repo = open_repo(root)
         toml = set_steps((root / "sealab.toml").read_text(), steps)
         if policy:
             path = root.parent / f"{name}-policy.toml"

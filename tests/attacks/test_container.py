@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-import git
 import pytest
 
 from executor.docker_engine import dir_usage
+from executor.git_source import open_repo
 from tests.attacks.conftest import containers_of, set_steps
 from tests.conftest import TINY_TRAIN, commit_train, sealab_json
 
@@ -227,7 +227,7 @@ def test_out_cap_kills_the_run(tiny_workspace, engine):
 
     root = tiny_workspace()
     toml = (root / "sealab.toml").read_text().replace("home_mb = 64", "home_mb = 64\nout_mb = 8")
-    commit_file(git.Repo(root), "sealab.toml", toml, "an 8 MB /out")
+    commit_file(open_repo(root), "sealab.toml", toml, "an 8 MB /out")
     commit_train(root, OUT_FLOOD + TINY_TRAIN, "fills /out")
     record = sealab_json("exec", cwd=root, ok_codes=(1,))
     assert record["status"] == "crash" and "/out exceeded its cap of 8 MB" in record["reason"], record["reason"]

@@ -38,21 +38,22 @@ def test_index_only_change_is_drift(tmp_path):
     """A file staged with other content while the work tree still matches the commit is drift too
     (`git diff SHA` alone compares only the work tree)."""
     from executor.drift import describe, summarize
-    from executor.git_source import working_diff
+    from executor.git_source import open_repo, working_diff
 
     repo = git.Repo.init(tmp_path)
     (tmp_path / "train.py").write_text("MARK = 0\n")
     repo.index.add(["train.py"])
     head = repo.index.commit("c").hexsha
+    source = open_repo(tmp_path)
     staged = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=tmp_path, input=b"MARK = 7\n",
                             capture_output=True, check=True).stdout.decode().strip()
     repo.git.update_index("--cacheinfo", f"100644,{staged},train.py")
     assert (tmp_path / "train.py").read_text() == "MARK = 0\n"
-    assert describe(summarize(*working_diff(repo, head))) == ["train.py: MARK = 0 -> 7"]
+    assert describe(summarize(*working_diff(source, head))) == ["train.py: MARK = 0 -> 7"]
     (tmp_path / "train.py").write_text("MARK = 7\n")  # `git add` of an edit: reported once
-    assert describe(summarize(*working_diff(repo, head))) == ["train.py: MARK = 0 -> 7"]
+    assert describe(summarize(*working_diff(source, head))) == ["train.py: MARK = 0 -> 7"]
     (tmp_path / "train.py").write_text("MARK = 9\n")  # work tree and index differ from each other
-    assert describe(summarize(*working_diff(repo, head))) == ["train.py: MARK = 0 -> 9", "train.py: MARK = 0 -> 7"]
+    assert describe(summarize(*working_diff(source, head))) == ["train.py: MARK = 0 -> 9", "train.py: MARK = 0 -> 7"]
 
 
 @pytest.mark.docker
@@ -124,6 +125,7 @@ def test_pre_commit_hook(tiny_workspace, engine):
     a user's commit made through it is what runs and is recorded, and what the hook left in the work
     tree only is drift."""
     from agent.gitops import make_commit
+    from executor.git_source import open_repo
 
     root = tiny_workspace()
     repo = git.Repo(root)
@@ -131,7 +133,8 @@ def test_pre_commit_hook(tiny_workspace, engine):
     hook.write_text(HOOK)
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
     # How the loop commits a proposal (agent/gitops.make_commit): from git objects, no hook runs.
-    proposal = make_commit(repo, repo.head.commit.hexsha, {"train.py": _set(TINY_TRAIN, "MARK", "7")}, "proposal")
+    proposal = make_commit(open_repo(root), repo.head.commit.hexsha, {"train.py": _set(TINY_TRAIN, "MARK", "7")},
+                           "proposal")
     assert not (root / ".git" / "hook-ran").exists()
     assert constants((repo.commit(proposal).tree / "train.py").data_stream.read().decode())["MARK"] == 7
     # A user's commit through the hook (real `git commit`, hooks enabled).

@@ -85,7 +85,7 @@ def engine_layer(engine, sealed) -> bytes:
     from executor.workspace import Workspace
 
     ws = Workspace.open(sealed["root"])
-    facts = resolve(ws.repo, sealed["commit"])
+    facts = resolve(ws.git, sealed["commit"])
     spec = ws.config().run_spec
     made = seal(facts, Ledger(ws.ledger_path).current_base(), spec)
     assert made.image_id == sealed["image_id"] and isinstance(spec, RunSpec)

@@ -53,7 +53,7 @@ def fast_workspace(parent: Path, base: Any, *, steps: int = 4, noise_runs: int =
     """A workspace at parent/name with the tiny train.py, a step budget and a short-baseline policy."""
     from agent.gitops import commit_file, set_constant
     from executor.ledger import Ledger
-    from executor.workspace import init
+    from agent.create import init
 
     policy = parent / f"{name}-policy.toml"
     policy.write_text(policy_text(noise_runs, min_delta))
@@ -68,8 +68,8 @@ def fast_workspace(parent: Path, base: Any, *, steps: int = 4, noise_runs: int =
     toml = toml.replace('name = "default"', f'name = "{policy}"')
     assert f"steps = {steps}" in toml and str(policy) in toml
     (ws.root / "train.py").write_text(TINY_TRAIN)
-    commit_file(ws.repo, "sealab.toml", toml, "fault-test settings")
-    commit_file(ws.repo, "train.py", TINY_TRAIN, "tiny deterministic train.py")
+    commit_file(ws.git, "sealab.toml", toml, "fault-test settings")
+    commit_file(ws.git, "train.py", TINY_TRAIN, "tiny deterministic train.py")
     return ws.root
 
 

@@ -23,16 +23,16 @@ def exported(tmp_path_factory, base_image, engine):
     """A step-budget workspace with two experiments (two commits) and their exported archive."""
     from agent.gitops import commit_file, set_constant
     from executor.ledger import Ledger
-    from executor.workspace import init
+    from agent.create import init
 
     tmp = tmp_path_factory.mktemp("archive")
     ws = init(tmp / "origin")
     Ledger(ws.ledger_path).set_base(base_image)
     toml = set_constant(set_constant((ws.root / "sealab.toml").read_text(), "train_seconds", "60"), "grace_seconds", "60")
     toml = toml.replace("grace_seconds = 60", "grace_seconds = 60\nsteps = 5", 1)
-    commit_file(ws.repo, "sealab.toml", toml, "train 5 steps")
+    commit_file(ws.git, "sealab.toml", toml, "train 5 steps")
     first = sealab_json("exec", cwd=ws.root)
-    commit_file(ws.repo, "train.py", (ws.root / "train.py").read_text() + "\n# a second commit\n", "second")
+    commit_file(ws.git, "train.py", (ws.root / "train.py").read_text() + "\n# a second commit\n", "second")
     second = sealab_json("exec", cwd=ws.root)
     assert first["status"] == second["status"] == "ok" and first["image_id"] != second["image_id"]
     archive = tmp / "x.tar"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.conftest import sealab
 
 
@@ -46,7 +47,7 @@ def test_malformed_committed_config(tmp_path, engine):
     from agent.gitops import commit_file
 
     sealab("init", str(tmp_path / "ws"), check=True)
-    commit_file(git.Repo(tmp_path / "ws"), "sealab.toml", "[budget\ntrain_seconds = 1\n", "broken settings")
+    commit_file(open_repo(tmp_path / "ws"), "sealab.toml", "[budget\ntrain_seconds = 1\n", "broken settings")
     assert_one_line_error(sealab("exec", cwd=tmp_path / "ws"), 2, "not valid TOML")
     assert_one_line_error(sealab("base", cwd=tmp_path / "ws"), 2, "not valid TOML")
 

@@ -13,6 +13,7 @@ import json
 import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.conftest import sealab, sealab_json
 from tests.faults.private_dockerd import PrivateDockerd
 
@@ -36,7 +37,7 @@ def use_remote(root, daemon, steps: int = 3) -> None:
     toml = (root / "sealab.toml").read_text()
     toml = toml.replace('name = "local"', f'name = "docker-host"\nurl = "{daemon.host}"')
     toml = set_constant(toml.replace("# steps = 200", f"steps = {steps}"), "grace_seconds", "240")
-    commit_file(git.Repo(root), "sealab.toml", toml, "run on the remote engine")
+    commit_file(open_repo(root), "sealab.toml", toml, "run on the remote engine")
 
 
 def test_docker_host_loads_verifies_and_runs_there(make_workspace, remote_engine, base_image, engine):
@@ -88,7 +89,7 @@ def test_unreachable_remote_engine_is_one_line(make_workspace):
     from agent.gitops import commit_file
 
     toml = (root / "sealab.toml").read_text().replace('name = "local"', 'name = "docker-host"\nurl = "unix:///nonexistent/docker.sock"')
-    commit_file(git.Repo(root), "sealab.toml", toml, "unreachable remote")
+    commit_file(open_repo(root), "sealab.toml", toml, "unreachable remote")
     proc = sealab("exec", cwd=root)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

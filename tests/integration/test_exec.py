@@ -235,9 +235,10 @@ def test_broken_train_py_is_a_crash_with_its_error(make_workspace):
 def test_adopted_summary_metric_is_flagged(make_workspace):
     """A printed `---` summary is believed only when sealab.toml says metric_source = "summary", and flagged."""
     from agent.gitops import commit_file
+    from executor.git_source import open_repo
 
     root = make_workspace()
-    repo = git.Repo(root)
+    repo = open_repo(root)
     commit_file(repo, "prepare.py", "print('training...')\nprint('---')\nprint('val_bpb:          1.500000')\n"
                 "print('peak_vram_mb:     12.5')\nprint('num_steps:        7')\n", "a harness that only prints")
     commit_train(root, "# train.py of an adopted checkout\n", "any train.py")
@@ -261,7 +262,7 @@ def test_executor_rechecks_the_scope_from_the_commit(make_workspace, engine):
     from executor.workspace import Workspace
 
     root = make_workspace()
-    repo = git.Repo(root)
+    repo = Workspace.open(root).git
     harness = (root / "prepare.py").read_text()
     commit_file(repo, "prepare.py", harness.replace("EVAL_BYTES = 65536", "EVAL_BYTES = 1024"), "sneaky eval")
     ws = Workspace.open(root)

@@ -64,12 +64,13 @@ def _record(eid: str, commit: str, parent: str | None, description: str, value: 
 def report_ws(tmp_path) -> dict:
     """A workspace whose ledger holds one run `t1`: baseline, two kept, one discarded, one crash, and events."""
     from agent.gitops import ZERO, cas, make_commit
+    from executor import git_source
     from executor.ledger import Ledger
-    from executor.workspace import init
+    from agent.create import init
 
     ws = init(tmp_path / "ws")
-    repo = ws.repo
-    start = repo.head.commit.hexsha
+    repo = ws.git
+    start = git_source.head_commit(repo)
     cas(repo, "refs/heads/sealab/t1", start, ZERO)
     train = (ws.root / "train.py").read_text()
     c1 = make_commit(repo, start, {"train.py": train + f"\n# {SCRIPT}\nNEW_CONSTANT = 1\n"}, f"lower lr {SCRIPT}")

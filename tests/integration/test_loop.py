@@ -31,9 +31,10 @@ reason = "tests: a short baseline"
 def fast_workspace(make_workspace):
     """A workspace whose committed policy measures the baseline twice (the shipped default does 3)."""
     from agent.gitops import commit_file
+    from executor.git_source import open_repo
 
     root = make_workspace(budget=2, grace=40)
-    repo = git.Repo(root)
+    repo = open_repo(root)
     base = (root.parent.parent / "policy.toml")
     shipped = open(__import__("policies").policy_path("default")).read()
     base.write_text(re.sub(r"\[acceptance\][^\[]*", FAST_POLICY.strip() + "\n\n", shipped, count=1))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.conftest import commit_train, sealab, sealab_json
 
 pytestmark = pytest.mark.docker
@@ -18,7 +18,7 @@ def step_budget_workspace(make_workspace, steps=8):
 
     root = make_workspace(budget=60, grace=60)
     toml = (root / "sealab.toml").read_text().replace("grace_seconds = 60", f"grace_seconds = 60\nsteps = {steps}", 1)
-    commit_file(git.Repo(root), "sealab.toml", toml, f"train {steps} steps")
+    commit_file(open_repo(root), "sealab.toml", toml, f"train {steps} steps")
     return root
 
 

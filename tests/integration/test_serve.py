@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.browser import Chromium
 from tests.conftest import SEALAB, chromium, sealab, sealab_json
 from tests.integration.test_loop import fast_workspace
@@ -74,7 +74,7 @@ def test_outside_a_workspace_is_one_line(tmp_path):
 
 def test_port_in_use_is_one_line(tmp_path):
     """A port someone else listens on: exit 2 and one line naming the port, no traceback."""
-    from executor.workspace import init
+    from agent.create import init
 
     root = init(tmp_path / "ws").root
     with socket.socket() as taken:
@@ -89,7 +89,7 @@ def test_port_in_use_is_one_line(tmp_path):
 
 def test_serves_a_workspace_without_experiments(tmp_path):
     """A fresh workspace (no ledger yet) is served, stays without a ledger, and SIGTERM stops it with 0."""
-    from executor.workspace import init
+    from agent.create import init
 
     root = init(tmp_path / "ws").root
     with Server(root) as server:
@@ -114,9 +114,8 @@ def test_live_page_during_a_run(make_workspace, tmp_path):
     browser_binary = chromium()
     # a generous grace: on a loaded machine a 2 s experiment's start-up and evaluation can take a while
     root = fast_workspace(lambda **kw: make_workspace(**{**kw, "grace": 180}))
-    repo = git.Repo(root)
     # The start commit's subject is what the baseline records show as their description.
-    commit_file(repo, "program.md", (root / "program.md").read_text() + "\n", MARKUP)
+    commit_file(open_repo(root), "program.md", (root / "program.md").read_text() + "\n", MARKUP)
 
     with Server(root) as server, Chromium(browser_binary, tmp_path / "profile") as browser:
         browser.navigate(server.url + "?interval=500")

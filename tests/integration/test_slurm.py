@@ -18,6 +18,7 @@ from pathlib import Path
 import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.conftest import sealab_json, unavailable
 from tests.slurm_cluster import missing_slurm, registry_binary, start_cluster, start_registry
 
@@ -63,7 +64,7 @@ def workspace(root: Path, base_image, *, steps: int | None = None, budget: float
     `backend`: a [backend] table for its sealab.toml."""
     from agent.gitops import commit_file, set_constant
     from executor.ledger import Ledger
-    from executor.workspace import init
+    from agent.create import init
 
     ws = init(root)
     Ledger(ws.ledger_path).set_base(base_image)
@@ -78,7 +79,7 @@ def workspace(root: Path, base_image, *, steps: int | None = None, budget: float
     if backend:
         toml, count = re.subn(r'^\[backend\]\nname = "local".*\n', backend, toml, count=1, flags=re.MULTILINE)
         assert count == 1, "the scaffold's [backend] table moved"
-    commit_file(ws.repo, "sealab.toml", toml, "slurm test settings")
+    commit_file(ws.git, "sealab.toml", toml, "slurm test settings")
     return ws.root
 
 
@@ -121,7 +122,7 @@ def round_of_four(tmp_path_factory, base_image, engine, backend):
     from agent.gitops import commit_file, set_constant
 
     root = workspace(tmp_path_factory.mktemp("slurm-round") / "ws", base_image, steps=5)
-    repo = git.Repo(root)
+    repo = open_repo(root)
     train = (root / "train.py").read_text()
     commits = [commit_file(repo, "train.py", set_constant(train, "SCALAR_LR", lr), f"SCALAR_LR = {lr}")
                for lr in ("0.4", "0.45", "0.55", "0.6")]
@@ -210,7 +211,7 @@ def test_deadline_kills_the_container_on_the_node(tmp_path, base_image, engine, 
     from agent.gitops import commit_file
 
     # (a train.py that stops at its budget may end inside budget + grace on a fast machine: this one never does)
-    commit_file(git.Repo(root), "train.py", "import time\ntime.sleep(600)\n", "sleeps past the deadline")
+    commit_file(open_repo(root), "train.py", "import time\ntime.sleep(600)\n", "sleeps past the deadline")
     record = sealab_json("exec", "--backend", "slurm", cwd=root, ok_codes=(1,))
     assert record["status"] == "timeout" and record["exit_code"] is None, record["reason"]
     assert record["backend"] == "slurm" and record["placement"].startswith("slurm:")
@@ -368,7 +369,7 @@ def test_research_loop_with_two_workers_on_slurm(tmp_path, base_image, engine, s
     from agent.gitops import commit_file
 
     toml = (root / "sealab.toml").read_text().replace('name = "default"', f'name = "{policy}"')
-    commit_file(git.Repo(root), "sealab.toml", toml, "one baseline run")
+    commit_file(open_repo(root), "sealab.toml", toml, "one baseline run")
     proc = sealab("run", "--workers", "2", "--experiments", "2", "--proposer", "offline", "--tag", "s", cwd=root,
                   timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

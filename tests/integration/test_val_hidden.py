@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import git
 import pytest
 
 from executor import config, git_source, valdata
@@ -21,7 +20,7 @@ LIST_DATA = ("python3", "-c", "import os; print(sorted(os.listdir('/opt/sealab/d
 
 
 def sealed_hidden(root, base_image):
-    facts = git_source.resolve(git.Repo(root), "HEAD")
+    facts = git_source.resolve(git_source.open_repo(root), "HEAD")
     toml = next(f.data for f in facts.files if f.path == config.CONFIG_NAME)
     return seal(facts, base_image, config.parse(toml, "sealab.toml").run_spec, hide_val=True)
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import git
 import pytest
 
+from executor.git_source import open_repo
 from tests.conftest import sealab, sealab_json
 from tests.faults.kit import ledger_rows
 from tests.integration.test_loop import check_run_consistency, fast_workspace
@@ -21,7 +22,7 @@ def step_budget(root, steps: int = 3) -> None:
 
     toml = (root / "sealab.toml").read_text().replace("# steps = 200", f"steps = {steps}")
     toml = set_constant(toml, "grace_seconds", "240")
-    commit_file(git.Repo(root), "sealab.toml", toml, "step budget")
+    commit_file(open_repo(root), "sealab.toml", toml, "step budget")
 
 
 def interval(record):

@@ -7,7 +7,9 @@ import pytest
 
 from executor import config
 from executor.errors import ConfigError, WorkspaceError
-from executor.workspace import SCAFFOLD_FILES, Workspace, adopt
+from agent.create import adopt
+from agent.gitops import RefMoved
+from executor.workspace import SCAFFOLD_FILES, Adoptable, Workspace, check_adoptable
 from tests.conftest import sealab
 
 FILES = {"train.py": "print('train')\n", "prepare.py": "print('prepare')\n", "program.md": "# research\n"}
@@ -107,6 +109,59 @@ def test_adopt_refuses_an_existing_sealab_toml(tmp_path):
     with pytest.raises(WorkspaceError, match="already has sealab.toml"):
         adopt(root)
     assert (root / "sealab.toml").read_text() == "# mine\n" and not (root / ".git").exists()
+
+
+def test_check_adoptable_reads_and_writes_nothing(tmp_path):
+    """The executor's checks give no repository for a plain directory and the repository and its HEAD
+    for a clean checkout, and write nothing in either (no .git, no sealab.toml, no new commit)."""
+    plain = _checkout(tmp_path / "plain")
+    assert check_adoptable(plain) == Adoptable(None, None) and not (plain / ".git").exists()
+    root = tmp_path / "ar"
+    head = _git_checkout(root).head.commit.hexsha
+    found = check_adoptable(root)
+    assert found.repo.root == root and found.head == head
+    assert not (root / "sealab.toml").exists() and git.Repo(root).head.commit.hexsha == head
+
+
+def test_adopt_refuses_untracked_research_files_and_a_subdirectory(tmp_path):
+    """A research file never committed, or a checkout below the top of its repository, is refused in one line."""
+    root = tmp_path / "ar"
+    repo = _git_checkout(root)
+    repo.index.remove(["program.md"])
+    repo.index.commit("drop program.md from git", author=git.Actor("a", "a@b"), committer=git.Actor("a", "a@b"))
+    with pytest.raises(WorkspaceError, match="program.md not committed"):
+        adopt(root)
+    inner = _checkout(root / "inner")
+    with pytest.raises(WorkspaceError, match="adopt the repository's top directory"):
+        adopt(inner)
+    assert not (root / "sealab.toml").exists() and not (inner / "sealab.toml").exists()
+
+
+def test_adopt_moves_head_by_compare_and_swap(tmp_path, monkeypatch):
+    """The adoption commit moves HEAD from the commit the checks were made on (reflog "sealab: adopt");
+    if another process commits in between, it stops with RefMoved and HEAD stays on that commit."""
+    import agent.create
+
+    root = tmp_path / "ar"
+    repo = _git_checkout(root)
+    adopt(root)
+    assert git.Repo(root).git.reflog("show", "--format=%gs", "-1", "master") == "sealab: adopt"
+
+    other = tmp_path / "other"
+    repo = _git_checkout(other)
+    checked = agent.create.check_adoptable
+
+    def then_someone_commits(path):
+        found = checked(path)
+        (other / "notes.txt").write_text("late\n")
+        repo.index.add(["notes.txt"])
+        repo.index.commit("late", author=git.Actor("a", "a@b"), committer=git.Actor("a", "a@b"))
+        return found
+
+    monkeypatch.setattr(agent.create, "check_adoptable", then_someone_commits)
+    with pytest.raises(RefMoved, match="HEAD moved"):
+        adopt(other)
+    assert git.Repo(other).head.commit.message == "late"
 
 
 def test_cli_adopt_then_adopt_again_is_refused(tmp_path):

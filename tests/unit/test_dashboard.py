@@ -15,8 +15,8 @@ import pytest
 
 from agent.dashboard import Dashboard
 from agent.html_report import collect
-from agent.serve import LOOPBACK_NAMES, ReadOnlyLedger, StrictJSON, create_app, is_loopback, reading
-from executor.ledger import Ledger
+from agent.serve import LOOPBACK_NAMES, StrictJSON, create_app, is_loopback
+from executor.ledger import Ledger, ReadOnlyLedger, reading
 from executor.record import Decision, Finish, Results, RunLabels
 from executor.types import BaseImage, Status
 from tests.conftest import begin, write_stored
@@ -41,11 +41,11 @@ def ws(tmp_path) -> dict:
     from executor import git_source
     from executor.image.seal import seal
     from executor.types import RunSpec
-    from executor.workspace import init
+    from agent.create import init
 
     w = init(tmp_path / "ws")
-    repo = w.repo
-    start = repo.head.commit.hexsha
+    repo = w.git
+    start = git_source.head_commit(repo)
     cas(repo, "refs/heads/sealab/t1", start, ZERO)
     train = (w.root / "train.py").read_text()
     c1 = make_commit(repo, start, {"train.py": train + "\nNEW_CONSTANT = 1\n"}, f"lower lr {SCRIPT}")
@@ -64,8 +64,8 @@ def ws(tmp_path) -> dict:
     ledger = Ledger(w.ledger_path)
     ledger.set_base(BASE)
     for n, (eid, commit, parent, value, decision, status) in enumerate(rows):
-        description = repo.commit(commit).summary
-        begin(ledger, id=eid, commit=commit, parent=parent, tree=repo.commit(commit).tree.hexsha,
+        description = git_source.resolve(repo, commit).subject
+        begin(ledger, id=eid, commit=commit, parent=parent, tree=git_source.tree_of(repo, commit),
               description=description, base_image_id=BASE.image_id, data_digest=BASE.data_digest, run_spec=SPEC,
               drift=[], log_path=f".sealab/logs/{eid}.log", created_at=stamp(NOW + timedelta(minutes=n)))
         ledger.finish(eid, Finish(Status(status), None if status == "ok" else "exit code 1", image_id=sealed(commit),
@@ -92,7 +92,7 @@ def ws(tmp_path) -> dict:
 
 
 def board(ws: dict, alive=lambda owner: True) -> Dashboard:
-    return Dashboard(root=ws["ws"].root, repo=ws["ws"].repo, alive=alive)
+    return Dashboard(root=ws["ws"].root, repo=ws["ws"].git, alive=alive)
 
 
 def test_experiments_rows_chart_series_and_verification(ws):
@@ -329,7 +329,7 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
     from agent.html_report import render_html
 
     with reading(ws["ws"].ledger_path) as ledger:
-        page = render_html(collect(ledger, "t1"), ws["ws"].repo, ws["ws"].root)
+        page = render_html(collect(ledger, "t1"), ws["ws"].git, ws["ws"].root)
     assert "e0006" in page
     from click.testing import CliRunner
 

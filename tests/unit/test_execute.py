@@ -9,7 +9,7 @@ import pytest
 from executor.errors import EngineUnavailable, WorkspaceError
 from executor.ledger import Ledger
 from executor.run import execute
-from executor.workspace import init
+from agent.create import init
 from tests.fakes import Run, fake_setup, git_blob, train_py_of
 
 

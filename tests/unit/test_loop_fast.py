@@ -13,7 +13,7 @@ import pytest
 from agent.loop import Loop
 from agent.offline import OfflineProposer
 from executor.ledger import Ledger
-from executor.workspace import init
+from agent.create import init
 from policies import decide, load_policy, noise_floor
 from tests.fakes import fake_setup
 

@@ -148,15 +148,15 @@ def test_latest_link_is_the_records_last_chain_hash(tmp_path):
 
 def test_cli_provenance(tmp_path):
     """`sealab provenance ID` prints the statement as JSON; an unknown id is a one-line exit 2."""
-    from executor import owner
-    from executor.workspace import init
+    from agent.create import init
+    from executor import git_source, owner
     from tests.conftest import sealab
 
     ws = init(tmp_path / "ws")
     ledger = Ledger(ws.ledger_path)
     ledger.set_base(BASE)
-    head = ws.repo.head.commit
-    begin(ledger, owner.token(), id="exp1", commit=head.hexsha, tree=head.tree.hexsha, description="baseline",
+    head = git_source.head_commit(ws.git)
+    begin(ledger, owner.token(), id="exp1", commit=head, tree=git_source.tree_of(ws.git, head), description="baseline",
           base_image_id=BASE_ID, data_digest=DATA, created_at="2024-01-01T00:00:00.000Z")
     ledger.finish("exp1", Finish(Status.OK, image_id=IMAGE, results=Results(metrics={"val_bpb": 2.0}, drift=[])))
     ledger.close()
@@ -165,7 +165,7 @@ def test_cli_provenance(tmp_path):
     assert proc.returncode == 0, proc.stderr
     stmt = json.loads(proc.stdout)
     assert stmt["predicate"]["runDetails"]["metadata"]["invocationId"] == "exp1"
-    assert materials(stmt)["commit"]["digest"] == {"gitCommit": head.hexsha}
+    assert materials(stmt)["commit"]["digest"] == {"gitCommit": head}
     assert materials(stmt)["base"]["annotations"]["source"] == "offline:bookworm"
     assert materials(stmt)["policy"]["digest"]["sha256"]  # the workspace's policy file
     assert {b["name"] for b in stmt["predicate"]["runDetails"]["byproducts"]} == {"results", "ledger-chain"}
