@@ -347,7 +347,7 @@ def test_verify_reports_a_record_that_does_not_decode_and_checks_the_rest(ws):
 
     ledger = Ledger(ws["ws"].ledger_path)
     write_stored(ledger, {**ledger.get("e0004"), "id": "e0009", "metrics": "0.9"})
-    report = verify(ws["ws"].repo, ledger, None, ledger.records(), whole_ledger=True)
+    report = verify(ws["ws"].git, ledger, None, ledger.records(), whole_ledger=True)
     assert report["checked"] == 6
     assert report["mismatches"] == [{"id": "e0009", "field": "metrics", "expected": "a table", "actual": "0.9"}]
     with reading(ws["ws"].ledger_path) as read_only:
