@@ -271,6 +271,7 @@ def write_context(out: IO[bytes], dockerfile: bytes, prepare_data: bytes, wheels
     """The build context tar, laid out like the repository so Dockerfile.train also builds by hand
     (written like a layer: layer.write_layer, the wheels streamed from disk)."""
     write_layer([Entry(CONTEXT_DOCKERFILE, dockerfile), Entry(CONTEXT_PREPARE_DATA, prepare_data),
+                 Entry(CONTEXT_WHEELS, mode=0o755, kind="dir"),  # there even when empty: Dockerfile.train COPYs it
                  *(Entry(f"{CONTEXT_WHEELS}/{w.name}", source=w.path) for w in wheels)], out)
 
 

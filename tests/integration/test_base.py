@@ -104,6 +104,17 @@ def test_context_is_laid_out_like_the_repository(tmp_path):
     assert names[0] == "Dockerfile.train" and f"wheels/{wheel.name}" in names
 
 
+def test_context_without_wheels_still_has_the_wheels_directory():
+    """With no wheels (`--from` an image whose torch is kept) the context still holds `wheels/`, which
+    Dockerfile.train COPYs: a missing directory fails the build."""
+    buf = io.BytesIO()
+    write_context(buf, b"dockerfile", b"script", [])
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        wheels = tar.getmember("wheels")
+    assert wheels.isdir() and wheels.mode == 0o755
+
+
 def test_unreachable_engine_is_engine_unavailable(monkeypatch):
     """A Docker host that does not answer raises EngineUnavailable, not a docker-py error."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/sealab-test.sock")
