@@ -104,7 +104,8 @@ def scale_from(source: bytes) -> float:
 
 @dataclass
 class Run:
-    """How the fake ends a train phase: `exit_code`, `oom`, `timed_out`, or `hang` (wait until released)."""
+    """How the fake ends a train phase: `exit_code`, `oom`, `timed_out`; `write_result=False`: no result.json
+    (a run that is to last until released waits on FakeBackend.release)."""
 
     exit_code: int = 0
     oom: bool = False
