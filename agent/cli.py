@@ -22,9 +22,8 @@ from rich.table import Table
 
 from executor import logs
 from executor import record as recorded
-from executor.config import BACKENDS
 from executor.errors import EngineUnavailable, SealabError
-from executor.types import Status
+from executor.types import BACKENDS, Status
 
 EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)

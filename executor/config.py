@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Literal, TypeVar, get_args, get_ori
 from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from executor.errors import ConfigError, SealabError, WorkspaceError
-from executor.types import Resources, RunSpec
+from executor.types import BACKENDS, Resources, RunSpec
 
 CONFIG_NAME = "sealab.toml"
 
@@ -179,7 +179,6 @@ class _Base(Table):
 
 
 METRIC_SOURCES = ("result.json", "summary")
-BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # executor/backends/factory.py makes them
 
 
 class _Harness(Table):

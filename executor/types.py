@@ -18,6 +18,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+BACKENDS = ("local", "docker-host", "slurm", "kubernetes")  # [backend] name; executor/backends/factory.py makes them
+
+
 class Status(StrEnum):
     RUNNING = "running"  # only while an executor process owns the record
     OK = "ok"
