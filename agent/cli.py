@@ -303,6 +303,17 @@ PARTED = {  # executor.reproduce.diverged_in's phases, as the report says them
 }
 
 
+def parted_line(rerun: str, phase: str, step: int | None) -> str:
+    """How `sealab reproduce` says where a rerun parted: the phase, and in the train phase the first step
+    whose loss differs (executor.reproduce.parted_at_step) when the record keeps its losses."""
+    where = ""
+    if step == 1:
+        where = " (its first training loss already differs)"
+    elif step:
+        where = f" (its training losses agree up to step {step - 1}; step {step}'s differs)"
+    return f"rerun {rerun} parted from the record {PARTED[phase]}{where}"
+
+
 @main.command()
 @click.argument("ref", metavar="EXPERIMENT|IMAGE")
 @click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="How many reruns.")
@@ -324,9 +335,10 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
                    f"{format(report['recorded'], spec)}, reran {shown} (tolerance {report['tolerance']:g})")
         if report["note"]:
             click.echo(f"note: {report['note']}")
-        for rerun, phase in zip(report["reruns"], report["diverged_in"]):
+        steps = report.get("parted_at_step") or [None] * len(report["reruns"])
+        for rerun, phase, step in zip(report["reruns"], report["diverged_in"], steps):
             if phase is not None:
-                click.echo(f"rerun {rerun} parted from the record {PARTED[phase]}")
+                click.echo(parted_line(rerun, phase, step))
     ctx.exit(1 if report["verdict"] == "diverged" else 0)
 
 

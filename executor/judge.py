@@ -103,6 +103,9 @@ def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | N
             "mfu_percent", "device")
     metrics = {k: result[k] for k in keys if k in result}
     metrics["hyperparameters"] = result.get("hyperparameters", {})
+    losses = loss_trace(result.get("losses"))
+    if losses:
+        metrics["losses"] = losses
     if not trusted:
         metrics["metric_source"] = "summary"
     return Outcome(Status.OK, None, metrics, exit_code)
@@ -136,3 +139,16 @@ def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(cpu.get("threads"), int):
         kept["threads"] = cpu["threads"]
     return kept
+
+
+LOSS_TRACE_MAX = 1000  # as the harness keeps them (prepare.py): a longer or ill-typed list is not kept
+
+
+def loss_trace(value: Any) -> list[float] | None:
+    """The per-step training losses a step-budget run reported (result.json "losses"), or None when there
+    are none or they are not a list of at most LOSS_TRACE_MAX finite numbers."""
+    if not isinstance(value, list) or not value or len(value) > LOSS_TRACE_MAX:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        return None
+    return [float(v) for v in value]

@@ -84,6 +84,20 @@ def diverged_in(recorded: dict[str, Any], rerun: dict[str, Any], metric: str) ->
     return "score"
 
 
+def parted_at_step(recorded: dict[str, Any], rerun: dict[str, Any]) -> int | None:
+    """The first training step (1-based) whose loss differs between the record and a rerun, from the
+    per-step losses a step-budget run keeps; None when both traces are missing or equal over the steps
+    both have. Step k's loss is computed with the weights after k-1 updates, so a first difference at
+    step k means the run parted in step k-1's backward pass or update, or in step k's forward pass."""
+    a, b = recorded.get("losses"), rerun.get("losses")
+    if not isinstance(a, list) or not isinstance(b, list):
+        return None
+    for step, (x, y) in enumerate(zip(a, b), start=1):
+        if x != y:
+            return step
+    return None
+
+
 def find_record(ledger: Ledger, ref: str) -> ExperimentRecord:
     """The record named by an experiment ID (or unambiguous prefix), an image ID (newest first) or a pushed
     `repo@sha256:…` (its `registry_digest`).
@@ -145,6 +159,9 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
     values = [number((r.metrics or {}).get(metric)) if r.status == Status.OK else None for r in reruns]
     judged = judge(recorded, values, tolerance, original.cpu, [r.cpu for r in reruns])
     parted = [diverged_in(original.metrics or {}, r.metrics or {}, metric) for r in reruns]
+    steps = [parted_at_step(original.metrics or {}, r.metrics or {}) if phase == "train" else None
+             for r, phase in zip(reruns, parted)]
     return {"experiment": original.id, "image_id": original.image_id, "metric": metric, "recorded": recorded,
             "values": values, "reruns": [r.id for r in reruns], **judged, "diverged_in": parted,
+            "parted_at_step": steps,
             "cpus": {"recorded": original.cpu, "reruns": [r.cpu for r in reruns]}}

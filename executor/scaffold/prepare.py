@@ -88,6 +88,7 @@ EVAL_BYTES = 65536  # evaluated target bytes: the first EVAL_BYTES (+1 for targe
 EVAL_SEQ_LEN = 256  # non-overlapping evaluation windows of this length
 EVAL_BATCH_SIZE = 32  # windows per evaluation forward pass
 METRIC = "val_bpb"
+LOSS_TRACE_MAX = 1000  # steps of a step-budget run whose training loss result.json keeps ("losses")
 MODEL_FILE = "model.pt"  # the train phase's model when the image holds no validation split
 EVALUATOR = "orchestrator"  # this harness has the --logits eval phase: sealab seals without val.bin
 
@@ -166,6 +167,7 @@ class Harness:
         self.steps = 0
         self.tokens = 0
         self.last_loss: float | None = None
+        self.losses: list[float] = []  # with a step budget: each step's loss, so a rerun can say where it parted
         self._train = train_tokens.to(device)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._t0: float | None = None
@@ -220,6 +222,8 @@ class Harness:
         if loss is not None:
             value = float(loss.detach().float().item() if torch.is_tensor(loss) else loss)
             self.last_loss = value
+            if self.budget_steps and len(self.losses) < LOSS_TRACE_MAX:
+                self.losses.append(value)
             if not math.isfinite(value):
                 raise Diverged(f"training loss is {value} at step {self.steps}")
 
@@ -555,6 +559,7 @@ def main() -> None:
         "training_seconds": training_seconds,
         "total_seconds": time.perf_counter() - _T_START,
         "steps": h.steps,
+        "losses": h.losses,
         "tokens": h.tokens,
         "tokens_per_s": tokens_per_s,
         "num_params": num_params,

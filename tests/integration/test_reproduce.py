@@ -35,7 +35,9 @@ def test_step_budget_reproduces_exactly(make_workspace):
     assert by_image["experiment"] in (record["id"], *report["reruns"]) and by_image["verdict"] == "exact"
     assert report["note"] is None and report["cpus"]["reruns"] == [record["cpu"]] * 2
     # Each phase's output is named in the record, and the reruns made the same ones.
-    assert report["diverged_in"] == [None, None]
+    assert report["diverged_in"] == [None, None] and report["parted_at_step"] == [None, None]
+    losses = [r["metrics"]["losses"] for r in [record, *reruns]]
+    assert len(losses[0]) == 8 and losses == [losses[0]] * 3  # each step's loss, bit for bit
     phases = {(r["metrics"]["eval_model"], r["metrics"]["eval_logits"]) for r in [record, *reruns]}
     assert len(phases) == 1 and all(d.startswith("sha256:") for d in phases.pop())
 

@@ -20,6 +20,15 @@ def test_ok_result_keeps_metrics():
     assert outcome.metrics["hyperparameters"] == {"X": 1}
 
 
+def test_the_losses_of_a_step_budget_run_are_kept_only_when_well_formed():
+    """result.json's per-step losses go into the metrics; a list that is too long, not numbers or not
+    finite is left out (the run is still ok: the trace only explains a divergence)."""
+    assert status(result={**GOOD, "losses": [3.5, 3.25]}).metrics["losses"] == [3.5, 3.25]
+    for bad in ([], [1.0, "x"], [1.0, math.inf], [True], [1.0] * 1001, "3.5", None):
+        outcome = status(result={**GOOD, "losses": bad})
+        assert outcome.status is Status.OK and "losses" not in outcome.metrics, bad
+
+
 def test_deadline_beats_everything():
     """A container killed at the deadline is a timeout, naming budget + grace."""
     outcome = status(exit_code=None, timed_out=True)

@@ -25,7 +25,7 @@ BUDGET_S = 2.0
 RESULT_KEYS = {
     "metric", "val_bpb", "peak_memory_mb", "training_seconds", "total_seconds", "steps", "tokens",
     "tokens_per_s", "num_params", "device", "seed", "budget_s", "data_digest", "train_py_blob",
-    "hyperparameters", "mfu_percent", "cpu",
+    "hyperparameters", "mfu_percent", "cpu", "losses",
 }
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "device"]
@@ -260,6 +260,19 @@ def test_clock_and_step_accounting(prepare):
         h.step(10, float("inf"))
 
 
+def test_a_step_budget_keeps_each_steps_loss_and_a_clock_budget_none(prepare):
+    """With a step budget every step's loss is kept (so a rerun can say at which step it parted), up to
+    LOSS_TRACE_MAX; a clock budget keeps none (its step count is not part of its identity)."""
+    data = torch.zeros(100, dtype=torch.uint8)
+    stepped = prepare.Harness(data, "cpu", 1.0, 0, prepare.LOSS_TRACE_MAX + 5)
+    for i in range(prepare.LOSS_TRACE_MAX + 5):
+        stepped.step(1, torch.tensor(1.0 + i / 4096))
+    assert len(stepped.losses) == prepare.LOSS_TRACE_MAX and stepped.losses[:2] == [1.0, 1.0 + 1 / 4096]
+    clocked = prepare.Harness(data, "cpu", 1.0, 0)
+    clocked.step(1, 2.5)
+    assert clocked.losses == []
+
+
 def test_hyperparameters_are_upper_case_json_constants(prepare):
     """collect_hyperparameters keeps UPPER_CASE plain values (tuples as lists) and drops everything else."""
     module = type(sys)("fake_train")
@@ -289,6 +302,7 @@ def test_result_json_has_the_contract_keys_and_types(real_run, data_dir):
     assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["training_seconds"])
     assert r["data_digest"] == "sha256:" + hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
     assert r["num_params"] > 10_000
+    assert len(r["losses"]) == r["steps"] and all(isinstance(v, float) and v > 0 for v in r["losses"])
 
 
 def test_real_train_py_beats_uniform(real_run):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from executor.reproduce import CROSS_CPU_RTOL, cpu_label, diverged_in, judge, same_cpu
+from executor.reproduce import CROSS_CPU_RTOL, cpu_label, diverged_in, judge, parted_at_step, same_cpu
 
 SPR = {"model": "Intel(R) Xeon(R) Platinum 8480+", "isa": "x86-64-v4+amx", "torch": "2.13.0+cpu", "threads": 2}
 ZEN = {"model": "AMD EPYC 7763 64-Core Processor", "isa": "x86-64-v3", "torch": "2.13.0+cpu", "threads": 2}
@@ -83,3 +83,26 @@ def test_a_record_without_the_phase_digests_parted_somewhere_unknown():
     old = {"val_bpb": 4.0}
     assert diverged_in(old, metrics(4.1), "val_bpb") == "unknown"
     assert diverged_in(metrics(4.0), {"val_bpb": None}, "val_bpb") == "unknown"
+
+
+def test_the_first_step_whose_loss_differs_is_where_a_rerun_parted():
+    """Step k's loss is the first to differ: the run parted between step k-1's forward pass and step k's."""
+    assert parted_at_step({"losses": [5.5, 5.0, 4.5]}, {"losses": [5.5, 5.000001, 4.6]}) == 2
+    assert parted_at_step({"losses": [5.5, 5.0]}, {"losses": [5.4, 5.0]}) == 1
+
+
+def test_equal_or_missing_losses_name_no_step():
+    """Equal traces (the difference came after the last loss) or a record without one: no step."""
+    assert parted_at_step({"losses": [5.5, 5.0]}, {"losses": [5.5, 5.0]}) is None
+    assert parted_at_step({"val_bpb": 4.0}, {"losses": [5.5]}) is None
+    assert parted_at_step({"losses": [5.5]}, {"losses": "5.5"}) is None
+
+
+def test_reproduce_says_the_phase_and_the_step_where_a_rerun_parted():
+    """The report line names the phase, and the step when the losses tell it."""
+    from agent.cli import parted_line
+
+    assert parted_line("r1", "train", 4) == ("rerun r1 parted from the record in the train phase: its model.pt "
+                                             "differs (its training losses agree up to step 3; step 4's differs)")
+    assert parted_line("r1", "train", 1).endswith("(its first training loss already differs)")
+    assert parted_line("r1", "eval", None) == "rerun r1 parted from the record in the eval phase: the same model.pt gave other logits"
