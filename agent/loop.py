@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from agent import gitops
+from agent import gitops, run_state, stopped
 from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
 from executor import config, git_source
 from executor.docker_engine import Engine
@@ -28,34 +28,11 @@ from executor.record import Decision, ExperimentRecord, RunLabels
 from executor.run import execute
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
-from policies import changed_lines, check_proposal, check_run_spec, decide, noise_floor, pick_winner, should_stop
+from agent.run_state import RunState
+from agent.stopped import LoopStopped
+from policies import changed_lines, check_proposal, decide, noise_floor, pick_winner
 
-
-class LoopStopped(SealabError):
-    exit_code = 4
-
-
-@dataclass
-class RunState:
-    """Everything `--resume` needs; saved in the ledger after every step."""
-
-    tag: str
-    branch: str
-    start_commit: str
-    best_commit: str
-    best_value: float | None = None
-    threshold: float | None = None
-    baseline: list[float] = field(default_factory=list)
-    baseline_ids: list[str] | None = field(default_factory=list)  # None: a state saved before they were kept
-    experiments: int = 0
-    consecutive_crashes: int = 0
-    since_improvement: int = 0
-    cost_usd: float = 0.0
-    elapsed_s: float = 0.0
-    drift_events: int = 0
-    stop_reason: str | None = None
-    pending: dict[str, Any] | None = None  # a commit made but not yet decided: {"commit", "experiment"}
-    round: list[dict[str, Any]] | None = None  # --workers > 1: the round's commits, run side by side
+__all__ = ["Loop", "LoopStopped", "RunState", "default_tag"]
 
 
 @dataclass
@@ -95,12 +72,9 @@ class Loop:
         return state
 
     def resume(self, tag: str) -> RunState:
-        data = self.ledger.run_state(tag)
-        if data is None:
+        state = run_state.load(self.ledger, tag)
+        if state is None:
             raise LoopStopped(f"no run tagged {tag!r} to resume")
-        data.setdefault("baseline_ids", None)
-        state = RunState(**data)
-        state.stop_reason = None
         tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
         if tip is None:  # killed between saving the state and creating the branch
             gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, gitops.ZERO)
@@ -139,9 +113,7 @@ class Loop:
     def run(self, state: RunState, *, experiments: int | None, hours: float | None) -> RunState:
         started = time.monotonic() - state.elapsed_s
         spec = self._spec(state.best_commit)
-        allowed = check_run_spec(self.policy, spec)
-        if allowed.action != "allow":
-            raise LoopStopped(f"the committed sealab.toml breaks the policy ({allowed.rule}: {allowed.reason})")
+        stopped.check_spec(self.policy, spec)
         while len(state.baseline) < self.policy.acceptance.noise_runs:
             record = self._execute(state, "baseline")
             self._guard(state, "after baseline run")
@@ -162,10 +134,7 @@ class Loop:
             self._decide(state, record)
         while True:
             state.elapsed_s = time.monotonic() - started
-            reason = should_stop(self.policy, experiments=state.experiments, hours=state.elapsed_s / 3600,
-                                 cost_usd=state.cost_usd, consecutive_crashes=state.consecutive_crashes,
-                                 since_improvement=state.since_improvement, max_experiments=experiments,
-                                 max_hours=hours)
+            reason = stopped.reason(self.policy, state, experiments=experiments, hours=hours)
             self._check_branch(state)  # before each experiment: a moved branch stops the run at once
             if reason:
                 self._guard(state, "end")
@@ -583,7 +552,7 @@ class Loop:
         return record.value
 
     def _save(self, state: RunState) -> None:
-        self.ledger.save_run(state.tag, asdict(state))
+        run_state.save(self.ledger, state)
 
 
 def _patch(changes: dict[str, tuple[str | None, str | None]]) -> str:
