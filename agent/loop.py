@@ -16,11 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from agent import gitops, run_state, stopped
+from agent import branch, committed, drift_guard, run_state, stopped
+from agent.context import Context
 from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
-from executor import config, git_source
+from executor import git_source
 from executor.docker_engine import Engine
-from executor.drift import describe, summarize
 from executor.backends.interface import Backend
 from executor.errors import EngineUnavailable, SealabError
 from executor.ledger import Ledger
@@ -30,7 +30,7 @@ from executor.types import RunSpec, Status
 from executor.workspace import Workspace
 from agent.run_state import RunState
 from agent.stopped import LoopStopped
-from policies import changed_lines, check_proposal, decide, noise_floor, pick_winner
+from policies import check_proposal, decide, noise_floor, pick_winner
 
 __all__ = ["Loop", "LoopStopped", "RunState", "default_tag"]
 
@@ -52,6 +52,12 @@ class Loop:
     def repo(self) -> git_source.Repository:
         return self.ws.git
 
+    @property
+    def _ctx(self) -> Context:
+        """This loop's collaborators, as the steps reach them (built anew: a field changed is seen)."""
+        return Context(self.ws, self.engine, self.ledger, self.policy, self.proposer, self.drift_action,
+                       self.on_event, self.backend, self.stopping)
+
     # -- set-up -------------------------------------------------------------------------------------
     def start(self, tag: str) -> RunState:
         """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
@@ -62,26 +68,18 @@ class Loop:
         head = git_source.head_commit(self.repo)
         if head is None:
             raise LoopStopped("HEAD has no commit yet; commit the research files before `sealab run`")
-        branch = f"sealab/{tag}"
-        if git_source.ref_value(self.repo, f"refs/heads/{branch}") is not None:
-            raise LoopStopped(f"branch {branch} exists already; use another --tag")
-        state = RunState(tag=tag, branch=branch, start_commit=head, best_commit=head)
+        state = RunState(tag=tag, branch=f"sealab/{tag}", start_commit=head, best_commit=head)
+        if branch.tip(self._ctx, state) is not None:
+            raise LoopStopped(f"branch {state.branch} exists already; use another --tag")
         self._save(state)  # first: a kill after the branch exists can be resumed
-        gitops.cas(self.repo, f"refs/heads/{branch}", head, gitops.ZERO)
-        gitops.restore(self.repo, branch, head)
+        branch.create(self._ctx, state, head)
         return state
 
     def resume(self, tag: str) -> RunState:
         state = run_state.load(self.ledger, tag)
         if state is None:
             raise LoopStopped(f"no run tagged {tag!r} to resume")
-        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
-        if tip is None:  # killed between saving the state and creating the branch
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, gitops.ZERO)
-            tip = state.best_commit
-        if tip not in (state.best_commit, (state.pending or {}).get("commit")):
-            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, which this run never made; "
-                              "someone moved it, so sealab will not continue on it")
+        tip = branch.resumable_tip(self._ctx, state)
         self._guard(state, "resume", tip)
         self._adopt_baselines(state)
         if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
@@ -106,7 +104,7 @@ class Loop:
                 else:
                     self._discard(state, entry["commit"], entry.get("experiment") or "unrun-" + entry["commit"][:12])
             self._decide_round(state, finished)
-        gitops.restore(self.repo, state.branch, state.best_commit)
+        branch.restore(self._ctx, state, state.best_commit)
         return state
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -128,7 +126,7 @@ class Loop:
             self._save(state)
             self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)
         if state.pending and state.pending.get("retry"):  # resumed after the engine lost the pending commit
-            gitops.restore(self.repo, state.branch, state.pending["commit"])
+            branch.restore(self._ctx, state, state.pending["commit"])
             record = self._execute(state, None)
             self._guard(state, "after run")
             self._decide(state, record)
@@ -156,11 +154,11 @@ class Loop:
             return
         proposal = proposed
         self._guard(state, "before commit")  # every reset of the work tree is preceded by a drift check
-        commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
+        commit = committed.commit(self.repo, state.best_commit, proposal)
         state.pending = {"commit": commit, "experiment": None}
         self._save(state)  # before the branch moves, so that --resume knows this commit
-        gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
-        self._move(state, state.best_commit, commit, "before run")
+        branch.take(self._ctx, state, commit)
+        branch.move(self._ctx, state, state.best_commit, commit, "before run")
         record = self._execute(state, None, proposal)
         self._guard(state, "after run")
         self._decide(state, record)
@@ -182,16 +180,15 @@ class Loop:
             self._save(state)
             raise ModelUnavailable(f"the model is unavailable: {exc}", exc.usage) from None
         state.cost_usd += proposal.usage.cost_usd
-        changes = {path: (self._read(state.best_commit, path), content) for path, content in proposal.files.items()}
-        changes = {p: c for p, c in changes.items() if c[0] != c[1]}
-        proposed_spec = self._proposed_spec(changes)
+        changes = committed.changes(self.repo, state.best_commit, proposal.files)
+        proposed_spec = committed.proposed_spec(changes)
         verdict = check_proposal(self.policy, changes, current_spec=spec, proposed_spec=proposed_spec)
         if not changes or verdict.action != "allow":
             kind = "rejected" if not changes or verdict.action == "reject" else "parked"
             rule, why = (verdict.rule, verdict.reason) if changes else ("empty", "the proposal changes nothing")
             self.ledger.add_event(state.tag, kind, {
                 "description": proposal.description, "rule": rule, "reason": why, "proposer": proposal.proposer,
-                "best_commit": state.best_commit, "patch": _patch(changes), "usage": asdict(proposal.usage)})
+                "best_commit": state.best_commit, "patch": committed.patch(changes), "usage": asdict(proposal.usage)})
             state.experiments += 1
             state.since_improvement += 1
             self._save(state)
@@ -278,7 +275,7 @@ class Loop:
             proposal = self._propose(state, ctx, spec)
             if proposal is None:
                 continue
-            commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
+            commit = committed.commit(self.repo, state.best_commit, proposal)
             tree = git_source.tree_of(self.repo, commit)
             if any(git_source.tree_of(self.repo, e["commit"]) == tree for e in entries):
                 self.ledger.add_event(state.tag, "rejected", {
@@ -288,9 +285,8 @@ class Loop:
                 state.experiments += 1
                 self.on_event(f"rejected: {proposal.description} (round.duplicate)", state)
                 continue
-            old = {p: self._read(state.best_commit, p) for p in proposal.files}
             entries.append({"commit": commit, "experiment": None, "description": proposal.description,
-                            "size": sum(changed_lines(old[p] or "", c or "") for p, c in proposal.files.items())})
+                            "size": committed.size(self.repo, state.best_commit, proposal.files)})
             proposals.append(proposal)
         if not entries:
             self._save(state)
@@ -369,10 +365,10 @@ class Loop:
         previous = state.best_value
         if win is not None:
             entry, record = finished[win]
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", entry["commit"], state.best_commit)
+            branch.take(self._ctx, state, entry["commit"])
             old_best = state.best_commit
             state.best_commit, state.best_value = entry["commit"], self._metric(record)
-            self._move(state, old_best, state.best_commit, "after round")
+            branch.move(self._ctx, state, old_best, state.best_commit, "after round")
         for i, (entry, record) in enumerate(finished):
             value = self._metric(record)
             state.experiments += 1
@@ -441,79 +437,18 @@ class Loop:
         self.on_event(f"{decision}: {record.description} → {shown} (best {state.best_value:.6f})", state)
 
     def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
-        """Keep the discarded commit reachable, and move the branch back to the best one (CAS)."""
-        keep = f"refs/sealab/discarded/{experiment_id}"
-        if git_source.ref_value(self.repo, keep) != commit:  # idempotent: a resumed run may redo this step
-            gitops.cas(self.repo, keep, commit, gitops.ZERO)
-        if git_source.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, commit)
-            self._move(state, commit, state.best_commit, "after run")
-        elif not self._on_branch(state):
-            gitops.restore(self.repo, state.branch, state.best_commit)
-
-    def _move(self, state: RunState, old: str, new: str, where: str) -> None:
-        """Take the work tree from `old` to `new` without overwriting anything: if git refuses, what is
-        in the way is reported as drift against `old` before the tree is forced to `new`."""
-        if not gitops.move(self.repo, state.branch, old, new):
-            if not self._guard(state, where, tip=old, restore_to=new):
-                gitops.restore(self.repo, state.branch, new)
+        branch.discard(self._ctx, state, commit, experiment_id)
 
     # -- drift guard --------------------------------------------------------------------------------
     def _check_branch(self, state: RunState) -> None:
-        """The run's branch must be where the run left it (its best commit), or it stops: another
-        process moved it, and nothing is built on a commit the run did not choose.
-
-        Raises:
-            LoopStopped: the branch is elsewhere (exit 4, like a moved ref at a compare-and-swap).
-        """
-        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
-        if tip != state.best_commit:
-            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
-                              f"{state.best_commit[:12]}: someone moved it")
+        branch.check(self._ctx, state)
 
     def _guard(self, state: RunState, where: str, tip: str | None = None, restore_to: str | None = None) -> bool:
-        """Any difference between the work tree/index and the branch's commit is drift: record it, then
-        restore the tree (default) or halt. The agent never sees or builds on drifted content.
-
-        The tree is diffed again just before the (forced) restore, and anything new is reported too,
-        so a change made while the first report was written is not erased unseen. Returns whether
-        there was drift (and so whether the tree was restored, to `restore_to` or `tip`)."""
-        tip = tip or (state.pending["commit"] if state.pending else state.best_commit)
-        reported: set[tuple[str, tuple[str, ...]]] = set()
-        for _ in range(3):
-            moved = [] if self._on_branch(state) else [{"path": "HEAD", "changes": [f"HEAD is not {state.branch}"],
-                                                         "patch": ""}]
-            diff, _untracked = git_source.working_diff(self.repo, tip)
-            entries = [e for e in moved + summarize(diff, []) if (e["path"], tuple(e["changes"])) not in reported]
-            if not entries:
-                break
-            reported |= {(e["path"], tuple(e["changes"])) for e in entries}
-            self._report_drift(state, where, tip, entries)
-        if not reported:
-            return False
-        gitops.restore(self.repo, state.branch, restore_to or tip)
-        return True
-
-    def _report_drift(self, state: RunState, where: str, tip: str, entries: list[dict[str, Any]]) -> None:
-        state.drift_events += 1
-        patch_dir = self.ws.state / "drift"
-        patch_dir.mkdir(parents=True, exist_ok=True)
-        patch = patch_dir / f"{state.tag}-{state.drift_events:04d}.patch"
-        patch.write_text("".join(e["patch"] for e in entries))
-        self.ledger.add_event(state.tag, "drift", {
-            "where": where, "commit": tip, "changes": describe(entries), "patch_path": str(patch.relative_to(self.ws.root)),
-            "action": self.drift_action})
-        self._save(state)
-        self.on_event(f"drift {where}: {'; '.join(describe(entries))}", state)
-        if self.drift_action == "halt":
-            raise LoopStopped(f"drift {where} ({'; '.join(describe(entries))}); halted per policy, patch in {patch}")
+        return drift_guard.guard(self._ctx, state, where, tip, restore_to)
 
     def check_drift(self, state: RunState, where: str) -> None:
         """Run the drift guard now (e.g. once the loop has stopped)."""
         self._guard(state, where)
-
-    def _on_branch(self, state: RunState) -> bool:
-        return git_source.current_branch(self.repo) == state.branch  # None (detached HEAD) is no branch
 
     # -- helpers ------------------------------------------------------------------------------------
     def _context(self, state: RunState, spec: RunSpec) -> ProposalContext:
@@ -533,19 +468,10 @@ class Loop:
 
     def _read(self, commit: str, path: str) -> str | None:
         """A file of `commit`, from git objects (never the work tree)."""
-        data = git_source.file_at(self.repo, commit, path)
-        return None if data is None else data.decode(errors="replace")
+        return committed.read(self.repo, commit, path)
 
     def _spec(self, commit: str) -> RunSpec:
-        return config.parse(self._read(commit, config.CONFIG_NAME) or "", f"sealab.toml at {commit[:12]}").run_spec
-
-    def _proposed_spec(self, changes: dict[str, tuple[str | None, str | None]]) -> RunSpec | None:
-        if config.CONFIG_NAME not in changes or changes[config.CONFIG_NAME][1] is None:
-            return None
-        try:
-            return config.parse(changes[config.CONFIG_NAME][1]).run_spec
-        except SealabError:
-            return None
+        return committed.spec(self.repo, commit)
 
     @staticmethod
     def _metric(record: ExperimentRecord) -> float | None:
@@ -553,13 +479,6 @@ class Loop:
 
     def _save(self, state: RunState) -> None:
         run_state.save(self.ledger, state)
-
-
-def _patch(changes: dict[str, tuple[str | None, str | None]]) -> str:
-    import difflib
-
-    return "".join("".join(difflib.unified_diff((old or "").splitlines(True), (new or "").splitlines(True),
-                                                f"a/{path}", f"b/{path}")) for path, (old, new) in changes.items())
 
 
 def default_tag() -> str:
