@@ -10,27 +10,24 @@ compare-and-swap; the run's state is saved after every step, so `--resume` conti
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from agent import branch, committed, drift_guard, run_state, stopped
+from agent import attempts, branch, committed, drift_guard, gate, run_state, stopped
 from agent.context import Context
 from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
 from executor import git_source
 from executor.docker_engine import Engine
 from executor.backends.interface import Backend
-from executor.errors import EngineUnavailable, SealabError
 from executor.ledger import Ledger
 from executor.record import Decision, ExperimentRecord, RunLabels
-from executor.run import execute
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
 from agent.run_state import RunState
 from agent.stopped import LoopStopped
-from policies import check_proposal, decide, noise_floor, pick_winner
+from policies import check_proposal, decide, pick_winner
 
 __all__ = ["Loop", "LoopStopped", "RunState", "default_tag"]
 
@@ -81,7 +78,7 @@ class Loop:
             raise LoopStopped(f"no run tagged {tag!r} to resume")
         tip = branch.resumable_tip(self._ctx, state)
         self._guard(state, "resume", tip)
-        self._adopt_baselines(state)
+        gate.adopt(self._ctx, state)
         if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
             record = self.ledger.experiment(state.pending["experiment"]) if state.pending.get("experiment") else None
             if record is not None and record.status == Status.INFRA_ERROR:
@@ -112,19 +109,7 @@ class Loop:
         started = time.monotonic() - state.elapsed_s
         spec = self._spec(state.best_commit)
         stopped.check_spec(self.policy, spec)
-        while len(state.baseline) < self.policy.acceptance.noise_runs:
-            record = self._execute(state, "baseline")
-            self._guard(state, "after baseline run")
-            value = self._metric(record)
-            if value is None:
-                raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
-            state.baseline.append(value)
-            if state.baseline_ids is not None:
-                state.baseline_ids.append(record.id)
-            state.best_value = statistics.fmean(state.baseline)  # the mean: one lucky baseline run sets no bar
-            state.threshold = noise_floor(self.policy, state.baseline)
-            self._save(state)
-            self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)
+        gate.baselines(self._ctx, state)
         if state.pending and state.pending.get("retry"):  # resumed after the engine lost the pending commit
             branch.restore(self._ctx, state, state.pending["commit"])
             record = self._execute(state, None)
@@ -197,64 +182,11 @@ class Loop:
         return proposal
 
     def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> ExperimentRecord:
-        commit = state.pending["commit"] if state.pending else state.best_commit
-        record = self._run_commit(state, self.ws, self.ledger, commit, lambda eid: self._note_pending(state, eid),
-                                  self._extra(state, decision, proposal), editable=bool(state.pending))
-        return self._annotate(self.ledger, record, state, decision, proposal)
-
-    def _extra(self, state: RunState, decision: str | None, proposal: Proposal | None) -> RunLabels:
-        return RunLabels(state.tag, Decision(decision) if decision else None, None if proposal is None else {
-            "proposer": proposal.proposer, "description": proposal.description, "usage": asdict(proposal.usage),
-            "prompt_digest": proposal.prompt_digest})
+        return attempts.experiment(self._ctx, state, decision, proposal)
 
     def _run_commit(self, state: RunState, ws: Workspace, ledger: Ledger, commit: str,
                     on_record: Callable[[str], None], extra: RunLabels | None, *, editable: bool) -> ExperimentRecord:
-        """Execute `commit` (the executor re-checks the scope itself); a run lost to the engine
-        (`infra_error`) is run again as a new record, per the policy's [retry], once the engine answers."""
-        attempt, ids = 0, []
-
-        def noted(experiment_id: str) -> None:
-            ids.append(experiment_id)
-            on_record(experiment_id)
-
-        while True:
-            try:
-                return execute(ws, commit, self.engine, ledger, on_record=noted,
-                               editable=self.policy.scope.editable if editable else None, backend=self.backend,
-                               labels=extra)
-            except EngineUnavailable as exc:
-                attempt += 1
-                if attempt > self.policy.retry.infra_error or self.stopping.is_set():
-                    raise  # (a stopping round removes its containers: that is no loss to retry)
-                ledger.add_event(state.tag, "retry", {"commit": commit, "attempt": attempt, "reason": str(exc)})
-                self._wait_for_engine(exc)
-                if ids:  # what the lost run left on the engine (e.g. an exited container after a restart)
-                    self._cleanup(ids[-1])
-
-    def _cleanup(self, experiment_id: str) -> None:
-        try:
-            (self.backend.cleanup if self.backend is not None else self.engine.remove_experiment_containers)(experiment_id)
-        except SealabError:
-            pass
-
-    def _wait_for_engine(self, cause: EngineUnavailable) -> None:
-        """Ping the engine with backoff until it answers, for at most the policy's retry.wait_s."""
-        deadline = time.monotonic() + self.policy.retry.wait_s
-        delay = 0.5
-        while True:
-            try:
-                self.engine.ping()
-                return
-            except EngineUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise cause from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _annotate(self, ledger: Ledger, record: ExperimentRecord, state: RunState, decision: str | None,
-                  proposal: Proposal | None) -> ExperimentRecord:
-        """The loop's labels on a finished record (already there from its first write; idempotent)."""
-        return ledger.label(record.id, self._extra(state, decision, proposal))
+        return attempts.run_commit(self._ctx, state, ws, ledger, commit, on_record, extra, editable=editable)
 
     # -- parallel rounds (--workers N) --------------------------------------------------------------
     def _round(self, state: RunState, spec: RunSpec, n: int) -> None:
@@ -313,9 +245,9 @@ class Loop:
             ledger = Ledger(self.ws.ledger_path)
             try:
                 record = self._run_commit(state, Workspace(self.ws.root), ledger, entries[i]["commit"],
-                                          lambda eid: note(i, eid, ledger), self._extra(state, None, proposals[i]),
+                                          lambda eid: note(i, eid, ledger), attempts.labels(state, None, proposals[i]),
                                           editable=True)
-                results[i] = self._annotate(ledger, record, state, None, proposals[i])
+                results[i] = attempts.annotate(ledger, record, state, None, proposals[i])
             except BaseException as exc:  # re-raised in the loop's thread below
                 results[i] = exc
             finally:
@@ -349,7 +281,7 @@ class Loop:
                 if not experiment_id:
                     continue
                 self.ledger.interrupt(experiment_id, "stopped by the user")  # a record still running only
-                self._cleanup(experiment_id)
+                attempts.cleanup(self._ctx, experiment_id)
             alive = [t for t in threads if t.is_alive()]
             if not alive or time.monotonic() > deadline:
                 return
@@ -393,26 +325,6 @@ class Loop:
         state.round = None
         self._save(state)
         self.on_event(f"round done (best {state.best_value:.6f})", state)
-
-    def _adopt_baselines(self, state: RunState) -> None:
-        """Count baseline runs of this run that finished but were not counted (killed in between)."""
-        if state.baseline_ids is None:
-            return
-        for record in self.ledger.experiments(state.tag):
-            if len(state.baseline) >= self.policy.acceptance.noise_runs:
-                return
-            if (record.decision == Decision.BASELINE and record.id not in state.baseline_ids
-                    and self._metric(record) is not None):
-                state.baseline.append(self._metric(record))
-                state.baseline_ids.append(record.id)
-                state.best_value = statistics.fmean(state.baseline)
-                state.threshold = noise_floor(self.policy, state.baseline)
-                self._save(state)
-
-    def _note_pending(self, state: RunState, experiment_id: str) -> None:
-        if state.pending:
-            state.pending["experiment"] = experiment_id
-            self._save(state)
 
     def _decide(self, state: RunState, record: ExperimentRecord) -> None:
         value, commit = self._metric(record), record.commit
