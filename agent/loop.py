@@ -15,19 +15,19 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
-from agent import attempts, branch, committed, drift_guard, gate, run_state, stopped
+from agent import attempts, branch, committed, decisions, drift_guard, gate, run_state, stopped
 from agent.context import Context
 from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
 from executor import git_source
 from executor.docker_engine import Engine
 from executor.backends.interface import Backend
 from executor.ledger import Ledger
-from executor.record import Decision, ExperimentRecord, RunLabels
+from executor.record import ExperimentRecord, RunLabels
 from executor.types import RunSpec, Status
 from executor.workspace import Workspace
 from agent.run_state import RunState
 from agent.stopped import LoopStopped
-from policies import check_proposal, decide, pick_winner
+from policies import check_proposal
 
 __all__ = ["Loop", "LoopStopped", "RunState", "default_tag"]
 
@@ -289,64 +289,10 @@ class Loop:
                 t.join(0.5)
 
     def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], ExperimentRecord]]) -> None:
-        """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""
-        spec = self._spec(state.best_commit)
-        candidates = [(self._metric(record), entry.get("size", 0)) for entry, record in finished]
-        win = pick_winner(self.policy, direction=spec.direction, best=state.best_value, threshold=state.threshold,
-                          candidates=candidates)
-        previous = state.best_value
-        if win is not None:
-            entry, record = finished[win]
-            branch.take(self._ctx, state, entry["commit"])
-            old_best = state.best_commit
-            state.best_commit, state.best_value = entry["commit"], self._metric(record)
-            branch.move(self._ctx, state, old_best, state.best_commit, "after round")
-        for i, (entry, record) in enumerate(finished):
-            value = self._metric(record)
-            state.experiments += 1
-            crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
-            state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
-            if i == win:
-                decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
-                                       threshold=state.threshold)
-            else:
-                self._discard(state, entry["commit"], record.id)
-                if value is None:
-                    decision, why = "discard", f"status {record.status.value}"
-                else:
-                    decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
-                                           threshold=state.threshold)
-                    if decision == "keep":
-                        decision, why = "discard", f"{finished[win][1].id} did better in the same round"
-            self.ledger.record_decision(record.id, Decision(decision), why)
-            shown = f"{value:.6f}" if value is not None else record.status.value
-            self.on_event(f"{decision}: {record.description} → {shown}", state)
-        state.since_improvement = 0 if win is not None else state.since_improvement + len(finished)
-        state.round = None
-        self._save(state)
-        self.on_event(f"round done (best {state.best_value:.6f})", state)
+        decisions.decide_round(self._ctx, state, finished)
 
     def _decide(self, state: RunState, record: ExperimentRecord) -> None:
-        value, commit = self._metric(record), record.commit
-        spec = record.spec
-        state.experiments += 1
-        crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
-        state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
-        if value is not None:
-            decision, why = decide(self.policy, direction=spec.direction, best=state.best_value, candidate=value,
-                                   threshold=state.threshold)
-        else:
-            decision, why = "discard", f"status {record.status.value}"
-        if decision == "keep":
-            state.best_commit, state.best_value, state.since_improvement = commit, value, 0
-        else:
-            state.since_improvement += 1
-            self._discard(state, commit, record.id)
-        state.pending = None
-        self.ledger.record_decision(record.id, Decision(decision), why)
-        self._save(state)
-        shown = f"{value:.6f}" if value is not None else record.status.value
-        self.on_event(f"{decision}: {record.description} → {shown} (best {state.best_value:.6f})", state)
+        decisions.decide(self._ctx, state, record)
 
     def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
         branch.discard(self._ctx, state, commit, experiment_id)
