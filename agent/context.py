@@ -1,6 +1,7 @@
 """What every step of a research run reaches: the workspace (and its git handle), the engine and the
 backend, the ledger, the policy, the proposer, where progress lines go, and whether a round is being
-stopped. The Loop façade builds one per call, so a field changed on the Loop is seen at once."""
+stopped. The Loop façade builds one for each of its calls (start, resume, run), so a field changed on
+the Loop is seen from its next call on."""
 
 from __future__ import annotations
 
