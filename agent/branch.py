@@ -38,7 +38,7 @@ def resumable_tip(ctx: Context, state: RunState) -> str:
     if found is None:
         gitops.cas(ctx.repo, ref(state), state.best_commit, gitops.ZERO)
         found = state.best_commit
-    if found not in (state.best_commit, (state.pending or {}).get("commit")):
+    if found != state.best_commit and found not in state.in_flight():
         raise LoopStopped(f"branch {state.branch} is at {str(found)[:12]}, which this run never made; "
                           "someone moved it, so sealab will not continue on it")
     return found
@@ -57,9 +57,13 @@ def check(ctx: Context, state: RunState) -> None:
                           f"{state.best_commit[:12]}: someone moved it")
 
 
-def take(ctx: Context, state: RunState, commit: str) -> None:
-    """Point the branch from the best commit at `commit` (the work tree follows with `move`)."""
+def take(ctx: Context, state: RunState, commit: str) -> bool:
+    """Point the branch from the best commit at `commit` (the work tree follows with `move`); False
+    when it is there already (idempotent: a run resumed after a kill that came after this step)."""
+    if tip(ctx, state) == commit:
+        return False
     gitops.cas(ctx.repo, ref(state), commit, state.best_commit)
+    return True
 
 
 def move(ctx: Context, state: RunState, old: str, new: str, where: str) -> None:

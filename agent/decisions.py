@@ -62,9 +62,11 @@ def decide_round(ctx: Context, state: RunState, finished: list[tuple[dict[str, A
 
 
 def _keep(ctx: Context, state: RunState, commit: str, value: float | None) -> None:
-    """The round's winner becomes the best commit: the branch moves onto it, the work tree with it."""
-    branch.take(ctx, state, commit)
+    """The round's winner becomes the best commit: the branch moves onto it, the work tree with it (both
+    done already when a run killed after the move is resumed: its resume restores the tree)."""
+    took = branch.take(ctx, state, commit)
     old = state.best_commit
     state.best_commit, state.best_value = commit, value
-    branch.move(ctx, state, old, state.best_commit, "after round")
+    if took:
+        branch.move(ctx, state, old, state.best_commit, "after round")
 
