@@ -6,56 +6,32 @@
 
 The agent only ever sees the best commit's content read from git objects. Every ref move is a
 compare-and-swap; the run's state is saved after every step, so `--resume` continues exactly there.
+
+`Loop` is the façade: its fields are the run's collaborators, and each step lives in a module of its own:
+begin.py (start, resume), gate.py (baseline, threshold), steps.py and rounds.py (one experiment, a round),
+proposing.py, committed.py, attempts.py, verdicts.py and decisions.py, branch.py, drift_guard.py,
+stopped.py and run_state.py.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agent import gitops
-from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
-from executor import config, git_source
-from executor.docker_engine import Engine
-from executor.drift import describe, summarize
+from agent import attempts, begin, branch, committed, drift_guard, gate, rounds, steps, stopped
+from agent.context import Context
+from agent.run_state import RunState
+from agent.stopped import LoopStopped
+from executor import git_source
 from executor.backends.interface import Backend
-from executor.errors import EngineUnavailable, SealabError
+from executor.docker_engine import Engine
 from executor.ledger import Ledger
-from executor.record import Decision, ExperimentRecord, RunLabels
-from executor.run import execute
-from executor.types import RunSpec, Status
+from executor.record import ExperimentRecord, RunLabels
 from executor.workspace import Workspace
-from policies import changed_lines, check_proposal, check_run_spec, decide, noise_floor, pick_winner, should_stop
 
-
-class LoopStopped(SealabError):
-    exit_code = 4
-
-
-@dataclass
-class RunState:
-    """Everything `--resume` needs; saved in the ledger after every step."""
-
-    tag: str
-    branch: str
-    start_commit: str
-    best_commit: str
-    best_value: float | None = None
-    threshold: float | None = None
-    baseline: list[float] = field(default_factory=list)
-    baseline_ids: list[str] | None = field(default_factory=list)  # None: a state saved before they were kept
-    experiments: int = 0
-    consecutive_crashes: int = 0
-    since_improvement: int = 0
-    cost_usd: float = 0.0
-    elapsed_s: float = 0.0
-    drift_events: int = 0
-    stop_reason: str | None = None
-    pending: dict[str, Any] | None = None  # a commit made but not yet decided: {"commit", "experiment"}
-    round: list[dict[str, Any]] | None = None  # --workers > 1: the round's commits, run side by side
+__all__ = ["Loop", "LoopStopped", "RunState", "default_tag"]
 
 
 @dataclass
@@ -75,525 +51,66 @@ class Loop:
     def repo(self) -> git_source.Repository:
         return self.ws.git
 
-    # -- set-up -------------------------------------------------------------------------------------
+    @property
+    def _ctx(self) -> Context:
+        """This loop's collaborators, as the steps reach them (built anew: a field changed is seen)."""
+        return Context(self.ws, self.engine, self.ledger, self.policy, self.proposer, self.drift_action,
+                       self.on_event, self.backend, self.stopping)
+
     def start(self, tag: str) -> RunState:
         """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
-        if self.ledger.run_state(tag) is not None:
-            raise LoopStopped(f"a run tagged {tag!r} exists; use --resume or another --tag")
-        if git_source.is_dirty(self.repo):
-            raise LoopStopped("the working tree has uncommitted changes; commit or stash them before `sealab run`")
-        head = git_source.head_commit(self.repo)
-        if head is None:
-            raise LoopStopped("HEAD has no commit yet; commit the research files before `sealab run`")
-        branch = f"sealab/{tag}"
-        if git_source.ref_value(self.repo, f"refs/heads/{branch}") is not None:
-            raise LoopStopped(f"branch {branch} exists already; use another --tag")
-        state = RunState(tag=tag, branch=branch, start_commit=head, best_commit=head)
-        self._save(state)  # first: a kill after the branch exists can be resumed
-        gitops.cas(self.repo, f"refs/heads/{branch}", head, gitops.ZERO)
-        gitops.restore(self.repo, branch, head)
-        return state
+        return begin.start(self._ctx, tag)
 
     def resume(self, tag: str) -> RunState:
-        data = self.ledger.run_state(tag)
-        if data is None:
-            raise LoopStopped(f"no run tagged {tag!r} to resume")
-        data.setdefault("baseline_ids", None)
-        state = RunState(**data)
-        state.stop_reason = None
-        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
-        if tip is None:  # killed between saving the state and creating the branch
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, gitops.ZERO)
-            tip = state.best_commit
-        if tip not in (state.best_commit, (state.pending or {}).get("commit")):
-            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, which this run never made; "
-                              "someone moved it, so sealab will not continue on it")
-        self._guard(state, "resume", tip)
-        self._adopt_baselines(state)
-        if state.pending:  # a commit was made, its experiment never decided: decide it now or discard it
-            record = self.ledger.experiment(state.pending["experiment"]) if state.pending.get("experiment") else None
-            if record is not None and record.status == Status.INFRA_ERROR:
-                state.pending["retry"] = True  # lost to the engine: `run` runs the commit again
-                self._save(state)
-                return state
-            if record is not None and record.status not in (Status.RUNNING, Status.INTERRUPTED):
-                self._decide(state, record)
-            else:
-                self._discard(state, state.pending["commit"], state.pending.get("experiment") or
-                              "unrun-" + state.pending["commit"][:12])
-                state.pending = None
-                self._save(state)
-        if state.round:  # a round whose decision was never made: decide what finished, discard the rest
-            finished = []
-            for entry in state.round:
-                record = self.ledger.experiment(entry["experiment"]) if entry.get("experiment") else None
-                if record is not None and record.status not in (Status.RUNNING, Status.INTERRUPTED):
-                    finished.append((entry, record))
-                else:
-                    self._discard(state, entry["commit"], entry.get("experiment") or "unrun-" + entry["commit"][:12])
-            self._decide_round(state, finished)
-        gitops.restore(self.repo, state.branch, state.best_commit)
-        return state
+        """Continue the run `tag` where it was saved (see begin.resume)."""
+        return begin.resume(self._ctx, tag)
 
-    # -- the loop -----------------------------------------------------------------------------------
     def run(self, state: RunState, *, experiments: int | None, hours: float | None) -> RunState:
+        """Baseline, then experiments (one at a time, or rounds of `workers`) until a stop condition holds."""
+        ctx = self._ctx
         started = time.monotonic() - state.elapsed_s
-        spec = self._spec(state.best_commit)
-        allowed = check_run_spec(self.policy, spec)
-        if allowed.action != "allow":
-            raise LoopStopped(f"the committed sealab.toml breaks the policy ({allowed.rule}: {allowed.reason})")
-        while len(state.baseline) < self.policy.acceptance.noise_runs:
-            record = self._execute(state, "baseline")
-            self._guard(state, "after baseline run")
-            value = self._metric(record)
-            if value is None:
-                raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
-            state.baseline.append(value)
-            if state.baseline_ids is not None:
-                state.baseline_ids.append(record.id)
-            state.best_value = statistics.fmean(state.baseline)  # the mean: one lucky baseline run sets no bar
-            state.threshold = noise_floor(self.policy, state.baseline)
-            self._save(state)
-            self.on_event(f"baseline {len(state.baseline)}/{self.policy.acceptance.noise_runs}: {value:.6f}", state)
-        if state.pending and state.pending.get("retry"):  # resumed after the engine lost the pending commit
-            gitops.restore(self.repo, state.branch, state.pending["commit"])
-            record = self._execute(state, None)
-            self._guard(state, "after run")
-            self._decide(state, record)
+        spec = committed.spec(ctx.repo, state.best_commit)
+        stopped.check_spec(ctx.policy, spec)
+        gate.baselines(ctx, state)
+        steps.rerun_lost(ctx, state)
         while True:
             state.elapsed_s = time.monotonic() - started
-            reason = should_stop(self.policy, experiments=state.experiments, hours=state.elapsed_s / 3600,
-                                 cost_usd=state.cost_usd, consecutive_crashes=state.consecutive_crashes,
-                                 since_improvement=state.since_improvement, max_experiments=experiments,
-                                 max_hours=hours)
-            self._check_branch(state)  # before each experiment: a moved branch stops the run at once
+            reason = stopped.reason(ctx.policy, state, experiments=experiments, hours=hours)
+            branch.check(ctx, state)  # before each experiment: a moved branch stops the run at once
             if reason:
-                self._guard(state, "end")
-                self._check_branch(state)
-                state.stop_reason = reason
-                self._save(state)
-                self.on_event(f"stopped: {reason}", state)
-                return state
+                return self._stop(ctx, state, reason)
             if self.workers > 1:
-                left = None if experiments is None else experiments - state.experiments
-                self._round(state, spec, min(self.workers, left) if left is not None else self.workers)
+                rounds.round_(ctx, state, spec, rounds.size(self.workers, experiments, state))
             else:
-                self._step(state, spec)
+                steps.step(ctx, state, spec)
 
-    def _step(self, state: RunState, spec: RunSpec) -> None:
-        self._guard(state, "before proposal")
-        proposed = self._propose(state, self._context(state, spec), spec)
-        if proposed is None:
-            return
-        proposal = proposed
-        self._guard(state, "before commit")  # every reset of the work tree is preceded by a drift check
-        commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
-        state.pending = {"commit": commit, "experiment": None}
-        self._save(state)  # before the branch moves, so that --resume knows this commit
-        gitops.cas(self.repo, f"refs/heads/{state.branch}", commit, state.best_commit)
-        self._move(state, state.best_commit, commit, "before run")
-        record = self._execute(state, None, proposal)
-        self._guard(state, "after run")
-        self._decide(state, record)
-
-    def _propose(self, state: RunState, context: ProposalContext, spec: RunSpec) -> Proposal | None:
-        """Ask for one proposal and gate it; a failed, rejected or parked one is recorded and gives None."""
-        try:
-            proposal = self.proposer.propose(context)
-        except ProposalFailed as exc:
-            state.cost_usd += exc.usage.cost_usd
-            state.experiments += 1
-            state.since_improvement += 1
-            self.ledger.add_event(state.tag, "proposal_failed", {"reason": exc.reason, "best_commit": state.best_commit})
-            self.on_event(f"proposal failed: {exc.reason}", state)
-            self._save(state)
-            return None
-        except ModelUnavailable as exc:
-            state.cost_usd += exc.usage.cost_usd
-            self._save(state)
-            raise ModelUnavailable(f"the model is unavailable: {exc}", exc.usage) from None
-        state.cost_usd += proposal.usage.cost_usd
-        changes = {path: (self._read(state.best_commit, path), content) for path, content in proposal.files.items()}
-        changes = {p: c for p, c in changes.items() if c[0] != c[1]}
-        proposed_spec = self._proposed_spec(changes)
-        verdict = check_proposal(self.policy, changes, current_spec=spec, proposed_spec=proposed_spec)
-        if not changes or verdict.action != "allow":
-            kind = "rejected" if not changes or verdict.action == "reject" else "parked"
-            rule, why = (verdict.rule, verdict.reason) if changes else ("empty", "the proposal changes nothing")
-            self.ledger.add_event(state.tag, kind, {
-                "description": proposal.description, "rule": rule, "reason": why, "proposer": proposal.proposer,
-                "best_commit": state.best_commit, "patch": _patch(changes), "usage": asdict(proposal.usage)})
-            state.experiments += 1
-            state.since_improvement += 1
-            self._save(state)
-            self.on_event(f"{kind}: {proposal.description} ({rule}: {why})", state)
-            return None
-        return proposal
-
-    def _execute(self, state: RunState, decision: str | None, proposal: Proposal | None = None) -> ExperimentRecord:
-        commit = state.pending["commit"] if state.pending else state.best_commit
-        record = self._run_commit(state, self.ws, self.ledger, commit, lambda eid: self._note_pending(state, eid),
-                                  self._extra(state, decision, proposal), editable=bool(state.pending))
-        return self._annotate(self.ledger, record, state, decision, proposal)
-
-    def _extra(self, state: RunState, decision: str | None, proposal: Proposal | None) -> RunLabels:
-        return RunLabels(state.tag, Decision(decision) if decision else None, None if proposal is None else {
-            "proposer": proposal.proposer, "description": proposal.description, "usage": asdict(proposal.usage),
-            "prompt_digest": proposal.prompt_digest})
-
-    def _run_commit(self, state: RunState, ws: Workspace, ledger: Ledger, commit: str,
-                    on_record: Callable[[str], None], extra: RunLabels | None, *, editable: bool) -> ExperimentRecord:
-        """Execute `commit` (the executor re-checks the scope itself); a run lost to the engine
-        (`infra_error`) is run again as a new record, per the policy's [retry], once the engine answers."""
-        attempt, ids = 0, []
-
-        def noted(experiment_id: str) -> None:
-            ids.append(experiment_id)
-            on_record(experiment_id)
-
-        while True:
-            try:
-                return execute(ws, commit, self.engine, ledger, on_record=noted,
-                               editable=self.policy.scope.editable if editable else None, backend=self.backend,
-                               labels=extra)
-            except EngineUnavailable as exc:
-                attempt += 1
-                if attempt > self.policy.retry.infra_error or self.stopping.is_set():
-                    raise  # (a stopping round removes its containers: that is no loss to retry)
-                ledger.add_event(state.tag, "retry", {"commit": commit, "attempt": attempt, "reason": str(exc)})
-                self._wait_for_engine(exc)
-                if ids:  # what the lost run left on the engine (e.g. an exited container after a restart)
-                    self._cleanup(ids[-1])
-
-    def _cleanup(self, experiment_id: str) -> None:
-        try:
-            (self.backend.cleanup if self.backend is not None else self.engine.remove_experiment_containers)(experiment_id)
-        except SealabError:
-            pass
-
-    def _wait_for_engine(self, cause: EngineUnavailable) -> None:
-        """Ping the engine with backoff until it answers, for at most the policy's retry.wait_s."""
-        deadline = time.monotonic() + self.policy.retry.wait_s
-        delay = 0.5
-        while True:
-            try:
-                self.engine.ping()
-                return
-            except EngineUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise cause from None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _annotate(self, ledger: Ledger, record: ExperimentRecord, state: RunState, decision: str | None,
-                  proposal: Proposal | None) -> ExperimentRecord:
-        """The loop's labels on a finished record (already there from its first write; idempotent)."""
-        return ledger.label(record.id, self._extra(state, decision, proposal))
-
-    # -- parallel rounds (--workers N) --------------------------------------------------------------
-    def _round(self, state: RunState, spec: RunSpec, n: int) -> None:
-        """Take up to `n` distinct proposals from the best commit, run them side by side, keep the winner.
-
-        The branch stays at the best commit (and the work tree with it) while the round runs; every
-        candidate is a child of it, built from git objects. The decision is `pick_winner`'s.
-        """
-        self._guard(state, "before proposal")
-        context = self._context(state, spec)
-        entries: list[dict[str, Any]] = []
-        proposals: list[Proposal] = []
-        for i in range(n):
-            siblings = [{"commit": e["commit"], "description": e["description"], "status": "running",
-                         "decision": None, "metric": None} for e in entries]
-            ctx = replace(context, experiment_index=state.experiments + i, history=(*context.history, *siblings),
-                          siblings=tuple(e["description"] for e in entries))
-            proposal = self._propose(state, ctx, spec)
-            if proposal is None:
-                continue
-            commit = gitops.make_commit(self.repo, state.best_commit, proposal.files, proposal.description)
-            tree = git_source.tree_of(self.repo, commit)
-            if any(git_source.tree_of(self.repo, e["commit"]) == tree for e in entries):
-                self.ledger.add_event(state.tag, "rejected", {
-                    "description": proposal.description, "rule": "round.duplicate", "proposer": proposal.proposer,
-                    "reason": "another proposal of this round makes the same change", "best_commit": state.best_commit,
-                    "patch": "", "usage": asdict(proposal.usage)})
-                state.experiments += 1
-                self.on_event(f"rejected: {proposal.description} (round.duplicate)", state)
-                continue
-            old = {p: self._read(state.best_commit, p) for p in proposal.files}
-            entries.append({"commit": commit, "experiment": None, "description": proposal.description,
-                            "size": sum(changed_lines(old[p] or "", c or "") for p, c in proposal.files.items())})
-            proposals.append(proposal)
-        if not entries:
-            self._save(state)
-            return
-        state.round = entries
-        self._save(state)  # before anything runs, so that --resume knows the round
-        self.on_event(f"round of {len(entries)}: " + "; ".join(e["description"] for e in entries), state)
-        records = self._run_round(state, entries, proposals)
-        self._guard(state, "after run")
-        self._decide_round(state, list(zip(entries, records)))
-
-    def _run_round(self, state: RunState, entries: list[dict[str, Any]],
-                   proposals: list[Proposal]) -> list[ExperimentRecord]:
-        """Execute the round's commits at once, one thread each (own git handle and ledger connection)."""
-        lock = threading.Lock()
-        results: list[ExperimentRecord | BaseException | None] = [None] * len(entries)
-
-        def note(i: int, eid: str, ledger: Ledger) -> None:
-            with lock:
-                entries[i]["experiment"] = eid
-                ledger.save_run(state.tag, asdict(state))
-
-        def work(i: int) -> None:
-            ledger = Ledger(self.ws.ledger_path)
-            try:
-                record = self._run_commit(state, Workspace(self.ws.root), ledger, entries[i]["commit"],
-                                          lambda eid: note(i, eid, ledger), self._extra(state, None, proposals[i]),
-                                          editable=True)
-                results[i] = self._annotate(ledger, record, state, None, proposals[i])
-            except BaseException as exc:  # re-raised in the loop's thread below
-                results[i] = exc
-            finally:
-                ledger.close()
-
-        threads = [threading.Thread(target=work, args=(i,), name=f"sealab-worker-{i}", daemon=True)
-                   for i in range(len(entries))]
-        for t in threads:
-            t.start()
-        try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
-        except KeyboardInterrupt:  # stop the round's runs now; their records say so
-            self._stop_round(entries, threads)
-            raise
-        for outcome in results:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return [r for r in results if isinstance(r, ExperimentRecord)]
-
-    def _stop_round(self, entries: list[dict[str, Any]], threads: list[threading.Thread], wait_s: float = 60) -> None:
-        """Mark the round's running records `interrupted` and remove their containers (or cancel their
-        jobs), again until every worker thread has ended, so that none can start a phase or a retry
-        afterwards; a record begun while this runs is marked before its container is removed."""
-        self.stopping.set()
-        deadline = time.monotonic() + wait_s
-        while True:
-            for entry in entries:
-                experiment_id = entry.get("experiment")
-                if not experiment_id:
-                    continue
-                self.ledger.interrupt(experiment_id, "stopped by the user")  # a record still running only
-                self._cleanup(experiment_id)
-            alive = [t for t in threads if t.is_alive()]
-            if not alive or time.monotonic() > deadline:
-                return
-            for t in alive:
-                t.join(0.5)
-
-    def _decide_round(self, state: RunState, finished: list[tuple[dict[str, Any], ExperimentRecord]]) -> None:
-        """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""
-        spec = self._spec(state.best_commit)
-        candidates = [(self._metric(record), entry.get("size", 0)) for entry, record in finished]
-        win = pick_winner(self.policy, direction=spec.direction, best=state.best_value, threshold=state.threshold,
-                          candidates=candidates)
-        previous = state.best_value
-        if win is not None:
-            entry, record = finished[win]
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", entry["commit"], state.best_commit)
-            old_best = state.best_commit
-            state.best_commit, state.best_value = entry["commit"], self._metric(record)
-            self._move(state, old_best, state.best_commit, "after round")
-        for i, (entry, record) in enumerate(finished):
-            value = self._metric(record)
-            state.experiments += 1
-            crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
-            state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
-            if i == win:
-                decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
-                                       threshold=state.threshold)
-            else:
-                self._discard(state, entry["commit"], record.id)
-                if value is None:
-                    decision, why = "discard", f"status {record.status.value}"
-                else:
-                    decision, why = decide(self.policy, direction=spec.direction, best=previous, candidate=value,
-                                           threshold=state.threshold)
-                    if decision == "keep":
-                        decision, why = "discard", f"{finished[win][1].id} did better in the same round"
-            self.ledger.record_decision(record.id, Decision(decision), why)
-            shown = f"{value:.6f}" if value is not None else record.status.value
-            self.on_event(f"{decision}: {record.description} → {shown}", state)
-        state.since_improvement = 0 if win is not None else state.since_improvement + len(finished)
-        state.round = None
-        self._save(state)
-        self.on_event(f"round done (best {state.best_value:.6f})", state)
-
-    def _adopt_baselines(self, state: RunState) -> None:
-        """Count baseline runs of this run that finished but were not counted (killed in between)."""
-        if state.baseline_ids is None:
-            return
-        for record in self.ledger.experiments(state.tag):
-            if len(state.baseline) >= self.policy.acceptance.noise_runs:
-                return
-            if (record.decision == Decision.BASELINE and record.id not in state.baseline_ids
-                    and self._metric(record) is not None):
-                state.baseline.append(self._metric(record))
-                state.baseline_ids.append(record.id)
-                state.best_value = statistics.fmean(state.baseline)
-                state.threshold = noise_floor(self.policy, state.baseline)
-                self._save(state)
-
-    def _note_pending(self, state: RunState, experiment_id: str) -> None:
-        if state.pending:
-            state.pending["experiment"] = experiment_id
-            self._save(state)
-
-    def _decide(self, state: RunState, record: ExperimentRecord) -> None:
-        value, commit = self._metric(record), record.commit
-        spec = record.spec
-        state.experiments += 1
-        crashed = record.status in (Status.CRASH, Status.TIMEOUT, Status.OOM)
-        state.consecutive_crashes = state.consecutive_crashes + 1 if crashed else 0
-        if value is not None:
-            decision, why = decide(self.policy, direction=spec.direction, best=state.best_value, candidate=value,
-                                   threshold=state.threshold)
-        else:
-            decision, why = "discard", f"status {record.status.value}"
-        if decision == "keep":
-            state.best_commit, state.best_value, state.since_improvement = commit, value, 0
-        else:
-            state.since_improvement += 1
-            self._discard(state, commit, record.id)
-        state.pending = None
-        self.ledger.record_decision(record.id, Decision(decision), why)
-        self._save(state)
-        shown = f"{value:.6f}" if value is not None else record.status.value
-        self.on_event(f"{decision}: {record.description} → {shown} (best {state.best_value:.6f})", state)
-
-    def _discard(self, state: RunState, commit: str, experiment_id: str) -> None:
-        """Keep the discarded commit reachable, and move the branch back to the best one (CAS)."""
-        keep = f"refs/sealab/discarded/{experiment_id}"
-        if git_source.ref_value(self.repo, keep) != commit:  # idempotent: a resumed run may redo this step
-            gitops.cas(self.repo, keep, commit, gitops.ZERO)
-        if git_source.ref_value(self.repo, f"refs/heads/{state.branch}") == commit:
-            gitops.cas(self.repo, f"refs/heads/{state.branch}", state.best_commit, commit)
-            self._move(state, commit, state.best_commit, "after run")
-        elif not self._on_branch(state):
-            gitops.restore(self.repo, state.branch, state.best_commit)
-
-    def _move(self, state: RunState, old: str, new: str, where: str) -> None:
-        """Take the work tree from `old` to `new` without overwriting anything: if git refuses, what is
-        in the way is reported as drift against `old` before the tree is forced to `new`."""
-        if not gitops.move(self.repo, state.branch, old, new):
-            if not self._guard(state, where, tip=old, restore_to=new):
-                gitops.restore(self.repo, state.branch, new)
-
-    # -- drift guard --------------------------------------------------------------------------------
-    def _check_branch(self, state: RunState) -> None:
-        """The run's branch must be where the run left it (its best commit), or it stops: another
-        process moved it, and nothing is built on a commit the run did not choose.
-
-        Raises:
-            LoopStopped: the branch is elsewhere (exit 4, like a moved ref at a compare-and-swap).
-        """
-        tip = git_source.ref_value(self.repo, f"refs/heads/{state.branch}")
-        if tip != state.best_commit:
-            raise LoopStopped(f"branch {state.branch} is at {str(tip)[:12]}, not at the run's best commit "
-                              f"{state.best_commit[:12]}: someone moved it")
-
-    def _guard(self, state: RunState, where: str, tip: str | None = None, restore_to: str | None = None) -> bool:
-        """Any difference between the work tree/index and the branch's commit is drift: record it, then
-        restore the tree (default) or halt. The agent never sees or builds on drifted content.
-
-        The tree is diffed again just before the (forced) restore, and anything new is reported too,
-        so a change made while the first report was written is not erased unseen. Returns whether
-        there was drift (and so whether the tree was restored, to `restore_to` or `tip`)."""
-        tip = tip or (state.pending["commit"] if state.pending else state.best_commit)
-        reported: set[tuple[str, tuple[str, ...]]] = set()
-        for _ in range(3):
-            moved = [] if self._on_branch(state) else [{"path": "HEAD", "changes": [f"HEAD is not {state.branch}"],
-                                                         "patch": ""}]
-            diff, _untracked = git_source.working_diff(self.repo, tip)
-            entries = [e for e in moved + summarize(diff, []) if (e["path"], tuple(e["changes"])) not in reported]
-            if not entries:
-                break
-            reported |= {(e["path"], tuple(e["changes"])) for e in entries}
-            self._report_drift(state, where, tip, entries)
-        if not reported:
-            return False
-        gitops.restore(self.repo, state.branch, restore_to or tip)
-        return True
-
-    def _report_drift(self, state: RunState, where: str, tip: str, entries: list[dict[str, Any]]) -> None:
-        state.drift_events += 1
-        patch_dir = self.ws.state / "drift"
-        patch_dir.mkdir(parents=True, exist_ok=True)
-        patch = patch_dir / f"{state.tag}-{state.drift_events:04d}.patch"
-        patch.write_text("".join(e["patch"] for e in entries))
-        self.ledger.add_event(state.tag, "drift", {
-            "where": where, "commit": tip, "changes": describe(entries), "patch_path": str(patch.relative_to(self.ws.root)),
-            "action": self.drift_action})
-        self._save(state)
-        self.on_event(f"drift {where}: {'; '.join(describe(entries))}", state)
-        if self.drift_action == "halt":
-            raise LoopStopped(f"drift {where} ({'; '.join(describe(entries))}); halted per policy, patch in {patch}")
+    def _stop(self, ctx: Context, state: RunState, reason: str) -> RunState:
+        drift_guard.guard(ctx, state, "end")
+        branch.check(ctx, state)
+        state.stop_reason = reason
+        ctx.save(state)
+        ctx.on_event(f"stopped: {reason}", state)
+        return state
 
     def check_drift(self, state: RunState, where: str) -> None:
         """Run the drift guard now (e.g. once the loop has stopped)."""
-        self._guard(state, where)
+        drift_guard.guard(self._ctx, state, where)
 
-    def _on_branch(self, state: RunState) -> bool:
-        return git_source.current_branch(self.repo) == state.branch  # None (detached HEAD) is no branch
+    # -- single steps, for tests --------------------------------------------------------------------
+    def _run_commit(self, state: RunState, ws: Workspace, ledger: Ledger, commit: str,
+                    on_record: Callable[[str], None], extra: RunLabels | None, *, editable: bool) -> ExperimentRecord:
+        return attempts.run_commit(self._ctx, state, ws, ledger, commit, on_record, extra, editable=editable)
 
-    # -- helpers ------------------------------------------------------------------------------------
-    def _context(self, state: RunState, spec: RunSpec) -> ProposalContext:
-        records = self.ledger.experiments(state.tag)
-        history = [{"commit": r.commit, "description": r.description, "status": r.status.value,
-                    "decision": r.decision.value if r.decision else None, "metric": self._metric(r)}
-                   for r in records]
-        last = records[-1] if records else None
-        tail = ""
-        if last and last.log_path and (self.ws.root / last.log_path).exists():
-            tail = "\n".join((self.ws.root / last.log_path).read_text(errors="replace").splitlines()[-50:])
-        best = state.best_commit
-        return ProposalContext(
-            program=self._read(best, "program.md") or "", train_source=self._read(best, "train.py") or "",
-            read_file=lambda path: self._read(best, path), history=history, last_log_tail=tail,
-            metric=spec.metric, direction=spec.direction, experiment_index=state.experiments)
+    def _stop_round(self, entries: list[dict[str, Any]], threads: list[threading.Thread], wait_s: float = 60) -> None:
+        rounds.stop_round(self._ctx, entries, threads, wait_s)
+
+    def _check_branch(self, state: RunState) -> None:
+        branch.check(self._ctx, state)
 
     def _read(self, commit: str, path: str) -> str | None:
         """A file of `commit`, from git objects (never the work tree)."""
-        data = git_source.file_at(self.repo, commit, path)
-        return None if data is None else data.decode(errors="replace")
-
-    def _spec(self, commit: str) -> RunSpec:
-        return config.parse(self._read(commit, config.CONFIG_NAME) or "", f"sealab.toml at {commit[:12]}").run_spec
-
-    def _proposed_spec(self, changes: dict[str, tuple[str | None, str | None]]) -> RunSpec | None:
-        if config.CONFIG_NAME not in changes or changes[config.CONFIG_NAME][1] is None:
-            return None
-        try:
-            return config.parse(changes[config.CONFIG_NAME][1]).run_spec
-        except SealabError:
-            return None
-
-    @staticmethod
-    def _metric(record: ExperimentRecord) -> float | None:
-        return record.value
-
-    def _save(self, state: RunState) -> None:
-        self.ledger.save_run(state.tag, asdict(state))
-
-
-def _patch(changes: dict[str, tuple[str | None, str | None]]) -> str:
-    import difflib
-
-    return "".join("".join(difflib.unified_diff((old or "").splitlines(True), (new or "").splitlines(True),
-                                                f"a/{path}", f"b/{path}")) for path, (old, new) in changes.items())
+        return committed.read(self.repo, commit, path)
 
 
 def default_tag() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
-
-

@@ -100,3 +100,52 @@ def test_a_crashing_train_py_is_discarded_and_the_branch_stays(loop_on_fakes):
     assert repo.commit(state.branch).hexsha == state.start_commit
     for r in crashed:
         assert repo.commit(f"refs/sealab/discarded/{r['id']}").hexsha == r["commit"]
+
+
+class Killed(BaseException):
+    """kill -9 in the middle of a step: nothing after it runs, nothing is cleaned up."""
+
+
+def test_a_kill_after_a_round_winner_took_the_branch_resumes_with_the_winner_kept(loop_on_fakes, tmp_path):
+    """--workers 2, killed after the round's winner took the branch (its compare-and-swap) but before the
+    round's state was saved: `--resume` accepts the branch at a commit of the saved round, keeps the
+    winner as if the state had been saved, discards the rest, and goes on; the ledger ends as that of the
+    same run never killed."""
+    loop, ws, ledger, engine, backend, policy = loop_on_fakes
+    loop.workers = 2
+    state = loop.start("kill")
+    decide = ledger.record_decision
+
+    def killed_once_the_branch_moved(experiment_id, decision, why):
+        saved = ledger.run_state("kill")
+        if saved["round"] and git.Repo(ws.root).commit("sealab/kill").hexsha != saved["best_commit"]:
+            raise Killed()
+        return decide(experiment_id, decision, why)
+
+    ledger.record_decision = killed_once_the_branch_moved
+    with pytest.raises(Killed):
+        loop.run(state, experiments=4, hours=None)
+    saved = ledger.run_state("kill")
+    tip = git.Repo(ws.root).commit("sealab/kill").hexsha
+    assert tip in {e["commit"] for e in saved["round"]} and tip != saved["best_commit"]
+
+    again = Loop(ws, engine, Ledger(ws.ledger_path), policy, OfflineProposer(seed=0), backend=backend, workers=2)
+    state = again.resume("kill")
+    assert (state.best_commit, state.round) == (tip, None)
+    round_records = [again.ledger.get(e["experiment"]) for e in saved["round"]]
+    assert {r["commit"]: r["decision"] for r in round_records}[tip] == "keep"
+    assert sorted(r["decision"] for r in round_records) == ["discard", "keep"]
+    state = again.run(state, experiments=4, hours=None)
+    assert again.ledger.chain_problems() == []
+
+    other = init(tmp_path / "never-killed")
+    other_ledger = Ledger(other.ledger_path)
+    other_ledger.set_base(engine.base)
+    reference = Loop(other, engine, other_ledger, policy, OfflineProposer(seed=0), backend=backend, workers=2)
+    reference.run(reference.start("kill"), experiments=4, hours=None)
+
+    def decided(lg):
+        return sorted((r["description"], r["decision"], r["decision_reason"]) for r in lg.records()
+                      if r.get("proposal"))
+    assert decided(again.ledger) == decided(other_ledger) and len(decided(other_ledger)) == 4
+    assert git.Repo(ws.root).commit("sealab/kill").tree == git.Repo(other.root).commit("sealab/kill").tree

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import agent.loop as loop_module
+import agent.attempts as attempts_module
 from agent.loop import Loop, RunState
 from executor.errors import EngineUnavailable
 from executor.ledger import Ledger, now
@@ -53,7 +53,7 @@ def lost_run(ledger, calls):
 def test_a_stopping_round_does_not_retry_what_it_removed(tmp_path, monkeypatch, stopping, runs):
     loop, ledger = make_loop(tmp_path)
     calls: list[str] = []
-    monkeypatch.setattr(loop_module, "execute", lost_run(ledger, calls))
+    monkeypatch.setattr(attempts_module, "execute", lost_run(ledger, calls))
     if stopping:
         loop.stopping.set()
     with pytest.raises(EngineUnavailable):

@@ -1,0 +1,72 @@
+"""Applying verdicts: the decision written to the ledger, the branch kept on a winner or moved back
+from a loser (discarded refs), and the run's counts (experiments, crashes in a row, since the last keep)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import branch, committed, verdicts
+from agent.context import Context
+from agent.run_state import RunState
+from executor.record import Decision, ExperimentRecord
+
+
+def result(record: ExperimentRecord, size: int = 0) -> verdicts.Result:
+    return verdicts.Result(record.value, record.status, size, record.id)
+
+
+def _count(state: RunState, record: ExperimentRecord) -> None:
+    state.experiments += 1
+    state.consecutive_crashes = state.consecutive_crashes + 1 if verdicts.crashed(record.status) else 0
+
+
+def _shown(record: ExperimentRecord) -> str:
+    return f"{record.value:.6f}" if record.value is not None else record.status.value
+
+
+def decide(ctx: Context, state: RunState, record: ExperimentRecord) -> None:
+    """Keep the pending commit (the branch stays on it) or discard it (the branch goes back), and record why."""
+    verdict = verdicts.one(ctx.policy, direction=record.spec.direction, best=state.best_value,
+                           threshold=state.threshold, result=result(record))
+    _count(state, record)
+    if verdict.decision == "keep":
+        state.best_commit, state.best_value, state.since_improvement = record.commit, record.value, 0
+    else:
+        state.since_improvement += 1
+        branch.discard(ctx, state, record.commit, record.id)
+    state.pending = None
+    ctx.ledger.record_decision(record.id, Decision(verdict.decision), verdict.why)
+    ctx.save(state)
+    ctx.on_event(f"{verdict.decision}: {record.description} → {_shown(record)} (best {state.best_value:.6f})", state)
+
+
+def decide_round(ctx: Context, state: RunState, finished: list[tuple[dict[str, Any], ExperimentRecord]]) -> None:
+    """Keep the round's winner (if any), discard the rest, in proposal order; update the run's state."""
+    spec = committed.spec(ctx.repo, state.best_commit)
+    win, decided = verdicts.of_round(ctx.policy, direction=spec.direction, best=state.best_value,
+                                     threshold=state.threshold,
+                                     results=[result(record, entry.get("size", 0)) for entry, record in finished])
+    if win is not None:
+        entry, record = finished[win]
+        _keep(ctx, state, entry["commit"], record.value)
+    for i, ((entry, record), verdict) in enumerate(zip(finished, decided)):
+        _count(state, record)
+        if i != win:
+            branch.discard(ctx, state, entry["commit"], record.id)
+        ctx.ledger.record_decision(record.id, Decision(verdict.decision), verdict.why)
+        ctx.on_event(f"{verdict.decision}: {record.description} → {_shown(record)}", state)
+    state.since_improvement = 0 if win is not None else state.since_improvement + len(finished)
+    state.round = None
+    ctx.save(state)
+    ctx.on_event(f"round done (best {state.best_value:.6f})", state)
+
+
+def _keep(ctx: Context, state: RunState, commit: str, value: float | None) -> None:
+    """The round's winner becomes the best commit: the branch moves onto it, the work tree with it (both
+    done already when a run killed after the move is resumed: its resume restores the tree)."""
+    took = branch.take(ctx, state, commit)
+    old = state.best_commit
+    state.best_commit, state.best_value = commit, value
+    if took:
+        branch.move(ctx, state, old, state.best_commit, "after round")
+

@@ -1,0 +1,58 @@
+"""The keep threshold: the baseline runs of the start commit, whose mean is the first best value and
+whose spread sets the noise floor a candidate must beat (and the adoption, on resume, of baseline runs
+that finished but were not counted)."""
+
+from __future__ import annotations
+
+import statistics
+
+from agent import attempts
+from agent.context import Context
+from agent.drift_guard import guard
+from agent.run_state import RunState
+from agent.stopped import LoopStopped
+from executor.record import Decision
+from policies import noise_floor
+
+
+def missing(ctx: Context, state: RunState) -> bool:
+    """Whether the run still lacks some of the policy's noise_runs baseline runs."""
+    return len(state.baseline) < ctx.policy.acceptance.noise_runs
+
+
+def count(ctx: Context, state: RunState, value: float, record_id: str) -> None:
+    """Count one baseline run: the best value is their mean (one lucky run sets no bar), the threshold
+    the policy's noise floor of them."""
+    state.baseline.append(value)
+    if state.baseline_ids is not None:
+        state.baseline_ids.append(record_id)
+    state.best_value = statistics.fmean(state.baseline)
+    state.threshold = noise_floor(ctx.policy, state.baseline)
+    ctx.save(state)
+
+
+def baselines(ctx: Context, state: RunState) -> None:
+    """Run the start commit until the policy's noise_runs baseline runs are counted.
+
+    Raises:
+        LoopStopped: a baseline run gave no metric.
+    """
+    while missing(ctx, state):
+        record = attempts.experiment(ctx, state, "baseline")
+        guard(ctx, state, "after baseline run")
+        value = record.value
+        if value is None:
+            raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
+        count(ctx, state, value, record.id)
+        ctx.on_event(f"baseline {len(state.baseline)}/{ctx.policy.acceptance.noise_runs}: {value:.6f}", state)
+
+
+def adopt(ctx: Context, state: RunState) -> None:
+    """Count baseline runs of this run that finished but were not counted (killed in between)."""
+    if state.baseline_ids is None:
+        return
+    for record in ctx.ledger.experiments(state.tag):
+        if not missing(ctx, state):
+            return
+        if record.decision == Decision.BASELINE and record.id not in state.baseline_ids and record.value is not None:
+            count(ctx, state, record.value, record.id)

@@ -1,0 +1,77 @@
+"""Asking the proposer: what it is shown (the best commit's files from git objects, the run's history,
+the last log's tail), and the policy's gate on what it proposes; a failed, rejected, parked or empty
+proposal is recorded and counts as an experiment."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from agent import committed
+from agent.context import Context
+from agent.proposal import ModelUnavailable, Proposal, ProposalContext, ProposalFailed
+from agent.run_state import RunState
+from executor.types import RunSpec
+from policies import check_proposal
+
+
+def context(ctx: Context, state: RunState, spec: RunSpec) -> ProposalContext:
+    """What the proposer sees: the best commit's program.md and train.py, the run's records, the last log's tail."""
+    records = ctx.ledger.experiments(state.tag)
+    history = [{"commit": r.commit, "description": r.description, "status": r.status.value,
+                "decision": r.decision.value if r.decision else None, "metric": r.value}
+               for r in records]
+    last = records[-1] if records else None
+    tail = ""
+    if last and last.log_path and (ctx.ws.root / last.log_path).exists():
+        tail = "\n".join((ctx.ws.root / last.log_path).read_text(errors="replace").splitlines()[-50:])
+    repo, best = ctx.repo, state.best_commit
+    return ProposalContext(
+        program=committed.read(repo, best, "program.md") or "", train_source=committed.read(repo, best, "train.py") or "",
+        read_file=lambda path: committed.read(repo, best, path), history=history, last_log_tail=tail,
+        metric=spec.metric, direction=spec.direction, experiment_index=state.experiments)
+
+
+def propose(ctx: Context, state: RunState, shown: ProposalContext, spec: RunSpec) -> Proposal | None:
+    """Ask for one proposal and gate it; a failed, rejected or parked one is recorded and gives None.
+
+    Raises:
+        ModelUnavailable: the model API failed (what was spent is counted and saved first).
+    """
+    try:
+        proposal = ctx.proposer.propose(shown)
+    except ProposalFailed as exc:
+        state.cost_usd += exc.usage.cost_usd
+        _count(state)
+        ctx.ledger.add_event(state.tag, "proposal_failed", {"reason": exc.reason, "best_commit": state.best_commit})
+        ctx.on_event(f"proposal failed: {exc.reason}", state)
+        ctx.save(state)
+        return None
+    except ModelUnavailable as exc:
+        state.cost_usd += exc.usage.cost_usd
+        ctx.save(state)
+        raise ModelUnavailable(f"the model is unavailable: {exc}", exc.usage) from None
+    state.cost_usd += proposal.usage.cost_usd
+    return proposal if _allowed(ctx, state, proposal, spec) else None
+
+
+def _allowed(ctx: Context, state: RunState, proposal: Proposal, spec: RunSpec) -> bool:
+    """The policy's gate: a proposal that changes nothing, or that the policy rejects or parks, is recorded."""
+    changes = committed.changes(ctx.repo, state.best_commit, proposal.files)
+    verdict = check_proposal(ctx.policy, changes, current_spec=spec, proposed_spec=committed.proposed_spec(changes))
+    if changes and verdict.action == "allow":
+        return True
+    kind = "rejected" if not changes or verdict.action == "reject" else "parked"
+    rule, why = (verdict.rule, verdict.reason) if changes else ("empty", "the proposal changes nothing")
+    ctx.ledger.add_event(state.tag, kind, {
+        "description": proposal.description, "rule": rule, "reason": why, "proposer": proposal.proposer,
+        "best_commit": state.best_commit, "patch": committed.patch(changes), "usage": asdict(proposal.usage)})
+    _count(state)
+    ctx.save(state)
+    ctx.on_event(f"{kind}: {proposal.description} ({rule}: {why})", state)
+    return False
+
+
+def _count(state: RunState) -> None:
+    """A proposal that is not run still counts as an experiment, and as one without an improvement."""
+    state.experiments += 1
+    state.since_improvement += 1

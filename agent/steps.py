@@ -1,0 +1,36 @@
+"""One experiment at a time (`--workers 1`): propose from the best commit, commit the proposal, move
+the branch onto it (CAS), run it sealed, decide; and the rerun of a pending commit the engine lost."""
+
+from __future__ import annotations
+
+from agent import attempts, branch, committed, decisions, proposing
+from agent.context import Context
+from agent.drift_guard import guard
+from agent.run_state import RunState
+from executor.types import RunSpec
+
+
+def step(ctx: Context, state: RunState, spec: RunSpec) -> None:
+    guard(ctx, state, "before proposal")
+    proposal = proposing.propose(ctx, state, proposing.context(ctx, state, spec), spec)
+    if proposal is None:
+        return
+    guard(ctx, state, "before commit")  # every reset of the work tree is preceded by a drift check
+    commit = committed.commit(ctx.repo, state.best_commit, proposal)
+    state.pending = {"commit": commit, "experiment": None}
+    ctx.save(state)  # before the branch moves, so that --resume knows this commit
+    branch.take(ctx, state, commit)
+    branch.move(ctx, state, state.best_commit, commit, "before run")
+    record = attempts.experiment(ctx, state, None, proposal)
+    guard(ctx, state, "after run")
+    decisions.decide(ctx, state, record)
+
+
+def rerun_lost(ctx: Context, state: RunState) -> None:
+    """A resumed run whose pending commit the engine lost (`infra_error`): run it again and decide it."""
+    if not (state.pending and state.pending.get("retry")):
+        return
+    branch.restore(ctx, state, state.pending["commit"])
+    record = attempts.experiment(ctx, state, None)
+    guard(ctx, state, "after run")
+    decisions.decide(ctx, state, record)
