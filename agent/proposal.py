@@ -8,7 +8,6 @@ files a proposal may touch (normally only `train.py`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 from executor.errors import SealabError
