@@ -8,6 +8,7 @@ expected and what was found.
 
 from __future__ import annotations
 
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,14 @@ class Config:
     metric_source: str = "result.json"  # "summary": printed by editable code (adopted autoresearch repos)
     backend: str = "local"  # where experiments run: see executor/backends/interface.py
     backend_options: tuple[tuple[str, Any], ...] = ()  # the rest of [backend], sorted
+    data_dirs: tuple[str, ...] = ()  # [data] dirs: host directories under ~ captured into the base
+    grace_given: bool = False  # [budget] grace_seconds was set; else an adopted command's deadline is measured
+
+    @property
+    def measured_grace(self) -> bool:
+        """Whether the kill deadline comes from the baseline runs' start-up and evaluation time
+        (executor/deadline.py) rather than from [budget] grace_seconds: an adopted command that sets none."""
+        return self.run_spec.command is not None and not self.grace_given
 
 
 # ---------------------------------------------------------------- the validator
@@ -181,8 +190,31 @@ class _Base(Table):
 METRIC_SOURCES = ("result.json", "summary")
 
 
+def _command(value: str) -> str:
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"is not a shell-quoted command ({exc})") from None
+    if not argv:
+        raise ValueError("must name a program, e.g. \"python3 train.py\"")
+    return value
+
+
+def _data_dir(value: str) -> str:
+    parts = value.split("/")
+    if parts[0] != "~" or len(parts) < 2 or not parts[1] or ".." in parts or "." in parts[1:]:
+        raise ValueError("must be a directory under ~, written like ~/.cache/NAME (a sealed run sees it under its HOME)")
+    return value.rstrip("/")
+
+
 class _Harness(Table):
     metric_source: Literal[METRIC_SOURCES] | None = None  # type: ignore[valid-type]
+    command: Annotated[Text, AfterValidator(_command)] | None = Field(
+        None, description="the run's command line, in the image's /workspace")
+
+
+class _Data(Table):
+    dirs: tuple[Annotated[Text, AfterValidator(_data_dir)], ...] | None = None
 
 
 class _Backend(Table):
@@ -201,6 +233,7 @@ class _File(Table):
     policy: _Policy = _Policy()
     base: _Base = _Base()
     harness: _Harness = _Harness()
+    data: _Data = _Data()
     backend: _Backend = _Backend()
 
 
@@ -234,10 +267,13 @@ def parse(text: bytes | str, source: str = CONFIG_NAME) -> Config:
     def given(*tables: Table) -> dict[str, Any]:
         return {k: v for t in tables for k, v in t.model_dump(exclude_unset=True).items() if k in type(t).model_fields}
 
-    run_spec = RunSpec(**given(file.metric, file.budget, file.run), resources=Resources(**given(file.resources)))
+    harness = given(file.harness)
+    run_spec = RunSpec(**given(file.metric, file.budget, file.run), resources=Resources(**given(file.resources)),
+                       command=shlex.split(harness.pop("command")) if "command" in harness else None)
     options = tuple(sorted((file.backend.model_extra or {}).items()))
-    return Config(run_spec=run_spec, **given(file.policy, file.base, file.harness, file.backend),
-                  backend_options=options)
+    dirs = tuple(dict.fromkeys(file.data.dirs or ()))  # in order, each once
+    return Config(run_spec=run_spec, **given(file.policy, file.base, file.backend), **harness,
+                  backend_options=options, data_dirs=dirs, grace_given=file.budget.grace_s is not None)
 
 
 def load(path: Path) -> Config:

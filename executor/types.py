@@ -70,17 +70,25 @@ class RunSpec:
     steps: int | None = None  # a fixed number of training steps instead of the clock (deterministic on a CPU)
     direction: str = "minimize"
     resources: Resources = field(default_factory=Resources)
+    # the container's command for an adopted repository ([harness] command, e.g. python3 train.py), run
+    # by the image's launcher (executor/image/launch.py); None: the scaffold's harness, prepare.py
+    command: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
         object.__setattr__(self, "budget_s", float(self.budget_s))
         object.__setattr__(self, "grace_s", float(self.grace_s))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "steps", None if self.steps is None else int(self.steps))
+        object.__setattr__(self, "command", None if self.command is None else tuple(str(a) for a in self.command))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if data["steps"] is None:
             del data["steps"]  # so specs written before `steps` existed keep their digest
+        if data["command"] is None:
+            del data["command"]  # likewise for `command`
+        else:
+            data["command"] = list(data["command"])
         if data["resources"]["out_mb"] is None:
             del data["resources"]["out_mb"]  # likewise for `out_mb`
         return data
@@ -115,13 +123,26 @@ class BaseImage:
     source: str  # what it was built from ("offline:bookworm" or the --from image)
     architecture: str = "amd64"
     os: str = "linux"
+    # what the repository's own files added (executor/image/extend.py); None for the plain base
+    deps: str | None = None  # "sha256:<hex>" of the lock files the Python packages came from
+    torch: str | None = None  # the torch the base has, e.g. "2.13.0+cpu"
+    data_dirs: tuple[tuple[str, str], ...] = ()  # ([data] dir as written, "sha256:<hex>" of its tree)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("deps", "torch"):  # so bases recorded before these existed keep their form
+            if data[key] is None:
+                del data[key]
+        if not data["data_dirs"]:
+            del data["data_dirs"]
+        else:
+            data["data_dirs"] = [list(pair) for pair in data["data_dirs"]]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BaseImage:
         fields = dict(data)
         for key in ("diff_ids", "env", "cmd"):
             fields[key] = tuple(fields[key])
+        fields["data_dirs"] = tuple(tuple(pair) for pair in fields.get("data_dirs", ()))
         return cls(**fields)

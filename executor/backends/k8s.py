@@ -41,7 +41,7 @@ from executor.errors import ConfigError, EngineUnavailable, IdentityMismatch, Se
 from executor.hardening import HOME_DIR, Hardening
 from executor.backends.outlog import unpack, wrap
 from executor.registry import BadReference, parse_digest_ref, parse_registry
-from executor.image.seal import CMD, REVISION
+from executor.image.seal import REVISION
 
 CONTAINER = "experiment"
 LABEL_PHASE = "sealab.phase"
@@ -221,7 +221,7 @@ def job_manifest(job: Job, image_ref: str, options: K8sOptions = K8sOptions(), *
     drop = context.pop("drop")
     container = k8s.V1Container(
         name=CONTAINER, image=image_ref, image_pull_policy="IfNotPresent",
-        command=wrap(job.command or CMD, options.log_out_mb << 20),
+        command=wrap(job.command or job.sealed.cmd, options.log_out_mb << 20),
         env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(job.env.items())],
         resources=k8s.V1ResourceRequirements(limits=limits), volume_mounts=mounts,
         security_context=k8s.V1SecurityContext(**context, capabilities=k8s.V1Capabilities(drop=drop),

@@ -10,6 +10,7 @@ on it nor look targets up, and the metric is computed by the orchestrator (execu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from executor.errors import SourceError
 from executor.git_source import CommitFacts
@@ -20,6 +21,11 @@ TRAIN_PATH = "train.py"
 HARNESS_PATH = "prepare.py"
 RUN_SPEC_PATH = "/sealab/run_spec.json"
 CMD = ("python3", "/workspace/prepare.py")
+# An adopted repository's run ([harness] command in the run spec) starts under the launcher, whose
+# bytes go into the image (launch.py's docstring says what it does).
+LAUNCHER_PATH = "/sealab/launch.py"
+LAUNCHER = (Path(__file__).with_name("launch.py")).read_bytes()
+LAUNCH_CMD = ("python3", LAUNCHER_PATH)
 USER = "1000:1000"  # the container user (uid 1000 owns /home/sealab and /out in the base)
 WORKDIR = "/workspace"
 REVISION = "org.opencontainers.image.revision"
@@ -48,6 +54,7 @@ class Sealed:
     layer: bytes
     labels: dict[str, str]
     base_diff_ids: tuple[str, ...]
+    cmd: tuple[str, ...] = CMD  # what the image runs when a job gives no command
 
     @property
     def tag(self) -> str:
@@ -69,15 +76,16 @@ def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, 
         SourceError: the commit lacks the harness or train.py.
     """
     files = {f.path: f for f in facts.files}
-    for needed in (HARNESS_PATH, TRAIN_PATH):
+    for needed in (TRAIN_PATH,) if spec.command is not None else (HARNESS_PATH, TRAIN_PATH):
         if needed not in files or files[needed].kind != "file":
             raise SourceError(facts.sha, f"commit has no {needed}; a sealab workspace needs it")
+    harness = LAUNCHER if spec.command is not None else files[HARNESS_PATH].data
     return {
         REVISION: facts.sha,
         "sealab.tree": facts.tree,
         "sealab.base": base.image_id,
         "sealab.run-spec": spec.digest(),
-        "sealab.harness": "sha256:" + sha256_hex(files[HARNESS_PATH].data),
+        "sealab.harness": "sha256:" + sha256_hex(harness),
         "sealab.train": files[TRAIN_PATH].blob,
         "sealab.data": base.data_digest,
     }
@@ -87,15 +95,19 @@ def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool |
     """Assemble the experiment image for `facts` on `base` under `spec`; `hide_val` (default: whether the
     commit's harness is `scored_by_orchestrator`) whites out val.bin."""
     if hide_val is None:
-        hide_val = scored_by_orchestrator(facts)
+        hide_val = spec.command is None and scored_by_orchestrator(facts)
     labels = labels_for(facts, base, spec)
     entries = [Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
     entries.append(Entry(RUN_SPEC_PATH, spec.canonical() + b"\n"))
+    cmd = CMD
+    if spec.command is not None:
+        entries.append(Entry(LAUNCHER_PATH, LAUNCHER))
+        cmd = LAUNCH_CMD
     if hide_val:
         entries.append(Entry(VAL_WHITEOUT, b"", 0o644))
     layer = layer_tar(entries)
     config = image_config(
-        diff_ids=[*base.diff_ids, "sha256:" + sha256_hex(layer)], env=base.env, cmd=CMD, labels=labels,
+        diff_ids=[*base.diff_ids, "sha256:" + sha256_hex(layer)], env=base.env, cmd=cmd, labels=labels,
         architecture=base.architecture, os=base.os, user=USER, workdir=WORKDIR,
     )
-    return Sealed(image_id(config), config, layer, labels, base.diff_ids)
+    return Sealed(image_id(config), config, layer, labels, base.diff_ids, cmd)

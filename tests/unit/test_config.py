@@ -108,6 +108,29 @@ def test_unknown_sections_and_keys_list_the_known_ones():
     with pytest.raises(ConfigError) as info:
         parse("[resource]\ncpus = 1")
     assert str(info.value) == ("sealab.toml: unknown section [resource] "
-                               "(known: metric, budget, run, resources, policy, base, harness, backend)")
+                               "(known: metric, budget, run, resources, policy, base, harness, data, backend)")
     with pytest.raises(ConfigError, match="unknown key budget.budget_s"):
         parse("[budget]\nbudget_s = 10")  # the run spec's own name is no TOML key
+
+
+def test_an_adopted_command_and_data_dirs_are_read_and_checked():
+    """[harness] command is split like a shell line into the run spec (so it is part of the image ID);
+    [data] dirs must lie under ~; without [budget] grace_seconds an adopted command's deadline is measured."""
+    cfg = parse('[harness]\ncommand = "python3 train.py --tag \'a b\'"\n[data]\ndirs = ["~/.cache/x", "~/.cache/x/"]\n')
+    assert cfg.run_spec.command == ("python3", "train.py", "--tag", "a b")
+    assert cfg.data_dirs == ("~/.cache/x",)
+    assert cfg.measured_grace
+    assert not parse('[harness]\ncommand = "python3 train.py"\n[budget]\ngrace_seconds = 9\n').measured_grace
+    assert parse("").run_spec.command is None and not parse("").measured_grace
+    assert parse('[harness]\ncommand = "python3 a.py"').run_spec.digest() != \
+        parse('[harness]\ncommand = "python3 b.py"').run_spec.digest()
+    assert parse("").run_spec.to_dict().keys() == parse(DEFAULT_TOML).run_spec.to_dict().keys()
+    assert "command" not in parse("").run_spec.to_dict()  # specs written before it keep their digest
+    for text, said in (('[harness]\ncommand = ""', "harness.command must name a program"),
+                       ('[harness]\ncommand = "a \'b"', "harness.command is not a shell-quoted command"),
+                       ('[data]\ndirs = ["/data"]', "data.dirs[0] must be a directory under ~"),
+                       ('[data]\ndirs = ["~/../etc"]', "data.dirs[0] must be a directory under ~"),
+                       ('[data]\ndirs = "~/.cache/x"', "data.dirs has the wrong type: expected an array")):
+        with pytest.raises(ConfigError) as info:
+            parse(text)
+        assert said in str(info.value)
