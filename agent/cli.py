@@ -142,15 +142,31 @@ def init(directory: Path, adopt: bool) -> None:
 @click.option("--from", "source", metavar="IMAGE", help="Build on this local image (e.g. a CUDA PyTorch image).")
 @click.option("--wheels", type=click.Path(path_type=Path), help="Local wheel directory holding torch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the base record as JSON.")
+@click.option("--rebuild", is_flag=True, help="Build even when a base with the same recipe exists.")
+@click.option("--prepare", "prepare", metavar="CMD",
+              help="First run CMD (e.g. \"python prepare.py\") in a container of the base WITH network, "
+                   "filling the [data] dirs on this machine; then capture them.")
 @click.pass_context
-def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: bool) -> None:
-    """Build (or reuse) the base environment image from Dockerfile.train, offline."""
+def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: bool, rebuild: bool,
+         prepare: str | None) -> None:
+    """Build (or reuse) the base image, offline: Debian + torch, plus the commit's locked packages
+    (uv.lock or a hashed requirements.txt) and its captured [data] dirs."""
     from agent.progress import build_base_with_progress
+    from executor import config, git_source
 
     ws, ledger, eng = _open(ctx)
-    cfg = ws.config()
-    built = build_base_with_progress(eng, source=source or cfg.base_from, wheels=wheels or Path(cfg.wheels),
-                                     console=err)
+    facts = git_source.resolve(ws.git, "HEAD")  # the commit's lock and settings, never the working tree's
+    cfg = config.of_commit(facts.files, facts.sha)
+    files = {f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"}
+    options = {"source": source or cfg.base_from, "wheels": wheels or Path(cfg.wheels), "console": err,
+               "files": files, "rebuild": rebuild}
+    if prepare is not None:
+        from executor.prepare import run_prepare
+
+        plain = build_base_with_progress(eng, **options)
+        run_prepare(eng, plain, facts, prepare, cfg.data_dirs, on_line=lambda line: err.print(line, markup=False,
+                                                                                                highlight=False))
+    built = build_base_with_progress(eng, **options, data_dirs=cfg.data_dirs)
     ledger.set_base(built)
     if as_json:
         _emit_json(built.to_dict())

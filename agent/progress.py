@@ -52,10 +52,12 @@ class RichProgress:
             self._status.update(f"[bold]{step}[/] {escape(detail[:100])}")
 
 
-def build_base_with_progress(engine: Engine, *, source: str | None, wheels: Path, console: Console) -> BaseImage:
-    """Build or reuse the base image, showing each step and the builder's output as it goes."""
+def build_base_with_progress(engine: Engine, *, source: str | None, wheels: Path, console: Console,
+                             **options: Any) -> BaseImage:
+    """Build or reuse the base image, showing each step and the builder's output as it goes
+    (`options`: build_base's files, data_dirs, rebuild)."""
     with RichProgress(console) as progress:
-        return build_base(source=source, wheels_dir=wheels, engine_client=engine, progress=progress)
+        return build_base(source=source, wheels_dir=wheels, engine_client=engine, progress=progress, **options)
 
 
 class LoopDisplay:

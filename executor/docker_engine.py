@@ -16,7 +16,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import docker
 import requests
@@ -180,6 +180,35 @@ class Engine:
             except docker.errors.ImageNotFound:
                 raise IdentityMismatch("image to start", image_id, "gone from the engine") from None
         return created["Id"]
+
+    def run_networked(self, image_id: str, command: Sequence[str], *, binds: dict[str, tuple[str, str]],
+                      env: dict[str, str], user: str, on_line: Callable[[str], None]) -> int:
+        """Run `command` in a plain container WITH the default network (only `sealab base --prepare`
+        does: a build step, never an experiment); `binds` maps host paths to (container path, mode).
+        Streams its output lines to `on_line`, removes it, and returns its exit code."""
+        host_config = self.api.create_host_config(
+            binds={host: {"bind": target, "mode": mode} for host, (target, mode) in binds.items()},
+            tmpfs={"/tmp": "size=1g", "/home/sealab": "size=1g"}, read_only=True, cap_drop=["ALL"],
+            security_opt=["no-new-privileges"], init=True)
+        with engine_errors():
+            created = self.api.create_container(image_id, command=list(command), user=user, environment=env,
+                                                working_dir="/workspace", host_config=host_config,
+                                                labels={"sealab.phase": "prepare"})
+            container = created["Id"]
+            try:
+                self.api.start(container)
+                pending = b""
+                for chunk in self.api.attach(container, stream=True, logs=True):
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        on_line(line.decode(errors="replace").rstrip("\r"))
+                if pending:
+                    on_line(pending.decode(errors="replace"))
+                return int(self.api.wait(container)["StatusCode"])
+            finally:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_container(container, force=True)
 
     def inspect(self, container: str) -> dict:
         """The engine's whole description of a container (`docker inspect`)."""

@@ -53,7 +53,13 @@ def file_digest(path: Path) -> str:
 
 def torch_tree(wheels: Sequence[Path], tree: Path) -> None:
     """Install the wheels under `tree` as they will lie in the image, with reproducible .pyc files."""
-    site = tree / SITE
+    install_wheels(wheels, tree, SITE)
+
+
+def install_wheels(wheels: Sequence[Path], tree: Path, site_path: str) -> None:
+    """`pip install --target tree/site_path` of the wheels (no network, no dependencies resolved), made
+    reproducible: no console scripts, no host paths, hash-based .pyc files with the image's paths."""
+    site = tree / site_path
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
            "--disable-pip-version-check", "--only-binary=:all:", "--python-version", "3.11",
            "--implementation", "cp", "--target", str(site)]

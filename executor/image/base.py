@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Mapping
 
-from executor.image import assemble, docker_build, layer, rootfs
+from executor.image import assemble, capture, deps, docker_build, extend, layer, rootfs
 from executor.image.layer import Entry, write_archive, write_layer
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
@@ -168,17 +168,25 @@ def _pip_download(dest: Path, wheels_dir: Path, requirements: Sequence[str], *, 
     return proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
+def wheel_version(filename: str) -> str:
+    """`torch-2.13.0+cpu-cp311-…whl` → `2.13.0+cpu`."""
+    return filename.split("-")[1] if filename.count("-") >= 2 else ""
+
+
 def gather_wheels(wheels_dir: Path, cache_dir: Path, *, require_torch: bool = True,
-                  extras: Sequence[str] = EXTRA_REQUIREMENTS, progress: Progress = _quiet) -> list[Wheel]:
+                  extras: Sequence[str] = EXTRA_REQUIREMENTS, progress: Progress = _quiet,
+                  torch_version: str | None = None, lock_source: str = "the lock") -> list[Wheel]:
     """The wheels of the build: the newest cp311 x86_64 torch wheel in `wheels_dir` and its dependencies.
 
     Dependencies (and `extras`) are taken from `wheels_dir` when all are there; otherwise pip
     downloads them once into cache_dir/wheels/<key>/ (key: the listing of wheels_dir and the target)
     and later calls reuse that. `extras` that cannot be had are left out, with a progress note.
     With no torch wheel: [] when `require_torch` is false (a --from base may bring torch).
+    `torch_version` (what the repository's lock pins): the torch wheel of that version, never another.
 
     Raises:
-        BaseImageError: no torch wheel (and one is required), or pip cannot resolve torch's dependencies.
+        BaseImageError: no torch wheel (and one is required), none of the locked version, or pip
+            cannot resolve torch's dependencies.
     """
     wheels_dir = wheels_dir.resolve()
     torch_wheels = _torch_wheels(wheels_dir) if wheels_dir.is_dir() else []
@@ -189,6 +197,12 @@ def gather_wheels(wheels_dir: Path, cache_dir: Path, *, require_torch: bool = Tr
         progress("wheels", f"no torch wheel in {wheels_dir}: relying on the base's own torch")
         return []
     torch_wheel = torch_wheels[-1]
+    if torch_version is not None:
+        matching = [p for p in torch_wheels if deps.public_version(wheel_version(p.name)) ==
+                    deps.public_version(torch_version)]
+        if not matching:
+            deps.check_torch_version(torch_version, wheel_version(torch_wheel.name), lock_source, wheels_dir)
+        torch_wheel = matching[-1]
     listing = sorted([p.name, p.stat().st_size] for p in wheels_dir.glob("*.whl"))
     key = sha256_hex(canonical_json({"dir": str(wheels_dir), "listing": listing, "torch": torch_wheel.name,
                                      "extras": list(extras), "python": PYTHON_VERSION, "platform": PLATFORM}))
@@ -344,7 +358,9 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
 def build_base(engine_client: Any = None, *, source: str | None = None, wheels_dir: Path = Path("/opt/wheels"),
                cache_dir: Path | None = None, progress: Progress | None = None, rebuild: bool = False,
                extras: Sequence[str] = EXTRA_REQUIREMENTS, sources: Path = rootfs.SOURCES,
-               dockerfile: Path = DOCKERFILE, prepare_data: Path = PREPARE_DATA, tag: str = BASE_TAG) -> BaseImage:
+               dockerfile: Path = DOCKERFILE, prepare_data: Path = PREPARE_DATA, tag: str = BASE_TAG,
+               files: Mapping[str, bytes] | None = None, data_dirs: Sequence[str] = (),
+               home: Path | None = None) -> BaseImage:
     """Build the base environment image, or reuse the one with the same recipe; describe it.
 
     Args:
@@ -361,6 +377,11 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
         extras: requirements added beside torch (numpy by default); left out if unobtainable.
         sources: the deb822 apt sources file mmdebstrap uses as its mirror (host's by default).
         dockerfile, prepare_data, tag: the recipe files and the name given to the result.
+        files: the top-level files of the workspace's commit (path → bytes): its uv.lock and
+            pyproject.toml (or requirements.txt) give the packages of the base (executor/image/deps.py),
+            and the torch wheel of the lock's version is chosen.
+        data_dirs: [data] dirs (`~/.cache/NAME`, under `home`, default the user's) captured into the
+            base (executor/image/capture.py, executor/image/extend.py).
 
     Raises:
         BaseImageError: missing inputs, mmdebstrap or pip failure, a failed build (log_tail has
@@ -376,10 +397,19 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     except OSError as exc:
         raise BaseImageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     api = docker_build.connect(engine_client)
+    locked = deps.lock_of(files, cache_dir) if files else None
+    if locked is not None:
+        progress("deps", f"{locked.source}: {len(locked.packages)} packages"
+                         + (f", torch {locked.torch}" if locked.torch else "") + f" ({locked.digest[:19]})")
+    snapshots = [capture.snapshot(name, home or Path.home()) for name in data_dirs]  # a missing one fails now
+    for snap in snapshots:
+        progress("data", f"{snap.name}: {snap.count} files, {snap.size / 1e6:.1f} MB")
 
     if source is not None:  # a missing image is the cheapest failure: check it first
         base_id, source_label = _from_image(api, source, progress), source
-    wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras, progress=progress)
+    wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras, progress=progress,
+                           torch_version=locked.torch if locked else None,
+                           lock_source=locked.source if locked else "the lock")
     if source is None:  # after the wheels, so that a missing wheel fails before a 20 s mmdebstrap
         image_id, recipe = _assembled(api, cache_dir, sources, wheels, prepare_data, prepare_bytes, tag, rebuild,
                                       progress)
@@ -395,6 +425,7 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     if info is None:
         raise BaseImageError(f"the base image {image_id} vanished while it was being described")
     config = info.get("Config") or {}
+    torch = next((wheel_version(w.name) for w in wheels if w.name.startswith("torch-")), None)
     base = BaseImage(
         image_id=info["Id"],
         diff_ids=tuple(info["RootFS"]["Layers"]),
@@ -405,7 +436,17 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
         source=source_label,
         architecture=info.get("Architecture") or "amd64",
         os=info.get("Os") or "linux",
+        torch=torch,
     )
+    if locked is not None or snapshots:
+        fetched = deps.fetch(locked, cache_dir, progress) if locked is not None else []
+        hashes = _HashCache(cache_dir / "wheels" / "sha256.json")
+        wheel_list = [(p.name, hashes.sha256(p), p) for p in fetched]
+        hashes.save()
+        base = extend.extend(api, base, config.get("Labels") or {}, locked, wheel_list, snapshots,
+                             cache_dir=cache_dir, tmp_dir=_tmp_dir(cache_dir), tag=tag, rebuild=rebuild,
+                             progress=progress)
+        info = docker_build.inspect(api, base.image_id) or info
     progress("done", f"{base.image_id} ({info.get('Size', 0) / 1e6:.0f} MB, {len(base.diff_ids)} layers) "
                      f"in {time.monotonic() - started:.1f} s")
     return base
