@@ -55,6 +55,7 @@ ADAPTERS = {
         "executor/backends/slurm.py",  # the Slurm client commands: sbatch, squeue, scontrol, scancel
         "executor/image/assemble.py",  # pip installs the torch wheels into the image tree; compileall
         "executor/image/base.py",      # pip download gathers the wheels of the base image
+        "executor/image/deps.py",      # uv export reads a repository's uv.lock; pip downloads its wheels
         "executor/image/rootfs.py",    # mmdebstrap builds the Debian root filesystem
     ),
 }
