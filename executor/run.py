@@ -30,6 +30,7 @@ from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
 from executor.ledger import Ledger, now
 from executor.record import ExperimentRecord, Finish, Results, RunLabels
+from executor.image import deps
 from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
@@ -51,6 +52,22 @@ def current_base(ledger: Ledger, engine: Engine) -> BaseImage:
     if engine.image_id(base.image_id) != base.image_id:
         raise BaseImageError(f"base image {base.image_id[:19]} is not in the engine; run `sealab base` to rebuild it")
     return base
+
+
+def check_base_fits(facts: git_source.CommitFacts, settings: config.Config, base: BaseImage) -> None:
+    """Refuse a base that is not the commit's own: built from another lock, or without its [data] dirs.
+
+    Raises:
+        BaseImageError: naming the expected and the actual lock digest or directories.
+    """
+    lock = deps.lock_digest({f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"})
+    if lock != base.deps:
+        raise BaseImageError(f"the base {base.image_id[:19]} was built from lock {base.deps or 'none'}, commit "
+                             f"{facts.sha[:12]} has {lock or 'none'}: run `sealab base` to build its own")
+    captured = [name for name, _ in base.data_dirs]
+    if list(settings.data_dirs) != captured:
+        raise BaseImageError(f"commit {facts.sha[:12]} lists [data] dirs {list(settings.data_dirs)}, the base "
+                             f"{base.image_id[:19]} holds {captured}: run `sealab base` to capture them")
 
 
 def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
@@ -77,6 +94,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     spec = settings.run_spec
     orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)
+    check_base_fits(facts, settings, base)
     drift = summarize(*git_source.working_diff(ws.git, facts.sha))
     forbidden = [] if editable is None else out_of_scope(git_source.changed_paths(ws.git, facts), editable)
     eid = new_id()

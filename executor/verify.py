@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 from executor import git_source
 from executor.docker_engine import Engine
 from executor.errors import RecordError, SourceError
+from executor.image import deps
 from executor.image.seal import seal
 from executor.ledger import Ledger
 from executor.record import ExperimentRecord
@@ -57,6 +58,9 @@ def verify(repo: git_source.Repository, ledger: Ledger, engine: Engine | None, r
             continue
         if base.data_digest != rec.data_digest:
             report(rec.id, "data_digest", base.data_digest, rec.data_digest)
+        lock = deps.lock_digest({f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"})
+        if lock != base.deps:  # the packages the run had are the ones its commit locks
+            report(rec.id, "deps", lock, base.deps)
         if rec.image_id is None:
             continue  # never sealed (e.g. the engine failed first): nothing more to compare
         try:

@@ -91,7 +91,8 @@ def _uv_export(files: Mapping[str, bytes], cache_dir: Path) -> str:
                               env={**os.environ, "UV_CACHE_DIR": str(cache_dir / "uv")})
     if done.returncode != 0:
         said = [line.removeprefix("error: ") for line in done.stderr.splitlines() if line.strip()]
-        if any("needs to be updated" in line for line in said):
+        # offline, uv re-resolves only a lock that pyproject.toml no longer matches, and cannot
+        if any("needs to be updated" in line or "network was disabled" in line for line in said):
             raise BaseImageError("the commit's uv.lock does not match its pyproject.toml: run `uv lock` and commit "
                                  "uv.lock")
         raise BaseImageError(f"uv could not read the commit's uv.lock: {said[-1] if said else done.returncode}")

@@ -1,0 +1,86 @@
+"""A repository's lock as the base's packages (executor/image/deps.py): reading it, and its one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from executor.errors import BaseImageError
+from executor.image import deps
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lockrepo"
+SHA = "sha256:" + "a" * 64
+
+
+def _files(*names: str) -> dict[str, bytes]:
+    return {name: (FIXTURE / name).read_bytes() for name in names}
+
+
+def test_uv_lock_is_exported_with_hashes_and_without_torch(tmp_path):
+    """uv reads the fixture's uv.lock: exact versions with sha256, torch and its CUDA libraries pruned, torch's
+    version kept to check the base's wheel against."""
+    locked = deps.lock_of(_files("pyproject.toml", "uv.lock"), tmp_path)
+    assert locked is not None and locked.source == "uv.lock" and locked.torch == "2.13.0"
+    names = [p.split("==")[0] for p in locked.packages]
+    assert {"pyarrow", "requests", "tqdm", "urllib3", "idna"} <= set(names)
+    assert not [n for n in names if n == "torch" or n.startswith(("nvidia", "triton", "cuda"))]
+    assert all("==" in p for p in locked.packages)
+    assert locked.requirements.count("--hash=sha256:") >= len(locked.packages)
+    assert locked.digest == deps.lock_digest(_files("pyproject.toml", "uv.lock"))
+
+
+def test_a_lock_out_of_date_with_pyproject_is_refused(tmp_path):
+    files = _files("pyproject.toml", "uv.lock")
+    files["pyproject.toml"] = files["pyproject.toml"].replace(b'"tqdm>=4.66",', b'"tqdm>=4.66", "rich>=13",')
+    with pytest.raises(BaseImageError) as info:
+        deps.lock_of(files, tmp_path)
+    assert str(info.value) == "the commit's uv.lock does not match its pyproject.toml: run `uv lock` and commit uv.lock"
+    with pytest.raises(BaseImageError, match="uv.lock but no pyproject.toml"):
+        deps.lock_of(_files("uv.lock"), tmp_path)
+
+
+def test_lock_digest_covers_the_lock_files_only():
+    a = {"uv.lock": b"x", "pyproject.toml": b"p", "train.py": b"1"}
+    assert deps.lock_digest(a) == deps.lock_digest({**a, "train.py": b"2"})
+    assert deps.lock_digest(a) != deps.lock_digest({**a, "uv.lock": b"y"})
+    assert deps.lock_digest(a) != deps.lock_digest({**a, "pyproject.toml": b"q"})
+    assert deps.lock_digest({"train.py": b"1"}) is None
+    assert deps.lock_digest({"requirements.txt": b"a==1"}).startswith("sha256:")
+
+
+def test_requirements_txt_needs_pins_and_hashes(tmp_path):
+    text = (f"# compiled\nrequests==2.32.3 \\\n    --hash={SHA}\nidna==3.10 --hash={SHA} ; python_version >= '3'\n"
+            f"torch==2.9.1 --hash={SHA}\nnvidia-cublas-cu12==12.8.4 --hash={SHA}\n--index-url https://x/simple\n")
+    locked = deps.lock_of({"requirements.txt": text.encode()}, tmp_path)
+    assert locked.source == "requirements.txt" and locked.torch == "2.9.1"
+    assert locked.packages == ["requests==2.32.3", "idna==3.10"]
+    for bad, said in (("requests==2.32.3\n", "requests==2.32.3 has no --hash"),
+                      (f"requests>=2 --hash={SHA}\n", "'requests>=2' is not pinned with =="),
+                      ("-e .\n", "`-e .` is not a pinned requirement")):
+        with pytest.raises(BaseImageError) as info:
+            deps.lock_of({"requirements.txt": bad.encode()}, tmp_path)
+        assert said in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_torch_other_than_the_lock_s_names_the_wheel_to_provide():
+    locked = deps.Locked("uv.lock", SHA, "", "2.9.1")
+    deps.check_torch(deps.Locked("uv.lock", SHA, "", "2.13.0"), "2.13.0+cpu", Path("/opt/wheels"))  # local tag aside
+    with pytest.raises(BaseImageError) as info:
+        deps.check_torch(locked, "2.13.0+cpu", Path("/opt/wheels"))
+    said = str(info.value)
+    assert said.startswith("uv.lock pins torch 2.9.1 but the base's torch wheel is 2.13.0+cpu: put a torch-2.9.1 wheel")
+    assert "torch==2.9.1" in said and "/opt/wheels" in said and "\n" not in said
+
+
+def test_pip_failures_become_one_line_naming_the_package():
+    missing = ("ERROR: Could not find a version that satisfies the requirement sgmllib3k==1.0.0 (from versions: none)\n"
+               "ERROR: No matching distribution found for sgmllib3k==1.0.0\n")
+    assert deps.pip_failure(missing, "uv.lock").startswith(
+        "uv.lock: no wheel of sgmllib3k==1.0.0 for Python 3.11 on manylinux x86_64")
+    mismatch = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. ...\n"
+                "    idna==3.20 from https://files.pythonhosted.org/packages/idna-3.20-py3-none-any.whl:\n"
+                "        Expected sha256 0000000000000000000000000000000000000000000000000000000000000000\n"
+                "             Got        d2c8a5c0d8e1c4f1b2a3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071829\n")
+    said = deps.pip_failure(mismatch, "requirements.txt")
+    assert said.startswith("requirements.txt: the wheel of idna==3.20 has sha256 d2c8a5c0d8e1c4f1…, the lock says 0000")
+    assert deps.pip_failure("ERROR: network down\n", "uv.lock") == \
+        "pip could not download the wheels of uv.lock: network down"
