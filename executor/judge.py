@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Sequence
 
 from executor.backends.interface import Finished
-from executor.summary import parse_summary
+from executor.summary import last_values, parse_summary
 from executor.types import RunSpec, Status
 
 RESULT_FILE = "result.json"
@@ -38,7 +38,7 @@ def out_of_scope(changed: Sequence[str], editable: Sequence[str] | None) -> list
 
 
 def judge(end: Finished, result: dict | None, scored: Outcome | None, spec: RunSpec, *, orchestrated: bool,
-          trusted: bool, train_blob: str | None, data_digest: str) -> Outcome:
+          trusted: bool, train_blob: str | None, data_digest: str, deadline: str | None = None) -> Outcome:
     """The experiment's outcome: the train phase classified (classify), then the scorer's verdict when
     the orchestrator scores (`scored`: its outcome, None when the eval phase did not run), then the
     backend's caps (a run stopped over a cap is a crash whatever it reported)."""
@@ -47,7 +47,7 @@ def judge(end: Finished, result: dict | None, scored: Outcome | None, spec: RunS
         # (a placeholder lets classify check the blob and the data; a failed scoring replaces it below)
         result = {**(result or {}), spec.metric: value if value is not None else 0.0}
     outcome = classify(end.exit_code, end.oom_killed, end.timed_out, result, spec, train_blob, data_digest,
-                       last_line(end.output), trusted)
+                       last_line(end.output), trusted, network_note(end.output), deadline)
     if scored is not None and outcome.status == Status.OK:
         outcome = (Outcome(Status.OK, None, {**(outcome.metrics or {}), **(scored.metrics or {})},
                            outcome.exit_code) if scored.status == Status.OK else scored)
@@ -73,22 +73,24 @@ def eval_outcome(end: Finished, spec: RunSpec) -> Outcome | None:
 
 def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | None,
              spec: RunSpec, train_blob: str | None, data_digest: str, last_line: str = "",
-             trusted: bool = True) -> Outcome:
+             trusted: bool = True, network: str = "", deadline: str | None = None) -> Outcome:
     """Turn how a container ended and what the harness wrote into a status (pure).
 
     `last_line` (the log's last line, e.g. the exception) is quoted in a crash's reason.
     `trusted=False`: the result was printed by editable code (see `summary_result`), so it cannot
     carry the train.py blob and data digest that sealab's harness reports; those checks are skipped.
+    `network`: appended to a crash's reason (`network_note`); `deadline`: how the deadline was set, when
+    it was not budget + grace (executor/deadline.py).
     """
     if timed_out:
-        return Outcome(Status.TIMEOUT, f"killed at the deadline ({spec.deadline_s:g} s = budget + grace)")
+        return Outcome(Status.TIMEOUT, f"killed at the deadline ({deadline or f'{spec.deadline_s:g} s = budget + grace'})")
     if oom:
         return Outcome(Status.OOM, f"killed by the memory limit ({spec.resources.memory_mb} MB)", exit_code=exit_code)
     if exit_code != 0:
         said = f": {last_line[:200]}" if last_line else ""
-        return Outcome(Status.CRASH, f"exit code {exit_code}{said}", exit_code=exit_code)
+        return Outcome(Status.CRASH, f"exit code {exit_code}{said}{network}", exit_code=exit_code)
     if result is None:
-        printed = "" if trusted else " and printed no --- summary"
+        printed = "" if trusted else f" and printed no --- summary or `{spec.metric}: <number>` line"
         return Outcome(Status.CRASH, f"the harness wrote no {RESULT_FILE}{printed}", exit_code=exit_code)
     value = result.get(spec.metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -111,17 +113,42 @@ def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | N
     return Outcome(Status.OK, None, metrics, exit_code)
 
 
+NETWORK_SIGNS = ("Temporary failure in name resolution", "Name or service not known", "socket.gaierror",
+                 "Network is unreachable", "Failed to establish a new connection", "NewConnectionError",
+                 "MaxRetryError", "requests.exceptions.ConnectionError", "httpx.ConnectError", "OfflineModeIsEnabled",
+                 "LocalEntryNotFoundError", "couldn't connect to 'https://huggingface.co'", "urlopen error",
+                 "No address associated with hostname")
+
+
+def network_note(output: bytes) -> str:
+    """"; sealed runs have no network: …" when a run's output shows it tried to reach one, else "" (pure)."""
+    lines = output.decode(errors="replace").splitlines()
+    hit = next((line.strip() for line in reversed(lines) if any(sign in line for sign in NETWORK_SIGNS)), None)
+    if hit is None:
+        return ""
+    return (f"; sealed runs have no network, and it tried to reach one ({hit[:120]}). Capture what it downloads: "
+            "run it once on the host (or `sealab base --prepare CMD`), list its cache directory under [data] dirs "
+            "in sealab.toml (Hugging Face: ~/.cache/huggingface) and run `sealab base` again")
+
+
 def last_line(output: bytes) -> str:
     """The last non-empty line a run printed (untrusted text: stored and shown, never interpreted)."""
     lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
+SUMMARY_KEYS = ("peak_vram_mb", "peak_memory_mb", "training_seconds", "total_seconds", "num_steps")
+
+
 def summary_result(output: bytes, metric: str) -> dict | None:
-    """A result built from the `---` summary a run printed (REPORTED BY EDITABLE CODE), or None."""
-    block = parse_summary(output.decode(errors="replace"))
+    """A result built from what a run printed (REPORTED BY EDITABLE CODE): its last `---` summary block,
+    or, with no `---` line, the last `metric: number` line (and the usual summary keys the same way)."""
+    text = output.decode(errors="replace")
+    block = parse_summary(text)
     if block is None:
-        return None
+        block = last_values(text, (metric, *SUMMARY_KEYS))
+        if metric not in block:
+            return None
     result = {metric: block.get(metric), "peak_memory_mb": block.get("peak_vram_mb") or block.get("peak_memory_mb"),
               "training_seconds": block.get("training_seconds"), "total_seconds": block.get("total_seconds"),
               "steps": block.get("num_steps"), "metric_source": "summary"}

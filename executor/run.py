@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import structlog
 
-from executor import config, evaluate, git_source, owner, valdata
+from executor import config, deadline, evaluate, git_source, owner, valdata
 from executor.backends.interface import Backend, Job
 from executor.backends.local import DockerBackend
 from executor.docker_engine import Engine
@@ -31,6 +31,7 @@ from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch,
 from executor.ledger import Ledger, now
 from executor.record import ExperimentRecord, Finish, Results, RunLabels
 from executor.image import deps
+from executor.image.launch import RUN_FILE as LAUNCH_FILE
 from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
 from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
@@ -111,6 +112,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     if on_record is not None:
         on_record(eid)
     durations: dict[str, float] = {}
+    limit = deadline.measured(spec, deadline.earlier_run_times(ledger.records(), spec)) \
+        if settings.measured_grace else None
     image_id: str | None = None
     result: dict | None = None
     placement = ""
@@ -125,7 +128,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 raise IdentityMismatch("paths changed by the commit", "only " + ", ".join(editable or ()),
                                        ", ".join(forbidden))
             end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
-                "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
+                "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
+                deadline_s=limit.seconds if limit else None))
         except IdentityMismatch as exc:
             outcome = Outcome(Status.REJECTED, f"{exc}; nothing was started")
         else:
@@ -134,15 +138,19 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_bytes(end.output)
             result = read_result(out_dir)
+            launched = read_result(out_dir, LAUNCH_FILE) if spec.command is not None else None
             trusted = result is not None or settings.metric_source != "summary"
             if not trusted:
                 result = summary_result(end.output, spec.metric)
+                if result is not None and launched is not None:
+                    result["cpu"] = launched.get("cpu")  # what the launcher saw: the CPU and torch of the run
             scored: Outcome | None = None
             if (orchestrated and result is not None and end.exit_code == 0 and not end.over_cap
                     and result.get("model_file") == evaluate.MODEL_FILE):
                 scored = score_model(ws, eid, sealed, spec, base, engine, backend, out_dir, durations)
             outcome = judge(end, result, scored, spec, orchestrated=orchestrated, trusted=trusted,
-                            train_blob=facts.blob_of(TRAIN_PATH), data_digest=base.data_digest)
+                            train_blob=facts.blob_of(TRAIN_PATH), data_digest=base.data_digest,
+                            deadline=limit.reason() if limit else None)
     except (KeyboardInterrupt, EngineUnavailable, OSError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
@@ -180,9 +188,9 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     return record
 
 
-def read_result(out_dir: Path) -> dict | None:
+def read_result(out_dir: Path, name: str = RESULT_FILE) -> dict | None:
     try:
-        data = json.loads((out_dir / RESULT_FILE).read_text())
+        data = json.loads((out_dir / name).read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -37,3 +37,20 @@ def parse_summary(text: str) -> dict[str, float | int | str] | None:
             break
         block[match[1]] = _value(match[2])
     return block
+
+
+def last_values(text: str, names: tuple[str, ...]) -> dict[str, float | int]:
+    """For each of `names`, the number on the last line that is `name: number` (or `name = number`),
+    for a run that prints its metric without a `---` block; names never printed are left out."""
+    found: dict[str, float | int] = {}
+    wanted = set(names)
+    for line in text.splitlines():
+        match = _NAMED.fullmatch(line.strip().rstrip("\r"))
+        if match is not None and match[1] in wanted:
+            value = _value(match[2])
+            if isinstance(value, (int, float)):
+                found[match[1]] = value
+    return found
+
+
+_NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*[:=]\s*(\S+)")

@@ -23,6 +23,7 @@ import platform
 import sys
 
 SPEC = "/sealab/run_spec.json"
+RUN_FILE = "sealab-run.json"  # in /out: the CPU and torch this run had (executor/run.py reads it)
 CAPTURED = "/opt/sealab/home"  # the base's captured [data] directories, laid out as under HOME
 CAPTURED_LIST = "/opt/sealab/home.json"  # ["~/.cache/NAME", ...]: what the base captured
 SITES = ("/opt/sealab/deps", "/usr/local/lib/python3.11/dist-packages")
@@ -110,7 +111,7 @@ def main():
     link_captured(env.get("HOME", "/home/sealab"))
     facts = {"cpu": {**cpu(), "threads": int(env["OMP_NUM_THREADS"])}, "command": argv}
     try:
-        with open("/out/sealab-run.json", "w", encoding="utf-8") as f:
+        with open(os.path.join("/out", RUN_FILE), "w", encoding="utf-8") as f:
             json.dump(facts, f)
     except OSError:
         pass
