@@ -74,7 +74,9 @@ def install_wheels(wheels: Sequence[Path], tree: Path, site_path: str) -> None:
     shutil.rmtree(site / "bin", ignore_errors=True)
     for record in site.glob("*.dist-info/RECORD"):
         record.write_bytes(_without_scripts(record.read_bytes()))
-    for direct_url in site.glob("*.dist-info/direct_url.json"):  # names a host path: not reproducible
+    # direct_url.json names the wheel's path on the host (the cache directory, the wheel directory): gone,
+    # with its RECORD line, so the layer is the same whichever directory the wheels were read from
+    for direct_url in site.glob("*.dist-info/direct_url.json"):
         direct_url.unlink()
     # hash-based .pyc (no mtimes) with the paths they will have in the image; torch ships a few
     # python-3.12-only helpers that cannot compile, so compileall's exit status is not an error
@@ -83,8 +85,10 @@ def install_wheels(wheels: Sequence[Path], tree: Path, site_path: str) -> None:
 
 
 def _without_scripts(record: bytes) -> bytes:
-    """A wheel RECORD without the lines of console scripts installed outside the package (`../…/bin/…`)."""
-    return b"\n".join(line for line in record.split(b"\n") if not (line.startswith(b"../") and b"/bin/" in line))
+    """A wheel RECORD without the lines of console scripts installed outside the package (`../…/bin/…`)
+    and of direct_url.json."""
+    return b"\n".join(line for line in record.split(b"\n") if not (line.startswith(b"../") and b"/bin/" in line)
+                      and b".dist-info/direct_url.json," not in line)
 
 
 def sealab_tree(rootfs_tar: Path, prepare_data: Path, tree: Path, scratch: Path) -> None:

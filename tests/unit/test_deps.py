@@ -84,3 +84,13 @@ def test_pip_failures_become_one_line_naming_the_package():
     assert said.startswith("requirements.txt: the wheel of idna==3.20 has sha256 d2c8a5c0d8e1c4f1…, the lock says 0000")
     assert deps.pip_failure("ERROR: network down\n", "uv.lock") == \
         "pip could not download the wheels of uv.lock: network down"
+
+
+def test_a_wheel_s_record_names_no_host_path_once_installed():
+    """pip's RECORD lists direct_url.json (the wheel's path on the host): its line goes with the file, so a
+    layer does not depend on the directory the wheels were read from (the cache dir differs per user)."""
+    from executor.image.assemble import _without_scripts
+
+    record = (b"idna/__init__.py,sha256=abc,849\nidna-3.20.dist-info/direct_url.json,sha256=xyz,277\n"
+              b"../../../bin/idna,sha256=q,10\nidna-3.20.dist-info/RECORD,,\n")
+    assert _without_scripts(record) == b"idna/__init__.py,sha256=abc,849\nidna-3.20.dist-info/RECORD,,\n"
