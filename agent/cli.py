@@ -111,7 +111,8 @@ def _emit_json(value: Any) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--adopt", is_flag=True,
-              help="Turn an existing autoresearch checkout in DIRECTORY into a workspace (adds and commits sealab.toml only).")
+              help="Turn an existing autoresearch checkout in DIRECTORY into a workspace (adds and commits sealab.toml "
+                   "only, written from what it finds in the code).")
 def init(directory: Path, adopt: bool) -> None:
     """Scaffold a research workspace in DIRECTORY (a new git repository), or --adopt an autoresearch checkout."""
     from agent.create import adopt as adopt_workspace
@@ -124,17 +125,26 @@ def init(directory: Path, adopt: bool) -> None:
         click.echo(f"initialised sealab workspace {ws.root} at commit {head[:12]}")
         click.echo(f"next: cd {directory} && sealab base && sealab exec")
         return
-    ws = adopt_workspace(directory)
+    adopted = adopt_workspace(directory)
+    ws = adopted.workspace
     head = git_source.head_commit(ws.git)
     parent = git_source.ref_value(ws.git, f"{head}^")
     on = git_source.current_branch(ws.git)
     branch = "detached HEAD" if on is None else f"branch {on}"
     history = f"on top of {parent[:12]}" if parent else "as the first commit of a new repository"
-    committed = "sealab.toml" if parent else "train.py, prepare.py, program.md and sealab.toml"
+    *first, last = adopted.committed
+    committed = f"{', '.join(first)} and {last}" if first else last
     click.echo(f"adopted {ws.root} as a sealab workspace: committed {committed} at {head[:12]} "
                f"({branch}, {history}); .sealab/ excluded via .git/info/exclude")
-    click.echo("warning: metric_source = \"summary\": the metric is read from the `---` summary block printed by "
+    click.echo("found:")
+    for line in adopted.survey.findings:
+        click.echo(f"  {line}")
+    click.echo("warning: metric_source = \"summary\": the metric is read from the `name: value` summary printed by "
                "train.py, i.e. REPORTED BY EDITABLE CODE and less trustworthy than a protected harness's result.json")
+    if adopted.survey.todo:
+        click.echo("to do:")
+        for item in adopted.survey.todo:
+            click.echo(f"  - {item}")
     click.echo(f"next: cd {directory} && sealab base && sealab exec")
 
 

@@ -2,18 +2,20 @@
 karpathy/autoresearch checkout into one.
 
 Both write git (a repository, a commit, HEAD), which the executor never does, so they live on the
-agent side: the files and the checks come from executor/workspace.py, every git write goes through
-agent/gitops.py.
+agent side: the files and the checks come from executor/workspace.py, an adopted checkout's
+sealab.toml from executor/survey.py, and every git write goes through agent/gitops.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import gitops
 from executor import config
-from executor.workspace import (ADOPTED_TOML, SCAFFOLD_FILES, STATE_COMMENT, STATE_EXCLUDE, Workspace,
-                                check_adoptable, make_state, scaffold)
+from executor.survey import Survey, render_toml, survey
+from executor.workspace import (SCAFFOLD_FILES, STATE_COMMENT, STATE_EXCLUDE, Workspace, check_adoptable, make_state,
+                                scaffold)
 
 INIT_MESSAGE = "sealab: initial workspace"
 ADOPT_MESSAGE = "sealab: adopt autoresearch checkout"
@@ -33,12 +35,24 @@ def init(path: Path) -> Workspace:
     return Workspace(path)
 
 
-def adopt(path: Path) -> Workspace:
-    """Turn an existing karpathy/autoresearch checkout at `path` into a workspace, destroying nothing.
+@dataclass(frozen=True)
+class Adopted:
+    """An adopted checkout: the workspace, what the survey found (sealab.toml was written from it) and
+    the paths the adoption commit added."""
 
-    What the checkout must be is `check_adoptable`'s to say. A plain directory is git-initialised
-    (branch main) and its first commit holds the three research files and sealab.toml; nothing else
-    in it is added. In an existing repository history and branch are kept and the one new commit adds
+    workspace: Workspace
+    survey: Survey
+    committed: tuple[str, ...]
+
+
+def adopt(path: Path) -> Adopted:
+    """Turn an existing karpathy/autoresearch-like checkout at `path` into a workspace, destroying nothing.
+
+    What the checkout must be is `check_adoptable`'s to say; sealab.toml is rendered from what
+    executor/survey.py finds in it (the metric, its direction, the data directories). A plain
+    directory is git-initialised (branch main) and its first commit holds the research files it has
+    (train.py, and prepare.py and program.md where present) and sealab.toml; nothing else in it is
+    added. In an existing repository history and branch are kept and the one new commit adds
     only sealab.toml on top of HEAD, built beside the user's index (`gitops.commit_beside_index`), so
     their staged and unstaged changes to other files stay exactly as they were.
 
@@ -48,10 +62,11 @@ def adopt(path: Path) -> Workspace:
     """
     checked = check_adoptable(path)
     head = checked.head  # HEAD moves from the commit the checks were made on, or not at all
-    (path / config.CONFIG_NAME).write_text(ADOPTED_TOML)
+    found = survey(path)
+    (path / config.CONFIG_NAME).write_text(render_toml(found))
     repo = checked.repo if checked.repo is not None else gitops.init_repo(path)
     gitops.exclude(repo, STATE_EXCLUDE, STATE_COMMENT)
     make_state(path)
-    paths = [config.CONFIG_NAME] if head is not None else [*SCAFFOLD_FILES, config.CONFIG_NAME]
-    gitops.commit_beside_index(repo, head, paths, ADOPT_MESSAGE, reflog="sealab: adopt")
-    return Workspace(path)
+    paths = (config.CONFIG_NAME,) if head is not None else (*checked.files, config.CONFIG_NAME)
+    gitops.commit_beside_index(repo, head, list(paths), ADOPT_MESSAGE, reflog="sealab: adopt")
+    return Adopted(Workspace(path), found, paths)

@@ -90,65 +90,63 @@ def make_state(path: Path) -> None:
         (path / STATE_DIR / sub).mkdir(parents=True, exist_ok=True)
 
 
-ADOPT_HARNESS_TOML = """
-[harness]
-# The metric is read from the `---` / `key: value` summary block that train.py prints (autoresearch's
-# own harness). That block is REPORTED BY EDITABLE CODE: the agent can change what it prints, so the
-# number is less trustworthy than a result.json written by a protected harness ("result.json").
-metric_source = "summary"
-"""
-ADOPTED_TOML = config.DEFAULT_TOML + ADOPT_HARNESS_TOML  # the sealab.toml adoption writes
+ADOPT_REQUIRED = "train.py"  # of SCAFFOLD_FILES, the one an adopted checkout must have (the run's command runs it)
 
 
 @dataclass(frozen=True)
 class Adoptable:
     """A checkout that passed `check_adoptable`: its repository (None: a plain directory, to be
-    git-initialised) and the HEAD commit the checks were made on (None: no commit yet)."""
+    git-initialised), the HEAD commit the checks were made on (None: no commit yet) and the research
+    files it has, in SCAFFOLD_FILES order (train.py always; prepare.py and program.md where present)."""
 
     repo: git_source.Repository | None
     head: str | None
+    files: tuple[str, ...] = SCAFFOLD_FILES
 
 
 def check_adoptable(path: Path) -> Adoptable:
-    """Whether the karpathy/autoresearch checkout at `path` can become a workspace; reads only.
+    """Whether the karpathy/autoresearch-like checkout at `path` can become a workspace; reads only.
 
-    `path` must hold train.py, prepare.py and program.md and no sealab.toml, and be a plain directory
-    or the top of a git work tree. Once that repository has a commit, the three research files must
-    be committed and clean in it, because a run seals the committed version, not the working tree.
+    `path` must hold train.py (prepare.py and program.md too where the repository has them) and no
+    sealab.toml, and be a plain directory or the top of a git work tree. Once that repository has a
+    commit, the research files it has must be committed and clean in it, because a run seals the
+    committed version, not the working tree.
 
     Raises:
-        WorkspaceError: a research file is missing, sealab.toml already exists, `path` is not the top
+        WorkspaceError: train.py is missing, sealab.toml already exists, `path` is not the top
             of its repository, or a research file is untracked or has uncommitted changes.
     """
     if not path.is_dir():
         raise WorkspaceError(f"{path} is not a directory; adopt needs an autoresearch checkout")
-    missing = [name for name in SCAFFOLD_FILES if not (path / name).is_file()]
-    if missing:
-        raise WorkspaceError(f"{path} lacks {', '.join(missing)}: not an autoresearch checkout "
-                             f"(adopt needs {', '.join(SCAFFOLD_FILES)})")
+    if not (path / ADOPT_REQUIRED).is_file():
+        raise WorkspaceError(f"{path} lacks {ADOPT_REQUIRED}: not an autoresearch-like checkout (adopt needs "
+                             f"{ADOPT_REQUIRED}, which the run's command runs; prepare.py and program.md are optional)")
+    files = tuple(name for name in SCAFFOLD_FILES if (path / name).is_file())
     if (path / config.CONFIG_NAME).exists():
         raise WorkspaceError(f"{path} already has {config.CONFIG_NAME}: it is already a sealab workspace")
     repo = git_source.find_repo(path)
     if repo is None:
-        return Adoptable(None, None)
+        return Adoptable(None, None, files)
     if repo.root is None:
         raise WorkspaceError(f"{path} is inside a bare git repository; adopt needs a work tree")
     top = repo.root.resolve()
     if top != path.resolve():
         raise WorkspaceError(f"{path} is inside the git repository {top}; adopt the repository's top directory")
     head = git_source.head_commit(repo)
-    if head is not None:
-        _require_committed(repo, head, path)
-    return Adoptable(repo, head)
+    if head is not None:  # one committed and deleted since is an uncommitted change, refused as such
+        files = tuple(name for name in SCAFFOLD_FILES
+                      if name in files or git_source.file_at(repo, head, name) is not None)
+        _require_committed(repo, head, path, files)
+    return Adoptable(repo, head, files)
 
 
-def _require_committed(repo: git_source.Repository, head: str, path: Path) -> None:
+def _require_committed(repo: git_source.Repository, head: str, path: Path, files: tuple[str, ...]) -> None:
     """Refuse when a research file is untracked or differs from HEAD (a run seals the commit)."""
-    untracked = [name for name in SCAFFOLD_FILES if git_source.file_at(repo, head, name) is None]
+    untracked = [name for name in files if git_source.file_at(repo, head, name) is None]
     if untracked:
         raise WorkspaceError(f"{path}: {', '.join(untracked)} not committed; commit them first "
                              "(a run seals the committed version)")
-    dirty = git_source.uncommitted(repo, SCAFFOLD_FILES)
+    dirty = git_source.uncommitted(repo, files)
     if dirty:
         raise WorkspaceError(f"{path}: {', '.join(dirty)} has uncommitted changes; commit or stash them first "
                              "(a run seals the committed version)")

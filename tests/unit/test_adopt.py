@@ -1,5 +1,6 @@
 """sealab init --adopt: an existing autoresearch checkout becomes a workspace (real git, no Docker)."""
 
+import shutil
 from pathlib import Path
 
 import git
@@ -11,6 +12,7 @@ from agent.create import adopt
 from agent.gitops import RefMoved
 from executor.workspace import SCAFFOLD_FILES, Adoptable, Workspace, check_adoptable
 from tests.conftest import sealab
+from tests.unit.test_survey import AUTORESEARCH, MAZE
 
 FILES = {"train.py": "print('train')\n", "prepare.py": "print('prepare')\n", "program.md": "# research\n"}
 
@@ -45,8 +47,10 @@ def test_adopt_plain_directory_git_inits_and_commits_sealab_toml(tmp_path):
     """A plain checkout is git-initialised on main with the research files and sealab.toml committed and .sealab excluded."""
     root = _checkout(tmp_path / "ar")
     (root / "notes.txt").write_text("not research\n")
-    ws = adopt(root)
+    adopted = adopt(root)
+    ws = adopted.workspace
     assert isinstance(ws, Workspace) and ws.root == root
+    assert adopted.committed == (*SCAFFOLD_FILES, "sealab.toml")
     repo = git.Repo(root)
     assert repo.active_branch.name == "main"
     assert _committed_paths(repo) == sorted([*SCAFFOLD_FILES, "sealab.toml"])
@@ -55,8 +59,10 @@ def test_adopt_plain_directory_git_inits_and_commits_sealab_toml(tmp_path):
     assert (ws.state / "logs").is_dir() and (ws.state / "outputs").is_dir()
     committed = (repo.head.commit.tree / "sealab.toml").data_stream.read()
     cfg = config.parse(committed)
-    assert cfg.metric_source == "summary" and cfg.run_spec.metric == "val_bpb"
+    assert cfg.metric_source == "summary" and cfg.run_spec.metric == "val_bpb"  # train.py prints none: the default
+    assert cfg.run_spec.command == ("python3", "train.py") and cfg.measured_grace
     assert "REPORTED BY EDITABLE CODE" in committed.decode()
+    assert any(t.startswith("set [metric] name") for t in adopted.survey.todo)
     assert Workspace.open(root).config().metric_source == "summary"
 
 
@@ -93,13 +99,64 @@ def test_adopt_refuses_dirty_research_files(tmp_path):
     assert not (root / "sealab.toml").exists() and git.Repo(root).head.commit.hexsha == head
 
 
-def test_adopt_refuses_a_missing_research_file(tmp_path):
-    """A checkout without prepare.py is refused with a one-line error naming it."""
-    root = _checkout(tmp_path / "ar", {k: v for k, v in FILES.items() if k != "prepare.py"})
-    with pytest.raises(WorkspaceError, match="prepare.py") as info:
+def test_adopt_refuses_a_checkout_without_train_py(tmp_path):
+    """A checkout without train.py (what the run's command runs) is refused with a one-line error naming it."""
+    root = _checkout(tmp_path / "ar", {k: v for k, v in FILES.items() if k != "train.py"})
+    with pytest.raises(WorkspaceError, match="lacks train.py") as info:
         adopt(root)
     assert "\n" not in str(info.value)
     assert not (root / ".git").exists() and not (root / "sealab.toml").exists()
+
+
+@pytest.mark.parametrize("absent", ["prepare.py", "program.md"])
+def test_adopt_without_prepare_py_or_program_md_commits_the_files_there_are(tmp_path, absent):
+    """prepare.py and program.md are optional: a plain checkout without one commits the others and sealab.toml."""
+    root = _checkout(tmp_path / "ar", {k: v for k, v in FILES.items() if k != absent})
+    assert check_adoptable(root).files == tuple(n for n in SCAFFOLD_FILES if n != absent)
+    adopted = adopt(root)
+    kept = sorted([*(n for n in FILES if n != absent), "sealab.toml"])
+    assert sorted(adopted.committed) == kept and _committed_paths(git.Repo(root)) == kept
+    assert absent not in adopted.survey.research_files and f"no {absent}" in adopted.survey.findings[0]
+
+
+def test_adopt_refuses_a_committed_research_file_deleted_since(tmp_path):
+    """In a repository, a research file committed at HEAD and deleted from the work tree is an uncommitted change."""
+    root = tmp_path / "ar"
+    _git_checkout(root)
+    (root / "prepare.py").unlink()
+    with pytest.raises(WorkspaceError, match="prepare.py has uncommitted changes"):
+        adopt(root)
+    assert not (root / "sealab.toml").exists()
+
+
+def test_adopt_the_maze_fixture_as_it_is(tmp_path):
+    """tests/fixtures/maze, adopted with no hand edits: solve_rate, maximize, python3 train.py, the printed
+    summary, no data dirs, and no prepare.py to commit."""
+    root = tmp_path / "maze"
+    shutil.copytree(MAZE, root)
+    adopted = adopt(root)
+    cfg = Workspace.open(root).config()
+    assert (cfg.run_spec.metric, cfg.run_spec.direction) == ("solve_rate", "maximize")
+    assert cfg.run_spec.command == ("python3", "train.py") and cfg.metric_source == "summary"
+    assert cfg.data_dirs == () and cfg.measured_grace
+    assert _committed_paths(git.Repo(root)) == ["program.md", "sealab.toml", "train.py"]
+    assert adopted.survey.todo == ()
+
+
+def test_adopt_an_autoresearch_shaped_repository(tmp_path):
+    """A git checkout shaped like karpathy/autoresearch: val_bpb, minimize, ~/.cache/autoresearch, its lock,
+    and a to-do to run prepare.py before `sealab base`; the one new commit adds only sealab.toml."""
+    root = _checkout(tmp_path / "ar", AUTORESEARCH)
+    repo = git.Repo.init(root, initial_branch="master")
+    repo.index.add(list(AUTORESEARCH))
+    repo.index.commit("upstream", author=git.Actor("a", "a@b"), committer=git.Actor("a", "a@b"))
+    adopted = adopt(root)
+    cfg = Workspace.open(root).config()
+    assert (cfg.run_spec.metric, cfg.run_spec.direction) == ("val_bpb", "minimize")
+    assert cfg.data_dirs == ("~/.cache/autoresearch",) and cfg.run_spec.command == ("python3", "train.py")
+    assert adopted.survey.deps_files == ("pyproject.toml", "uv.lock") and adopted.committed == ("sealab.toml",)
+    assert [t for t in adopted.survey.todo if "`python prepare.py`" in t and "~/.cache/autoresearch" in t]
+    assert [d.a_path for d in git.Repo(root).head.commit.diff("HEAD~1")] == ["sealab.toml"]
 
 
 def test_adopt_refuses_an_existing_sealab_toml(tmp_path):
@@ -170,10 +227,29 @@ def test_cli_adopt_then_adopt_again_is_refused(tmp_path):
     first = sealab("init", "--adopt", str(root))
     assert first.returncode == 0, first.stderr
     assert "sealab.toml" in first.stdout and "REPORTED BY EDITABLE CODE" in first.stdout
+    assert "committed train.py, prepare.py, program.md and sealab.toml at" in first.stdout
     second = sealab("init", "--adopt", str(root))
     assert second.returncode == 2
     assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
     assert "already has sealab.toml" in second.stderr
+
+
+def test_cli_adopt_prints_what_it_found_and_what_is_left_to_do(tmp_path):
+    """The printout names the deps, data dirs, metric and direction with why, and the command; then the
+    to-do items one a line, then the `next:` line."""
+    root = _checkout(tmp_path / "ar", AUTORESEARCH)
+    proc = sealab("init", "--adopt", str(root))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    found = lines[lines.index("found:") + 1:lines.index("found:") + 8]
+    assert found[1] == "  dependencies: pyproject.toml (4 dependencies: torch, numpy, tiktoken, pyarrow) + uv.lock"
+    assert found[2] == "  data dirs: ~/.cache/autoresearch (computed in prepare.py)"
+    assert found[3].startswith("  metric: val_bpb (printed by train.py as `val_bpb: ...` after `---`")
+    assert found[4] == '  direction: minimize (program.md says "lowest" next to it)'
+    assert found[6] == "  command: python3 train.py"
+    todo = lines.index("to do:")
+    assert lines[todo + 1:] == ["  - run `python prepare.py` once on this machine (it fills ~/.cache/autoresearch), "
+                                "then `sealab base`", f"next: cd {root} && sealab base && sealab exec"]
 
 
 def test_default_scaffold_still_works_with_result_json_metric_source(tmp_path):
