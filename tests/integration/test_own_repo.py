@@ -18,7 +18,7 @@ from pathlib import Path
 import git
 import pytest
 
-from agent.gitops import commit_file, set_constant
+from agent.gitops import commit_file
 from executor.git_source import open_repo
 from executor.image import deps, extend
 from executor.image.base import default_cache_dir
@@ -52,7 +52,8 @@ def adopted(tmp_path_factory, engine, base_image):
     env = {"HOME": str(home), "SEALAB_CACHE_DIR": str(default_cache_dir())}  # the session's plain base
     root = _repository(top / "tinyresearch", "lockrepo")
     sealab("init", "--adopt", str(root), env=env, check=True)
-    toml = set_constant((root / "sealab.toml").read_text(), "steps", str(STEPS))
+    toml = (root / "sealab.toml").read_text().replace("# steps = 200", f"steps = {STEPS}", 1)
+    assert f"steps = {STEPS}" in toml
     commit_file(open_repo(root), "sealab.toml", toml, "fixed steps")
     done = sealab("base", "--prepare", "python prepare.py", "--json", cwd=root, env=env, timeout=900)
     assert done.returncode == 0, done.stderr
@@ -91,7 +92,7 @@ def test_adopt_base_exec_runs_the_repository_sealed_like_a_bare_host_run(adopted
     assert rec["data_digest"] == base.data_digest
     host = _host_run(Path(env["SEALAB_CACHE_DIR"]), root, Path(env["HOME"]), tmp_path)
     assert rec["metrics"]["val_bpb"] == host
-    assert (rec.get("cpu") or {}).get("torch") in (None, "2.13.0+cpu")
+    assert rec["cpu"]["torch"] == "2.13.0+cpu" and rec["cpu"]["threads"] == 2  # what the launcher saw
     again = sealab("reproduce", rec["id"], cwd=root, env=env)
     assert again.returncode == 0 and again.stdout.startswith("exact:"), again.stdout + again.stderr
     checked = sealab("verify", rec["id"], cwd=root, env=env)
@@ -160,3 +161,20 @@ def test_a_missing_cache_directory_is_one_line_saying_how_to_fill_it(tmp_path):
     line = done.stderr.strip().splitlines()[-1]
     assert f"[data] directory ~/.cache/absent ({tmp_path}/.cache/absent) does not exist" in line
     assert "python prepare.py" in line
+
+
+def test_a_higher_is_better_metric_printed_without_a_summary_block_is_adopted_with_no_hand_edits(tmp_path):
+    """tests/fixtures/maze prints `solve_rate: …` as its last lines, with no `---`: adopted as it is, it runs
+    sealed under the launcher and its record holds solve_rate, to be maximized."""
+    env = {"HOME": str(tmp_path / "home"), "SEALAB_CACHE_DIR": str(default_cache_dir())}
+    root = _repository(tmp_path / "maze", "maze")
+    adopted = sealab("init", "--adopt", str(root), env=env, check=True)
+    assert "solve_rate" in adopted.stdout
+    cfg = (root / "sealab.toml").read_text()
+    assert 'name = "solve_rate"' in cfg and 'direction = "maximize"' in cfg
+    sealab("base", cwd=root, env=env, check=True, timeout=900)
+    rec = sealab_json("exec", cwd=root, env=env)
+    assert rec["status"] == "ok", rec["reason"]
+    assert isinstance(rec["metrics"]["solve_rate"], float) and rec["metrics"]["metric_source"] == "summary"
+    assert rec["run_spec"]["command"] == ["python3", "train.py"] and rec["run_spec"]["direction"] == "maximize"
+    assert rec["cpu"]["torch"] == "2.13.0+cpu"  # the launcher's report of the run
