@@ -151,14 +151,17 @@ def init(directory: Path, adopt: bool) -> None:
 @main.command()
 @click.option("--from", "source", metavar="IMAGE", help="Build on this local image (e.g. a CUDA PyTorch image).")
 @click.option("--wheels", type=click.Path(path_type=Path), help="Local wheel directory holding torch.")
+@click.option("--torch", "torch", type=click.Choice(["cpu", "cuda"]),
+              help="cpu: the wheel directory's torch; cuda: PyPI's CUDA torch at pinned versions, reproducible "
+                   "(default: [base] torch, else cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Print the base record as JSON.")
 @click.option("--rebuild", is_flag=True, help="Build even when a base with the same recipe exists.")
 @click.option("--prepare", "prepare", metavar="CMD",
               help="First run CMD (e.g. \"python prepare.py\") in a container of the base WITH network, "
                    "filling the [data] dirs on this machine; then capture them.")
 @click.pass_context
-def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: bool, rebuild: bool,
-         prepare: str | None) -> None:
+def base(ctx: click.Context, source: str | None, wheels: Path | None, torch: str | None, as_json: bool,
+         rebuild: bool, prepare: str | None) -> None:
     """Build (or reuse) the base image, offline: Debian + torch, plus the commit's locked packages
     (uv.lock or a hashed requirements.txt) and its captured [data] dirs."""
     from agent.progress import build_base_with_progress
@@ -168,8 +171,11 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: b
     facts = git_source.resolve(ws.git, "HEAD")  # the commit's lock and settings, never the working tree's
     cfg = config.of_commit(facts.files, facts.sha)
     files = {f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"}
-    options = {"source": source or cfg.base_from, "wheels": wheels or Path(cfg.wheels), "console": err,
-               "files": files, "rebuild": rebuild}
+    # what is said on the command line wins over sealab.toml: --torch cuda over [base] from, --from over [base] torch
+    chosen_source = source or (None if torch == "cuda" else cfg.base_from)
+    chosen_torch = torch or ("cpu" if source else cfg.torch)
+    options = {"source": chosen_source, "wheels": wheels or Path(cfg.wheels), "console": err,
+               "files": files, "rebuild": rebuild, "torch": chosen_torch}
     if prepare is not None:
         from executor.prepare import run_prepare
 
@@ -181,7 +187,8 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, as_json: b
     if as_json:
         _emit_json(built.to_dict())
     else:
-        click.echo(f"base {built.image_id} (data {built.data_digest[:19]}, {built.source})")
+        torch_note = f", torch {built.torch}" + (f" CUDA {built.cuda}" if built.cuda else "") if built.torch else ""
+        click.echo(f"base {built.image_id} (data {built.data_digest[:19]}, {built.source}{torch_note})")
 
 
 @main.command("seal")

@@ -28,6 +28,7 @@ class Config:
     policy: str = "default"
     wheels: str = "/opt/wheels"
     base_from: str | None = None
+    torch: str = "cpu"  # [base] torch: "cpu" (the wheel directory's) or "cuda" (PyPI's, pinned: executor/image/cuda.py)
     metric_source: str = "result.json"  # "summary": printed by editable code (adopted autoresearch repos)
     backend: str = "local"  # where experiments run: see executor/backends/interface.py
     backend_options: tuple[tuple[str, Any], ...] = ()  # the rest of [backend], sorted
@@ -185,6 +186,7 @@ class _Policy(Table):
 class _Base(Table):
     wheels: Text | None = None
     base_from: Text | None = Field(None, alias="from")
+    torch: Literal["cpu", "cuda"] | None = None
 
 
 METRIC_SOURCES = ("result.json", "summary")
@@ -313,6 +315,7 @@ name = "default"          # a file in policies/
 
 [base]
 wheels = "/opt/wheels"    # local wheel directory that holds torch for the offline base
+# torch = "cuda"          # PyPI's CUDA torch (pinned, ~3 GB once) instead: reproducible, runs on a CPU too
 # from = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"   # build the base on this image instead
 
 [backend]

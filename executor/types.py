@@ -126,11 +126,12 @@ class BaseImage:
     # what the repository's own files added (executor/image/extend.py); None for the plain base
     deps: str | None = None  # "sha256:<hex>" of the lock files the Python packages came from
     torch: str | None = None  # the torch the base has, e.g. "2.13.0+cpu"
+    cuda: str | None = None  # the CUDA its torch was built for ("13.0"); None: a CPU torch or --from
     data_dirs: tuple[tuple[str, str], ...] = ()  # ([data] dir as written, "sha256:<hex>" of its tree)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("deps", "torch"):  # so bases recorded before these existed keep their form
+        for key in ("deps", "torch", "cuda"):  # so bases recorded before these existed keep their form
             if data[key] is None:
                 del data[key]
         if not data["data_dirs"]:

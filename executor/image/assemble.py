@@ -39,7 +39,10 @@ ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LAN
        "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONHASHSEED=0", "HOME=/home/sealab")
 USER_DIRS = {"home/sealab": (1000, 1000), "out": (1000, 1000)}
 LAYERS = ("rootfs", "torch", "sealab")
-PIP_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
+# every manylinux tag bookworm's glibc (2.36) runs: pip takes the --platform list literally, and the CUDA
+# runtime wheels carry tags from manylinux1 to manylinux_2_27
+PIP_PLATFORMS = (*(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)), "manylinux2014_x86_64",
+                 "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
 
 
 def file_digest(path: Path) -> str:

@@ -8,7 +8,10 @@ Steps, each reported as progress(step, detail):
   source           --from IMAGE: that image, which must be present locally
   wheels           the torch wheel from wheels_dir plus its dependencies (and numpy, so that torch
                    imports without a warning): from wheels_dir when all are there, otherwise
-                   downloaded once with pip into cache_dir/wheels and reused after
+                   downloaded once with pip into cache_dir/wheels and reused after.
+                   torch="cuda": PyPI's CUDA torch and its nvidia-* runtime wheels at pinned, hashed
+                   versions (executor.image.cuda), downloaded once into cache_dir/torch-cuda
+  torch-cuda       torch="cuda": one line a wheel as pip downloads it
   rootfs           no --from: a reproducible Debian bookworm python3 tree (executor.image.rootfs, cached
                    under cache_dir/rootfs)
   recipe           no --from: sha256 over the rootfs tar, the wheels, prepare_data.py and the assembly
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Mapping
 
-from executor.image import assemble, capture, deps, docker_build, extend, layer, rootfs
+from executor.image import assemble, capture, cuda, deps, docker_build, extend, layer, rootfs
 from executor.image.layer import Entry, write_archive, write_layer
 from executor.docker_engine import load_stream
 from executor.errors import BaseImageError
@@ -333,12 +336,13 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
             progress("recipe", f"{recipe[:23]} unchanged: reusing {image_id[:19]}")
             docker_build.tag(api, image_id, tag)
             return image_id, recipe
-    progress("recipe", f"{recipe[:23]}: assembling ({len(wheels)} wheels)")
+    progress("recipe", f"{recipe[:23]}: assembling ({len(wheels)} wheels, "
+                       f"{sum(w.path.stat().st_size for w in wheels) / 1e6:.0f} MB)")
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="sealab-assemble-", dir=_tmp_dir(cache_dir)))
     try:
         image_id, config, layers = assemble.assemble(
-            rootfs_tar=tar, wheels=[w.path for w in wheels], prepare_data=prepare_data, work=work,
+            rootfs_tar=tar, wheels=[w.path for w in sorted(wheels, key=lambda w: w.name)], prepare_data=prepare_data, work=work,
             labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
         archive = work / "base.tar"
         with archive.open("wb") as fh:
@@ -360,7 +364,7 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
                extras: Sequence[str] = EXTRA_REQUIREMENTS, sources: Path = rootfs.SOURCES,
                dockerfile: Path = DOCKERFILE, prepare_data: Path = PREPARE_DATA, tag: str = BASE_TAG,
                files: Mapping[str, bytes] | None = None, data_dirs: Sequence[str] = (),
-               home: Path | None = None) -> BaseImage:
+               home: Path | None = None, torch: str = "cpu") -> BaseImage:
     """Build the base environment image, or reuse the one with the same recipe; describe it.
 
     Args:
@@ -380,6 +384,9 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
         files: the top-level files of the workspace's commit (path → bytes): its uv.lock and
             pyproject.toml (or requirements.txt) give the packages of the base (executor/image/deps.py),
             and the torch wheel of the lock's version is chosen.
+        torch: "cpu" (the torch wheel of wheels_dir) or "cuda" (PyPI's CUDA torch at pinned, hashed
+            versions: the lock's when it pins torch, else executor/image/torch-cuda.txt); the offline
+            base only: `source` brings its own torch.
         data_dirs: [data] dirs (`~/.cache/NAME`, under `home`, default the user's) captured into the
             base (executor/image/capture.py, executor/image/extend.py).
 
@@ -391,6 +398,11 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     progress = progress or _quiet
     cache_dir = cache_dir or default_cache_dir()
     started = time.monotonic()
+    if torch not in cuda.TORCHES:
+        raise BaseImageError(f"[base] torch is {torch!r}; expected one of {', '.join(cuda.TORCHES)}")
+    if torch == "cuda" and source is not None:
+        raise BaseImageError(f"torch = \"cuda\" assembles the reproducible CUDA base from PyPI, --from {source} builds on "
+                             "that image's own torch: choose one (drop --from, or use --torch cpu)")
     try:
         dockerfile_bytes = dockerfile.read_bytes()
         prepare_bytes = prepare_data.read_bytes()
@@ -407,9 +419,12 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
 
     if source is not None:  # a missing image is the cheapest failure: check it first
         base_id, source_label = _from_image(api, source, progress), source
-    wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras, progress=progress,
-                           torch_version=locked.torch if locked else None,
-                           lock_source=locked.source if locked else "the lock")
+    if torch == "cuda":
+        wheels = cuda_wheels(files, cache_dir, locked, progress)
+    else:
+        wheels = gather_wheels(wheels_dir, cache_dir, require_torch=source is None, extras=extras,
+                               progress=progress, torch_version=locked.torch if locked else None,
+                               lock_source=locked.source if locked else "the lock")
     if source is None:  # after the wheels, so that a missing wheel fails before a 20 s mmdebstrap
         image_id, recipe = _assembled(api, cache_dir, sources, wheels, prepare_data, prepare_bytes, tag, rebuild,
                                       progress)
@@ -425,7 +440,7 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     if info is None:
         raise BaseImageError(f"the base image {image_id} vanished while it was being described")
     config = info.get("Config") or {}
-    torch = next((wheel_version(w.name) for w in wheels if w.name.startswith("torch-")), None)
+    torch_version = next((wheel_version(w.name) for w in wheels if w.name.startswith("torch-")), None)
     base = BaseImage(
         image_id=info["Id"],
         diff_ids=tuple(info["RootFS"]["Layers"]),
@@ -436,7 +451,8 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
         source=source_label,
         architecture=info.get("Architecture") or "amd64",
         os=info.get("Os") or "linux",
-        torch=torch,
+        torch=torch_version,
+        cuda=cuda.cuda_version([w.path for w in wheels]) if torch == "cuda" else None,
     )
     if locked is not None or snapshots:
         fetched = deps.fetch(locked, cache_dir, progress) if locked is not None else []
@@ -450,6 +466,21 @@ def build_base(engine_client: Any = None, *, source: str | None = None, wheels_d
     progress("done", f"{base.image_id} ({info.get('Size', 0) / 1e6:.0f} MB, {len(base.diff_ids)} layers) "
                      f"in {time.monotonic() - started:.1f} s")
     return base
+
+
+def cuda_wheels(files: Mapping[str, bytes] | None, cache_dir: Path, locked: deps.Locked | None,
+                progress: Progress) -> list[Wheel]:
+    """The CUDA torch's wheels (executor.image.cuda), downloaded once, with their sha256 (by name)."""
+    wanted = cuda.requirements(files, cache_dir, locked)
+    progress("wheels", f"CUDA torch {wanted.torch} and its runtime, {len(wanted.packages)} packages pinned by "
+                       f"{wanted.source}")
+    fetched = deps.fetch(wanted, cache_dir, progress, kind="torch-cuda")
+    hashes = _HashCache(cache_dir / "wheels" / "sha256.json")
+    wheels = sorted((Wheel(p.name, p, hashes.sha256(p)) for p in fetched), key=lambda w: w.name)
+    hashes.save()
+    if not any(w.name.startswith("torch-") for w in wheels):
+        raise BaseImageError(f"{wanted.source} brought no torch wheel")
+    return wheels
 
 
 def _assembly_code() -> str:

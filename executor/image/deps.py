@@ -21,18 +21,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from executor.errors import BaseImageError
+from executor.image.assemble import PIP_PLATFORMS
 from executor.types import canonical_json, sha256_hex
 
 UV_LOCK, PYPROJECT, REQUIREMENTS = "uv.lock", "pyproject.toml", "requirements.txt"
 SITE = "opt/sealab/deps"  # where the packages lie in the base; first on its PYTHONPATH
 PYTHON_VERSION = "3.11"
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64", "any")
+PLATFORMS = (*PIP_PLATFORMS, "any")  # the tags a wheel of the base may carry
 TORCH_ONLY = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pytorch-triton)$")
 Progress = Callable[[str, str], None]
 
@@ -78,14 +80,16 @@ def lock_of(files: Mapping[str, bytes], cache_dir: Path) -> Locked | None:
     return _requirements(files[REQUIREMENTS].decode(errors="replace"), digest)
 
 
-def _uv_export(files: Mapping[str, bytes], cache_dir: Path) -> str:
+def _uv_export(files: Mapping[str, bytes], cache_dir: Path, *, prune: bool = True) -> str:
+    """uv's hashed requirement lines of the lock: without torch and what only torch needs (`prune`),
+    or everything."""
     from uv import find_uv_bin  # the uv the sealab package depends on
 
     with tempfile.TemporaryDirectory(prefix="sealab-lock-") as tmp:
         for name in (PYPROJECT, UV_LOCK):
             (Path(tmp) / name).write_bytes(files[name])
-        argv = [find_uv_bin(), "export", "--locked", "--offline", "--no-dev", "--no-emit-project", "--prune", "torch",
-                "--format", "requirements-txt", "--no-header", "--no-annotate", "--python", sys.executable,
+        argv = [find_uv_bin(), "export", "--locked", "--offline", "--no-dev", "--no-emit-project",
+                *(("--prune", "torch") if prune else ()), "--format", "requirements-txt", "--no-header", "--no-annotate", "--python", sys.executable,
                 "--no-python-downloads", "--quiet"]
         done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, "UV_CACHE_DIR": str(cache_dir / "uv")})
@@ -96,7 +100,47 @@ def _uv_export(files: Mapping[str, bytes], cache_dir: Path) -> str:
             raise BaseImageError("the commit's uv.lock does not match its pyproject.toml: run `uv lock` and commit "
                                  "uv.lock")
         raise BaseImageError(f"uv could not read the commit's uv.lock: {said[-1] if said else done.returncode}")
-    return _without_torch(done.stdout)
+    return _without_torch(done.stdout) if prune else done.stdout
+
+
+def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
+    """The hashed requirement lines of the lock's torch and of what only torch needs (its CUDA libraries,
+    triton, …): what a CUDA base installs as its torch layer at the lock's pins. Empty when the lock
+    pins no torch; requirements.txt: its torch-only lines, each of which must carry --hash.
+
+    Raises:
+        BaseImageError: as lock_of, or a requirements.txt torch line without --hash.
+    """
+    if UV_LOCK in files and PYPROJECT in files:
+        full, pruned = _uv_export(files, cache_dir, prune=False), _uv_export(files, cache_dir)
+        others = {_block_name(b) for b in _blocks(pruned)}
+        return "".join(b + "\n" for b in _blocks(full) if _block_name(b) not in others)
+    if REQUIREMENTS not in files:
+        return ""
+    logical = re.sub(r"\\\r?\n", " ", files[REQUIREMENTS].decode(errors="replace"))
+    kept = []
+    for raw in logical.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        spec = line.split("--hash", 1)[0].split(";", 1)[0].strip()
+        name = re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[\s]", spec)[0]).lower()
+        if not TORCH_ONLY.fullmatch(name):
+            continue
+        if "--hash=" not in line:
+            raise BaseImageError(f"requirements.txt: {spec} has no --hash; a CUDA base installs the lock's torch at its "
+                                 "pins: regenerate it with hashes (uv pip compile --generate-hashes)")
+        kept.append(f"{line.split('--hash', 1)[0].strip()} " + " ".join(re.findall(r"--hash[= ]\S+", line)))
+    return "".join(k + "\n" for k in kept)
+
+
+def _blocks(requirements: str) -> list[str]:
+    """A requirements text's entries: each first line with its indented continuation lines."""
+    return [b for b in re.split(r"\n(?=\S)", requirements.strip()) if b and not b.startswith("#")]
+
+
+def _block_name(block: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[=\s;\[]", block)[0]).lower()
 
 
 def _uv_torch(lock: bytes) -> str | None:
@@ -144,8 +188,7 @@ def _requirements(text: str, digest: str) -> Locked:
 def _without_torch(requirements: str) -> str:
     """uv's export without the accelerator libraries that only a CUDA torch pulls in (they come with the
     base's torch when it is a CUDA one); `--prune torch` already removed torch's own dependencies."""
-    blocks = re.split(r"\n(?=\S)", requirements.strip())
-    kept = [b for b in blocks if b and not TORCH_ONLY.fullmatch(re.sub(r"[-_.]+", "-", re.split(r"[=\s;\[]", b)[0]).lower())]
+    kept = [b for b in _blocks(requirements) if not TORCH_ONLY.fullmatch(_block_name(b))]
     return "\n".join(kept) + ("\n" if kept else "")
 
 
@@ -177,8 +220,12 @@ def check_torch_version(locked: str, base_torch: str, source: str, wheels_dir: P
             "pyproject.toml and run `uv lock`")
 
 
-def fetch(locked: Locked, cache_dir: Path, progress: Progress) -> list[Path]:
-    """The lock's wheels for the base (cp311, manylinux x86_64), downloaded once into cache_dir/deps/<key>/.
+def fetch(locked: Locked, cache_dir: Path, progress: Progress, *, kind: str = "deps") -> list[Path]:
+    """The lock's wheels for the base (cp311, manylinux x86_64), downloaded once into cache_dir/<kind>/<key>/.
+
+    pip checks every wheel against its sha256 in the requirements (--require-hashes); what it downloads
+    is shown as it goes (one progress line a wheel: its name and size), and a second call with the same
+    requirements reuses the directory without touching the network.
 
     Raises:
         BaseImageError: a package has no wheel for the platform, a hash does not match, or pip fails
@@ -188,36 +235,55 @@ def fetch(locked: Locked, cache_dir: Path, progress: Progress) -> list[Path]:
         return []
     key = sha256_hex(canonical_json({"requirements": locked.requirements, "python": PYTHON_VERSION,
                                      "platforms": list(PLATFORMS)}))[:16]
-    store = cache_dir / "deps" / key
+    store = cache_dir / kind / key
     listing = store / "wheels.json"
     if listing.is_file():
         names = json.loads(listing.read_text())
         if all((store / n).is_file() for n in names):
-            progress("deps", f"{len(names)} wheels of {locked.source}, downloaded before ({store})")
+            progress(kind, f"{len(names)} wheels of {locked.source}, downloaded before ({store})")
             return [store / n for n in names]
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=store.parent))
     try:
         (tmp / "requirements.txt").write_text(locked.requirements)
-        progress("deps", f"downloading {len(locked.packages)} packages of {locked.source} with pip: "
-                         + " ".join(locked.packages))
+        progress(kind, f"downloading {len(locked.packages)} packages of {locked.source} with pip: "
+                       + " ".join(locked.packages))
         argv = [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps", "--only-binary=:all:",
                 "--python-version", PYTHON_VERSION, "--implementation", "cp", "--dest", str(tmp / "wheels"),
                 "--progress-bar", "off", "--disable-pip-version-check", "--retries", "2", "--timeout", "60",
                 *(a for p in PLATFORMS for a in ("--platform", p)), "-r", str(tmp / "requirements.txt")]
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, errors="replace",
-                              env={**os.environ, "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""})
-        if done.returncode != 0:
-            raise BaseImageError(pip_failure(done.stdout + done.stderr, locked.source), (done.stdout + done.stderr)[-4000:])
+        started = time.monotonic()
+        code, log = _streamed(argv, {**os.environ, "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""},
+                              lambda line: progress(kind, line))
+        if code != 0:
+            raise BaseImageError(pip_failure(log, locked.source), log[-4000:])
         names = sorted(p.name for p in (tmp / "wheels").glob("*.whl"))
         (tmp / "wheels" / "wheels.json").write_text(json.dumps(names, indent=1) + "\n")
         shutil.rmtree(store, ignore_errors=True)
         (tmp / "wheels").replace(store)
         size = sum((store / n).stat().st_size for n in names)
-        progress("deps", f"{len(names)} wheels, {size / 1e6:.0f} MB, into {store}")
+        progress(kind, f"{len(names)} wheels, {size / 1e6:.0f} MB, into {store} in {time.monotonic() - started:.0f} s")
         return [store / n for n in names]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SHOWN = ("Downloading ", "File was already downloaded")  # one line a wheel: its name and size
+
+
+def _streamed(argv: Sequence[str], env: Mapping[str, str], on_line: Callable[[str], None]) -> tuple[int, str]:
+    """Run pip, passing each line that says what it fetches to `on_line`; (exit code, the output's end)."""
+    tail: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          text=True, errors="replace", env=dict(env)) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            tail = (tail + [line])[-200:]
+            if line.strip().startswith(SHOWN):
+                on_line(line.strip())
+        code = proc.wait()
+    return code, "\n".join(tail)
 
 
 def pip_failure(log: str, source: str) -> str:
@@ -239,6 +305,6 @@ def pip_failure(log: str, source: str) -> str:
 def install(wheels: Sequence[Path], tree: Path) -> None:
     """Install the wheels under tree/opt/sealab/deps as they will lie in the image (no network, no
     compile, reproducible .pyc files: assemble.install_wheels)."""
-    from executor.image.assemble import install_wheels
+    from executor.image.assemble import install_wheels  # noqa: PLC0415 (kept local as before)
 
     install_wheels(wheels, tree, SITE)

@@ -132,7 +132,7 @@ def extend(api: Any, core: BaseImage, core_labels: Mapping[str, str], locked: Lo
     base = BaseImage(image_id=image_id, diff_ids=tuple(diff_ids), env=tuple(env), cmd=core.cmd, recipe=key,
                      data_digest=data_digest(core.data_digest, captured), source=core.source,
                      architecture=core.architecture, os=core.os, deps=locked.digest if locked else None,
-                     torch=core.torch, data_dirs=tuple(captured))
+                     torch=core.torch, cuda=core.cuda, data_dirs=tuple(captured))
     known.parent.mkdir(parents=True, exist_ok=True)
     known.write_text(json.dumps(base.to_dict()))
     progress("recipe", f"extended {core.image_id[:19]} into {image_id[:19]} in {time.monotonic() - started:.1f} s")

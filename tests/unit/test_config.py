@@ -25,6 +25,8 @@ def test_default_config_parses():
     ("[budget]\ngrace_seconds = -1", "budget.grace_seconds must not be negative: -1"),
     ("[budget]\ntrain_seconds = -1", "budget.train_seconds must be more than 0 (a run needs time to train): -1"),
     ("[metric]\ndirection = 'up'", "metric.direction"),
+    ("[base]\ntorch = 'rocm'", "base.torch"),
+    ("[base]\ntorch = true", "base.torch"),
     ("[resources]\nmemory_mb = 1", "memory_mb"),
     ("[resources]\npids = true", "wrong type"),
     ("[resources]\ncpus = 0", "resources.cpus must be at least 0.01 (0 is no limit to the engine): 0"),
@@ -134,3 +136,11 @@ def test_an_adopted_command_and_data_dirs_are_read_and_checked():
         with pytest.raises(ConfigError) as info:
             parse(text)
         assert said in str(info.value)
+
+
+def test_base_torch_is_cpu_unless_the_file_says_cuda():
+    """[base] torch chooses the base's torch build: the wheel directory's CPU torch by default, PyPI's CUDA torch
+    when it says "cuda"."""
+    assert parse(DEFAULT_TOML).torch == "cpu"
+    assert parse(DEFAULT_TOML.replace('# torch = "cuda"', 'torch = "cuda"')).torch == "cuda"
+    assert parse("[base]\ntorch = 'cpu'\n").torch == "cpu"
