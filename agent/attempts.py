@@ -10,7 +10,7 @@ from typing import Callable
 from agent.context import Context
 from agent.proposal import Proposal
 from agent.run_state import RunState
-from executor.errors import EngineUnavailable, SealabError
+from executor.errors import EngineUnavailable, NoGpu, SealabError
 from executor.ledger import Ledger
 from executor.record import Decision, ExperimentRecord, RunLabels
 from executor.run import execute
@@ -62,8 +62,9 @@ def run_commit(ctx: Context, state: RunState, ws: Workspace, ledger: Ledger, com
                            labels=extra)
         except EngineUnavailable as exc:
             attempt += 1
-            if attempt > ctx.policy.retry.infra_error or ctx.stopping.is_set():
-                raise  # (a stopping round removes its containers: that is no loss to retry)
+            if attempt > ctx.policy.retry.infra_error or ctx.stopping.is_set() or isinstance(exc, NoGpu):
+                raise  # (a stopping round removes its containers: that is no loss to retry; a host without a GPU
+                #         runtime will not grow one between two attempts)
             ledger.add_event(state.tag, "retry", {"commit": commit, "attempt": attempt, "reason": str(exc)})
             wait_for_engine(ctx, exc)
             if ids:  # what the lost run left on the engine (e.g. an exited container after a restart)

@@ -22,8 +22,8 @@ import docker
 import requests
 from docker.types import DeviceRequest
 
-from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch
-from executor.hardening import Hardening
+from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, NoGpu
+from executor.hardening import Hardening, gpu_requests
 from executor.types import Resources
 
 OUT_DIR = "/out"
@@ -59,6 +59,18 @@ def build_log_text(log: Any) -> str:
     lines = [str(rec.get("stream") or rec.get("error") or "") if isinstance(rec, dict) else str(rec)
              for rec in log or ()]
     return "".join(lines)[-8000:]
+
+
+# what an engine says when a container's device request for GPUs finds no runtime that serves it
+NO_GPU_SIGNS = ("could not select device driver", "nvidia-container-cli", "unknown or invalid runtime name: nvidia")
+
+
+def no_gpu(gpus: int, said: str) -> str:
+    """The one line for a run that asks for GPUs on an engine that has none to give (pure)."""
+    first = said.splitlines()[0] if said else ""
+    return (f"the run asks for {gpus} GPU{'s' if gpus > 1 else ''} ([resources] gpus = {gpus}) but this Docker engine "
+            f"cannot give one ({first[:160]}): install the NVIDIA driver and container toolkit on the host "
+            "(docs/cloud-gpu.md), or set gpus = 0 to train on the CPU")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +180,8 @@ class Engine:
         host_config = self.api.create_host_config(
             **hardening.docker_api(),
             binds=binds or None,
-            device_requests=[DeviceRequest(count=resources.gpus, capabilities=[["gpu"]])] if resources.gpus else None,
+            device_requests=[DeviceRequest(count=count, capabilities=caps)
+                             for count, caps in gpu_requests(resources.gpus)] or None,
             shm_size="1g" if resources.gpus else None,
         )
         with engine_errors():
@@ -215,9 +228,16 @@ class Engine:
         with engine_errors():
             return self.api.inspect_container(container)
 
-    def start(self, container: str) -> None:
-        with engine_errors():
-            self.api.start(container)
+    def start(self, container: str, *, gpus: int = 0) -> None:
+        """Start a created container. With `gpus` > 0 (its HostConfig requests that many), an engine
+        without a GPU runtime refuses the start: NoGpu (an EngineUnavailable) says so in one line, and what to do."""
+        try:
+            with engine_errors():
+                self.api.start(container)
+        except EngineUnavailable as exc:
+            if gpus > 0 and any(sign in exc.problem for sign in NO_GPU_SIGNS):
+                raise NoGpu(no_gpu(gpus, exc.problem)) from exc
+            raise
 
     def wait(self, container: str, deadline_s: float, *, out_dir: Path | None = None,
              out_cap_mb: int | None = None, poll_s: float = 0.25) -> Exit:

@@ -51,6 +51,14 @@ class EngineUnavailable(SealabError):
         super().__init__(f"Docker engine unavailable: {problem} (is dockerd running? check DOCKER_HOST)")
 
 
+class NoGpu(EngineUnavailable):
+    """The run asks for GPUs and the engine has none to give: an `infra_error` of the host, not of train.py."""
+
+    def __init__(self, problem: str) -> None:  # the whole line: the engine answers, it is not unavailable
+        self.problem = problem
+        SealabError.__init__(self, problem)
+
+
 class BaseImageError(SealabError):
     exit_code = 3
 

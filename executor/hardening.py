@@ -112,6 +112,13 @@ class Hardening:
                 "drop": list(self.cap_drop)}
 
 
+def gpu_requests(gpus: int) -> list[tuple[int, list[list[str]]]]:
+    """The (Count, Capabilities) device requests of a Docker container of a run with `gpus` GPUs: one
+    request for that many GPUs, or none (pure). Applied by docker_engine.create, checked before start
+    by backends.interface.check_container."""
+    return [(gpus, [["gpu"]])] if gpus > 0 else []
+
+
 def go_value(value: Any) -> str:
     """A value as docker's Go templates print it: booleans `true`/`false`, numbers plainly, lists and
     maps as compact JSON (maps with sorted keys, as Go's encoder writes them), None as `<no value>`."""

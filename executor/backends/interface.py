@@ -19,7 +19,7 @@ from typing import Mapping, Protocol, Sequence
 
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
 from executor.errors import EngineUnavailable, IdentityMismatch
-from executor.hardening import Hardening
+from executor.hardening import Hardening, gpu_requests
 from executor.image.seal import Sealed
 from executor.types import Resources, RunSpec
 
@@ -119,3 +119,7 @@ def check_container(engine: Engine, container: str, sealed: Sealed, resources: R
         raise IdentityMismatch("container command", " ".join(command), " ".join(actual))
     for name, expected, found in Hardening.of(resources).problems(inspect):
         raise IdentityMismatch(f"container {name}", expected, found)
+    wanted, granted = gpu_requests(resources.gpus), (inspect.get("HostConfig") or {}).get("DeviceRequests") or []
+    if [(r.get("Count"), r.get("Capabilities")) for r in granted] != wanted:
+        raise IdentityMismatch("container GPU requests", repr(wanted), repr([(r.get("Count"), r.get("Capabilities"))
+                                                                           for r in granted]))

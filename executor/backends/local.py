@@ -55,7 +55,7 @@ class DockerBackend:
                 engine.copy_in(container, job.in_dir)
             timings["verify"] = time.monotonic() - t
             t = time.monotonic()
-            engine.start(container)
+            engine.start(container, gpus=job.spec.resources.gpus)
             end = engine.wait(container, job.deadline, out_dir=None if self.remote else job.out_dir,
                               out_cap_mb=job.out_cap)
             output = engine.logs(container)
