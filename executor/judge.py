@@ -105,6 +105,9 @@ def classify(exit_code: int | None, oom: bool, timed_out: bool, result: dict | N
             "mfu_percent", "device")
     metrics = {k: result[k] for k in keys if k in result}
     metrics["hyperparameters"] = result.get("hyperparameters", {})
+    gpu = gpu_of(result)
+    if gpu:
+        metrics["gpu"] = gpu
     losses = loss_trace(result.get("losses"))
     if losses:
         metrics["losses"] = losses
@@ -166,6 +169,22 @@ def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(cpu.get("threads"), int):
         kept["threads"] = cpu["threads"]
     return kept
+
+
+GPU_TEXT = ("name", "capability", "cuda", "driver", "driver_cuda")
+
+
+def gpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The GPUs the harness says the train phase ran on (device name, count, compute capability, memory,
+    CUDA, driver), or None on a CPU; like cpu_of, a statement of the run, kept short and typed."""
+    gpu = (result or {}).get("gpu")
+    if not isinstance(gpu, dict):
+        return None
+    kept: dict[str, Any] = {k: str(gpu[k])[:200] for k in GPU_TEXT if gpu.get(k) is not None}
+    for key in ("count", "memory_mb"):
+        if isinstance(gpu.get(key), int) and not isinstance(gpu.get(key), bool):
+            kept[key] = gpu[key]
+    return kept or None
 
 
 LOSS_TRACE_MAX = 1000  # as the harness keeps them (prepare.py): a longer or ill-typed list is not kept

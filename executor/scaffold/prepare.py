@@ -45,6 +45,7 @@ import json
 import math
 import os
 import random
+import re
 import resource
 import sys
 import warnings
@@ -429,6 +430,33 @@ def cpu_identity() -> dict:
     return {"model": model, "isa": isa, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+def nvidia_driver(path: str = "/proc/driver/nvidia/version") -> str | None:
+    """The NVIDIA kernel driver's version, as /proc/driver/nvidia/version says (the container toolkit
+    mounts it), e.g. "570.124.06"; None where there is none."""
+    with contextlib.suppress(OSError):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                found = re.search(r"Kernel Module(?: for [^ ]+)?\s+([0-9][0-9.]*)", line)
+                if found:
+                    return found[1]
+    return None
+
+
+def gpu_identity() -> dict | None:
+    """The GPUs this process trains on: device name, compute capability, memory, count, the CUDA
+    version torch was built for, the driver's and the CUDA version the driver supports. None on a CPU."""
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    driver_cuda = None
+    with contextlib.suppress(Exception):  # a private call: absent in some builds
+        version = int(torch._C._cuda_getDriverVersion())
+        driver_cuda = f"{version // 1000}.{version % 1000 // 10}"
+    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+            "capability": f"{props.major}.{props.minor}", "memory_mb": props.total_memory // (1024 * 1024),
+            "cuda": torch.version.cuda, "driver": nvidia_driver(), "driver_cuda": driver_cuda}
+
+
 def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / (1024 * 1024)
@@ -472,7 +500,11 @@ def print_summary(r: dict) -> None:
     print(f"total_tokens_M: {r['tokens'] / 1e6:.3f}")
     print(f"num_steps: {r['steps']}")
     print(f"num_params_M: {r['num_params'] / 1e6:.3f}")
+    print(f"tokens_per_s: {r['tokens_per_s']:.0f}")
     print(f"device: {r['device']}")
+    gpu = r.get("gpu")
+    if gpu:
+        print(f"gpu: {gpu['name']} x{gpu['count']} (CUDA {gpu['cuda']}, driver {gpu['driver'] or gpu['driver_cuda']})")
 
 
 def fail(message: str) -> None:
@@ -571,6 +603,7 @@ def main() -> None:
         "hyperparameters": collect_hyperparameters(train_mod),
         "mfu_percent": finite_or_none(mfu),
         "cpu": cpu_identity(),
+        "gpu": gpu_identity(),
     }
     if val_tokens is None and error is None and model is not None:
         result["model_file"] = MODEL_FILE  # val_bpb stays null: the orchestrator scores this model

@@ -25,10 +25,10 @@ BUDGET_S = 2.0
 RESULT_KEYS = {
     "metric", "val_bpb", "peak_memory_mb", "training_seconds", "total_seconds", "steps", "tokens",
     "tokens_per_s", "num_params", "device", "seed", "budget_s", "data_digest", "train_py_blob",
-    "hyperparameters", "mfu_percent", "cpu", "losses",
+    "hyperparameters", "mfu_percent", "cpu", "gpu", "losses",
 }
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "device"]
+                "total_tokens_M", "num_steps", "num_params_M", "tokens_per_s", "device"]
 
 NAN_TRAIN = '''
 import torch
@@ -292,7 +292,7 @@ def test_result_json_has_the_contract_keys_and_types(real_run, data_dir):
     assert sorted(p.name for p in real_run.out.iterdir()) == ["result.json"]
     assert set(r) == RESULT_KEYS
     assert r["metric"] == "val_bpb" and r["device"] == "cpu" and r["seed"] == 42 and r["budget_s"] == BUDGET_S
-    assert r["mfu_percent"] is None
+    assert r["mfu_percent"] is None and r["gpu"] is None  # no GPU here: no MFU, no device facts
     for key in ("val_bpb", "peak_memory_mb", "training_seconds", "total_seconds", "tokens_per_s"):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert isinstance(r["steps"], int) and r["steps"] > 0
@@ -318,6 +318,7 @@ def test_summary_block_matches_result(real_run):
     assert s["val_bpb"] == f"{r['val_bpb']:.6f}"
     assert int(s["num_steps"]) == r["steps"] and s["device"] == "cpu" and s["mfu_percent"] == "n/a"
     assert float(s["total_tokens_M"]) == pytest.approx(r["tokens"] / 1e6, abs=1e-3)
+    assert float(s["tokens_per_s"]) == pytest.approx(r["tokens_per_s"], abs=1)
     assert "FAIL" not in real_run.proc.stdout
 
 
