@@ -620,3 +620,17 @@ def test_logits_mode_takes_an_explicit_model_path(train_phase, tmp_path):
     proc, out = run_logits(train_phase, bytes(256), "--model", str(tmp_path / "elsewhere.pt"))
     assert proc.returncode == 0, proc.stderr
     assert out.stat().st_size == 256 * 256 * 4
+
+
+def test_the_nvidia_driver_version_is_read_as_the_toolkit_mounts_it(prepare, tmp_path):
+    """/proc/driver/nvidia/version of the proprietary and of the open kernel module; none without a driver;
+    and no GPU facts at all on a machine without a GPU."""
+    proprietary = tmp_path / "proprietary"
+    proprietary.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.124.06  Wed Feb 26 2025\n"
+                           "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
+    open_module = tmp_path / "open"
+    open_module.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
+    assert prepare.nvidia_driver(str(proprietary)) == "570.124.06"
+    assert prepare.nvidia_driver(str(open_module)) == "580.65.06"
+    assert prepare.nvidia_driver(str(tmp_path / "absent")) is None
+    assert prepare.gpu_identity() is None
