@@ -140,7 +140,8 @@ def last_line(output: bytes) -> str:
     return lines[-1] if lines else ""
 
 
-SUMMARY_KEYS = ("peak_vram_mb", "peak_memory_mb", "training_seconds", "total_seconds", "num_steps")
+SUMMARY_KEYS = ("peak_vram_mb", "peak_memory_mb", "training_seconds", "total_seconds", "num_steps", "mfu_percent",
+                "total_tokens_M")
 
 
 def summary_result(output: bytes, metric: str) -> dict | None:
@@ -154,8 +155,20 @@ def summary_result(output: bytes, metric: str) -> dict | None:
             return None
     result = {metric: block.get(metric), "peak_memory_mb": block.get("peak_vram_mb") or block.get("peak_memory_mb"),
               "training_seconds": block.get("training_seconds"), "total_seconds": block.get("total_seconds"),
-              "steps": block.get("num_steps"), "metric_source": "summary"}
+              "steps": block.get("num_steps"), "mfu_percent": _number(block.get("mfu_percent")),
+              "metric_source": "summary"}
+    tokens_m, seconds = _number(block.get("total_tokens_M")), _number(block.get("training_seconds"))
+    if tokens_m is not None and seconds:
+        result["tokens"] = round(tokens_m * 1e6)
+        result["tokens_per_s"] = tokens_m * 1e6 / seconds
     return {k: v for k, v in result.items() if v is not None}
+
+
+def _number(value: Any) -> float | None:
+    """A finite, non-negative number, or None (what a summary line may say is anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return value
 
 
 def cpu_of(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -144,6 +144,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 result = summary_result(end.output, spec.metric)
                 if result is not None and launched is not None:
                     result["cpu"] = launched.get("cpu")  # what the launcher saw: the CPU and torch of the run
+                    result["gpu"] = launched.get("gpu")  # and its GPUs (None on a CPU)
             scored: Outcome | None = None
             if (orchestrated and result is not None and end.exit_code == 0 and not end.over_cap
                     and result.get("model_file") == evaluate.MODEL_FILE):

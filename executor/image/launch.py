@@ -14,7 +14,7 @@ Before it replaces itself with the command (os.execvp, in /workspace), it:
     read what the base captured instead of trying to download it;
   - links each captured [data] directory (read-only, in the base at /opt/sealab/home/...) to the
     place under HOME where the repository computes it: HOME is an empty tmpfs in a sealed run;
-  - writes /out/sealab-run.json: the CPU and the torch the run had, for the record.
+  - writes /out/sealab-run.json: the CPU, the torch and the GPUs the run had, for the record.
 """
 
 import json
@@ -101,6 +101,42 @@ def cpu():
     return {"model": model, "isa": isa, "torch": torch}
 
 
+def gpus(proc="/proc/driver/nvidia", sites=SITES):
+    """The GPUs the NVIDIA container toolkit gave this container, without importing torch: their model
+    names (/proc/driver/nvidia/gpus/*/information), the driver's version, and the CUDA the base's torch
+    was built for (torch/version.py, read as text); None without a driver."""
+    try:
+        with open(os.path.join(proc, "version"), encoding="utf-8", errors="replace") as f:
+            head = f.readline()
+    except OSError:
+        return None
+    words = head.split()
+    driver = next((w for w in words if w[:1].isdigit() and w.count(".") >= 1), None)
+    names = []
+    try:
+        boards = sorted(os.listdir(os.path.join(proc, "gpus")))
+    except OSError:
+        boards = []
+    for board in boards:
+        try:
+            with open(os.path.join(proc, "gpus", board, "information"), encoding="utf-8", errors="replace") as f:
+                names += [line.split(":", 1)[1].strip() for line in f if line.startswith("Model:")]
+        except OSError:
+            continue
+    cuda = None
+    for site in sites:
+        try:
+            with open(os.path.join(site, "torch", "version.py"), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("cuda") and "=" in line:
+                        value = line.split("=", 1)[1].strip().strip("'\"")
+                        cuda = None if value == "None" else value
+            break
+        except OSError:
+            continue
+    return {"name": names[0] if names else "unknown", "count": len(names), "driver": driver, "cuda": cuda}
+
+
 def main():
     with open(SPEC, encoding="utf-8") as f:
         spec = json.load(f)
@@ -109,7 +145,7 @@ def main():
         sys.exit("sealab launcher: the run spec has no command")
     env = environment(spec, os.environ)
     link_captured(env.get("HOME", "/home/sealab"))
-    facts = {"cpu": {**cpu(), "threads": int(env["OMP_NUM_THREADS"])}, "command": argv}
+    facts = {"cpu": {**cpu(), "threads": int(env["OMP_NUM_THREADS"])}, "gpu": gpus(), "command": argv}
     try:
         with open(os.path.join("/out", RUN_FILE), "w", encoding="utf-8") as f:
             json.dump(facts, f)

@@ -37,3 +37,21 @@ def test_the_launcher_is_sealed_into_the_image_as_it_is():
     assert seal.LAUNCHER == open(launch.__file__, "rb").read()
     assert launch.cpu()["isa"].startswith(("x86-64", "aarch64", "arm"))
     assert os.path.basename(seal.LAUNCHER_PATH) == "launch.py"
+
+
+def test_the_launcher_names_the_gpus_the_toolkit_gave_without_importing_torch(tmp_path):
+    """/proc/driver/nvidia as the NVIDIA container toolkit mounts it: the board models and the driver; the CUDA
+    of the base's torch from its version.py as text. No driver: no GPU facts."""
+    proc = tmp_path / "nvidia"
+    for board, model in (("0000:18:00.0", "NVIDIA H100 80GB HBM3"), ("0000:2a:00.0", "NVIDIA H100 80GB HBM3")):
+        (proc / "gpus" / board).mkdir(parents=True)
+        (proc / "gpus" / board / "information").write_text(f"Model: \t\t {model}\nIRQ:   \t\t 17\n")
+    (proc / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.124.06  Wed Feb 26 2025\n")
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "version.py").write_text("__version__ = '2.13.0+cu130'\ncuda: Optional[str] = '13.0'\n")
+    assert launch.gpus(str(proc), (str(tmp_path / "nothing"), str(site))) == {
+        "name": "NVIDIA H100 80GB HBM3", "count": 2, "driver": "570.124.06", "cuda": "13.0"}
+    (site / "torch" / "version.py").write_text("cuda: Optional[str] = None\n")
+    assert launch.gpus(str(proc), (str(site),))["cuda"] is None
+    assert launch.gpus(str(tmp_path / "no-driver"), (str(site),)) is None

@@ -61,7 +61,10 @@ def test_summary_result_maps_autoresearch_names():
     """peak_vram_mb and num_steps become sealab's peak_memory_mb and steps, flagged as from the summary."""
     result = summary_result(BLOCK.encode(), "val_bpb")
     assert result == {"val_bpb": 0.9979, "peak_memory_mb": 45060.2, "training_seconds": 300.1,
-                      "total_seconds": 325.9, "steps": 953, "metric_source": "summary"}
+                      "total_seconds": 325.9, "steps": 953, "mfu_percent": 39.8, "tokens": 499_600_000,
+                      "tokens_per_s": 499.6e6 / 300.1, "metric_source": "summary"}
+    odd = summary_result(b"---\nval_bpb: 1.0\nmfu_percent: nan\ntotal_tokens_M: lots\ntraining_seconds: 0\n", "val_bpb")
+    assert odd == {"val_bpb": 1.0, "training_seconds": 0, "metric_source": "summary"}  # nothing made up
     assert summary_result(b"no summary here\n", "val_bpb") is None
 
 
