@@ -22,7 +22,7 @@ from rich.table import Table
 
 from executor import logs
 from executor import record as recorded
-from executor.errors import EngineUnavailable, SealabError
+from executor.errors import ConfigError, EngineUnavailable, SealabError
 from executor.types import BACKENDS, Status
 
 EXIT_FOR_STATUS = {Status.OK.value: 0, Status.REJECTED.value: 4, Status.INFRA_ERROR.value: 3}
@@ -171,6 +171,9 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, torch: str
     facts = git_source.resolve(ws.git, "HEAD")  # the commit's lock and settings, never the working tree's
     cfg = config.of_commit(facts.files, facts.sha)
     files = {f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"}
+    if source and torch == "cuda":
+        raise ConfigError("sealab base", "--torch cuda assembles the reproducible CUDA base from PyPI, --from IMAGE builds "
+                                         "on that image's own torch: give one of them")
     # what is said on the command line wins over sealab.toml: --torch cuda over [base] from, --from over [base] torch
     chosen_source = source or (None if torch == "cuda" else cfg.base_from)
     chosen_torch = torch or ("cpu" if source else cfg.torch)

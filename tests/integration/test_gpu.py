@@ -44,3 +44,20 @@ def test_a_gpu_run_on_a_host_without_one_is_a_one_line_infra_error(make_workspac
     assert "\n" not in record["reason"] and record["image_id"]  # sealed and verified; only the start was refused
     assert not (root / ".sealab" / "outputs" / record["id"] / "result.json").exists()  # train.py never ran
     assert json.loads(json.dumps(record))["run_spec"]["resources"]["gpus"] == 1
+
+
+def test_the_cuda_base_and_a_vendor_image_are_alternatives(make_workspace):
+    """`--torch cuda` with `--from IMAGE` is bad input: one line, exit 2, nothing built; a committed
+    `[base] torch` that is neither cpu nor cuda likewise."""
+    from agent.gitops import commit_file
+    from executor.git_source import open_repo
+
+    root = make_workspace()
+    proc = sealab("base", "--torch", "cuda", "--from", "debian:bookworm", cwd=root)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--torch cuda" in proc.stderr and "--from IMAGE" in proc.stderr
+    toml = (root / "sealab.toml").read_text().replace('# torch = "cuda" ', 'torch = "rocm" ')
+    commit_file(open_repo(root), "sealab.toml", toml, "an unknown torch")
+    proc = sealab("base", cwd=root)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "base.torch must be 'cpu' or 'cuda', not 'rocm'" in proc.stderr
