@@ -35,6 +35,12 @@ UV_LOCK, PYPROJECT, REQUIREMENTS = "uv.lock", "pyproject.toml", "requirements.tx
 SITE = "opt/sealab/deps"  # where the packages lie in the base; first on its PYTHONPATH
 PYTHON_VERSION = "3.11"
 PLATFORMS = (*PIP_PLATFORMS, "any")  # the tags a wheel of the base may carry
+# The environment markers of the image's interpreter (bookworm's CPython 3.11.2 on x86-64 Linux): a lock's
+# `; python_full_version >= '3.12'` entries are decided for the image, never for the host running sealab.
+IMAGE_MARKERS = {"python_version": PYTHON_VERSION, "python_full_version": "3.11.2", "implementation_name": "cpython",
+                 "implementation_version": "3.11.2", "platform_python_implementation": "CPython",
+                 "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                 "platform_release": "", "platform_version": "", "extra": ""}
 TORCH_ONLY = re.compile(r"^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pytorch-triton)$")
 Progress = Callable[[str, str], None]
 
@@ -100,7 +106,40 @@ def _uv_export(files: Mapping[str, bytes], cache_dir: Path, *, prune: bool = Tru
             raise BaseImageError("the commit's uv.lock does not match its pyproject.toml: run `uv lock` and commit "
                                  "uv.lock")
         raise BaseImageError(f"uv could not read the commit's uv.lock: {said[-1] if said else done.returncode}")
-    return _without_torch(done.stdout) if prune else done.stdout
+    return for_image(_without_torch(done.stdout) if prune else done.stdout)
+
+
+def for_image(requirements: str) -> str:
+    """The entries of hashed requirement lines whose environment marker holds in the image (IMAGE_MARKERS),
+    their markers dropped: what pip then downloads does not depend on the host's Python.
+
+    Raises:
+        BaseImageError: a marker that cannot be read.
+    """
+    kept = []
+    for block in _blocks(requirements):
+        first, _, rest = block.partition("\n")
+        continued = first.rstrip().endswith("\\")
+        head = first.rstrip().removesuffix("\\").rstrip()
+        if not marker_holds(head):
+            continue
+        spec = head.split(";", 1)[0].strip()
+        kept.append(f"{spec} \\\n{rest}" if continued else (f"{spec}\n{rest}" if rest else spec))
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def marker_holds(line: str) -> bool:
+    """Whether a requirement line's `; marker` (if any, before its --hash options) holds in the image."""
+    requirement = line.split(" --hash", 1)[0]
+    if ";" not in requirement:
+        return True
+    from packaging.markers import InvalidMarker, Marker  # the PyPA's reading of PEP 508 markers
+
+    text = requirement.split(";", 1)[1].strip()
+    try:
+        return Marker(text).evaluate(IMAGE_MARKERS)
+    except InvalidMarker as exc:
+        raise BaseImageError(f"the lock's marker {text!r} cannot be read: {exc}") from None
 
 
 def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
@@ -123,6 +162,8 @@ def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith(("#", "-")):
             continue
+        if not marker_holds(line):
+            continue
         spec = line.split("--hash", 1)[0].split(";", 1)[0].strip()
         name = re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[\s]", spec)[0]).lower()
         if not TORCH_ONLY.fullmatch(name):
@@ -130,7 +171,7 @@ def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
         if "--hash=" not in line:
             raise BaseImageError(f"requirements.txt: {spec} has no --hash; a CUDA base installs the lock's torch at its "
                                  "pins: regenerate it with hashes (uv pip compile --generate-hashes)")
-        kept.append(f"{line.split('--hash', 1)[0].strip()} " + " ".join(re.findall(r"--hash[= ]\S+", line)))
+        kept.append(f"{spec} " + " ".join(re.findall(r"--hash[= ]\S+", line)))
     return "".join(k + "\n" for k in kept)
 
 
@@ -168,6 +209,8 @@ def _requirements(text: str, digest: str) -> Locked:
                 continue  # where to look is pip's business; the hashes say what is accepted
             raise BaseImageError(f"requirements.txt: `{line[:60]}` is not a pinned requirement; sealab reads only "
                                  "`name==version --hash=sha256:...` lines (uv pip compile --generate-hashes)")
+        if not marker_holds(line):
+            continue  # not for the image's Python or platform
         spec = line.split("--hash", 1)[0].split(";", 1)[0].strip()
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*===?\s*([^\s,;]+)", spec)
         if match is None:

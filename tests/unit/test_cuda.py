@@ -45,6 +45,8 @@ def test_a_lock_that_pins_torch_gives_its_own_torch_at_its_pins(tmp_path):
     assert "torch" in own and any(name.startswith("nvidia-") for name in own)
     assert not set(own) & rest
     assert all("--hash=sha256:" in entry for entry in own.values())
+    assert len(wanted.packages) == len(own)  # one version each: the lock's markers decided for the image's Python
+    assert ";" not in wanted.requirements
 
 
 def test_a_requirements_txt_torch_without_hash_is_refused_in_one_line(tmp_path):

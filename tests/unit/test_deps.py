@@ -94,3 +94,21 @@ def test_a_wheel_s_record_names_no_host_path_once_installed():
     record = (b"idna/__init__.py,sha256=abc,849\nidna-3.20.dist-info/direct_url.json,sha256=xyz,277\n"
               b"../../../bin/idna,sha256=q,10\nidna-3.20.dist-info/RECORD,,\n")
     assert _without_scripts(record) == b"idna/__init__.py,sha256=abc,849\nidna-3.20.dist-info/RECORD,,\n"
+
+
+def test_markers_are_decided_for_the_image_not_for_the_host():
+    """A lock's entries for another Python or platform are left out, whatever Python runs sealab; the rest lose
+    their markers (pip then decides nothing by the host). A marker that cannot be read is one line."""
+    text = ("networkx==3.6.1 ; python_full_version < '3.12' \\\n    --hash=sha256:" + "1" * 64 + "\n"
+            "networkx==3.7 ; python_full_version >= '3.12' \\\n    --hash=sha256:" + "2" * 64 + "\n"
+            "pywin32==311 ; sys_platform == 'win32' \\\n    --hash=sha256:" + "3" * 64 + "\n"
+            "triton==3.7.1 ; platform_machine == 'x86_64' and sys_platform == 'linux' \\\n    --hash=sha256:" + "4" * 64
+            + "\n")
+    assert deps.for_image(text) == ("networkx==3.6.1 \\\n    --hash=sha256:" + "1" * 64 + "\n"
+                                    "triton==3.7.1 \\\n    --hash=sha256:" + "4" * 64 + "\n")
+    hashed = "--hash=sha256:" + "a" * 64
+    locked = deps._requirements(f"idna==3.20 ; python_version >= '3.12' {hashed}\nidna==3.10 ; python_version < '3.12' "
+                                f"{hashed}\n", SHA)
+    assert locked.packages == ["idna==3.10"]
+    with pytest.raises(BaseImageError, match="cannot be read"):
+        deps.for_image("idna==3.10 ; python_version >>> '3' \\\n    " + hashed + "\n")
