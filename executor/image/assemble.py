@@ -159,7 +159,11 @@ def assemble(*, rootfs_tar: Path, wheels: Sequence[Path], prepare_data: Path, wo
                                 USER_DIRS)):
         tree = work / f"{name}-tree"
         shutil.rmtree(tree, ignore_errors=True)
+        if name == "torch":
+            progress("assemble", f"torch layer: installing {len(wheels)} wheels "
+                                 f"({sum(w.stat().st_size for w in wheels) / 1e6:.0f} MB) and compiling their .pyc")
         make(tree)
+        progress("assemble", f"{name} layer: writing the tar")
         path = work / f"{name}.tar"
         with path.open("wb") as fh:
             diff = write_layer(tree_entries(tree, owners), fh)

@@ -347,6 +347,7 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
         archive = work / "base.tar"
         with archive.open("wb") as fh:
             write_archive(fh, config, layers, tag)
+        progress("assemble", f"loading {image_id[:19]} into the engine ({archive.stat().st_size / 1e6:.0f} MB)")
         with archive.open("rb") as fh:
             load_stream(api, fh)
     finally:
