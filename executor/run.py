@@ -102,6 +102,9 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     log = structlog.get_logger().bind(experiment_id=eid, commit=facts.sha[:12])
     for line in describe(drift):
         log.warning("drift", change=line, note="the run uses the commit, not the working tree")
+    if spec.resources.gpus > 0 and (base.torch or "").endswith("+cpu"):
+        log.warning("cpu_torch", gpus=spec.resources.gpus, torch=base.torch,
+                    note="the base's torch cannot use a GPU: the run trains on the CPU; `sealab base --torch cuda`")
     out_dir, log_path = ws.outputs / eid, ws.logs / f"{eid}.log"
     ledger.begin(ExperimentRecord(
         id=eid, commit=facts.sha, status=Status.RUNNING, parent=facts.parent, tree=facts.tree,

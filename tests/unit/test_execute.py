@@ -154,3 +154,25 @@ def test_a_commit_without_sealab_toml_is_a_workspace_error(setup):
     with pytest.raises(WorkspaceError, match="has no sealab.toml"):
         execute(ws, sha, engine, ledger, backend=backend)
     assert ledger.records() == []
+
+
+def test_a_gpu_run_on_a_cpu_torch_base_is_warned_about(setup):
+    """gpus = 1 on a base whose torch is a CPU build: the GPU would sit idle, so the run says so (and runs)."""
+    import dataclasses
+
+    from structlog.testing import capture_logs
+
+    from agent.gitops import commit_file, set_constant
+
+    ws, ledger, engine, backend, commit = setup
+    ledger.set_base(dataclasses.replace(engine.base, torch="2.13.0+cpu"))
+    commit_file(ws.git, "sealab.toml", set_constant((ws.root / "sealab.toml").read_text(), "gpus", "1"),
+                "one GPU")
+    with capture_logs() as logs:
+        execute(ws, commit("\nX = 1\n"), engine, ledger, backend=backend)
+    warned = [e for e in logs if e["event"] == "cpu_torch"]
+    assert len(warned) == 1 and warned[0]["torch"] == "2.13.0+cpu" and "--torch cuda" in warned[0]["note"]
+    ledger.set_base(dataclasses.replace(engine.base, torch="2.13.0"))
+    with capture_logs() as logs:
+        execute(ws, commit("\nX = 2\n"), engine, ledger, backend=backend)
+    assert not [e for e in logs if e["event"] == "cpu_torch"]
