@@ -58,7 +58,12 @@ def requirements(files: Mapping[str, bytes] | None, cache_dir: Path,
         if pinned_torch(own) is None:
             raise BaseImageError(f"{locked.source} pins torch {locked.torch} but sealab found no hashed torch line in "
                                  "it: regenerate it with hashes (uv lock, or uv pip compile --generate-hashes)")
-        return deps.Locked(f"{locked.source} (its torch)", "sha256:" + sha256_hex(own.encode()), own, pinned_torch(own))
+        names = {re.sub(r"[-_.]+", "-", re.split(r"[=\s;\[]", line)[0]).lower()
+                 for line in own.splitlines() if line and not line[0].isspace()}
+        indexes = (deps.lock_indexes(files, names) if deps.UV_LOCK in files
+                   else deps.requirement_indexes(files.get(deps.REQUIREMENTS, b"").decode(errors="replace")))
+        return deps.Locked(f"{locked.source} (its torch)", "sha256:" + sha256_hex(own.encode()), own, pinned_torch(own),
+                           indexes)
     text = default_requirements()
     return deps.Locked(f"{DEFAULT.name} (sealab's pinned CUDA torch)", "sha256:" + sha256_hex(text.encode()), text,
                        pinned_torch(text))

@@ -53,6 +53,7 @@ class Locked:
     digest: str  # "sha256:<hex>" over the lock files' bytes (lock_digest)
     requirements: str  # hashed requirement lines, torch and its accelerator libraries left out
     torch: str | None  # the torch version the lock pins, or None when it has no torch
+    indexes: tuple[str, ...] = ()  # package indexes the lock names beside pip's own (a CUDA torch's, e.g.)
 
     @property
     def packages(self) -> list[str]:
@@ -82,7 +83,9 @@ def lock_of(files: Mapping[str, bytes], cache_dir: Path) -> Locked | None:
     if UV_LOCK in files:
         if PYPROJECT not in files:
             raise BaseImageError("the commit has uv.lock but no pyproject.toml: commit both (uv export needs them)")
-        return Locked(UV_LOCK, digest, _uv_export(files, cache_dir), _uv_torch(files[UV_LOCK]))
+        requirements = _uv_export(files, cache_dir)
+        return Locked(UV_LOCK, digest, requirements, _uv_torch(files[UV_LOCK]),
+                      lock_indexes(files, {_block_name(b) for b in _blocks(requirements)}))
     return _requirements(files[REQUIREMENTS].decode(errors="replace"), digest)
 
 
@@ -175,6 +178,27 @@ def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
     return "".join(k + "\n" for k in kept)
 
 
+def lock_indexes(files: Mapping[str, bytes], names: set[str]) -> tuple[str, ...]:
+    """The registries uv.lock says the packages `names` come from (`source = { registry = URL }`), e.g. the
+    PyTorch index of a `torch==2.9.1+cu128`; pip looks there too. Empty for requirements.txt: its own
+    `--index-url`/`--extra-index-url` lines are read by torch_indexes."""
+    if UV_LOCK not in files:
+        return ()
+    try:
+        packages = tomllib.loads(files[UV_LOCK].decode()).get("package", [])
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BaseImageError(f"the commit's uv.lock is not valid TOML: {exc}") from None
+    found = {str((p.get("source") or {}).get("registry")) for p in packages
+             if re.sub(r"[-_.]+", "-", str(p.get("name", ""))).lower() in names
+             and isinstance(p.get("source"), dict) and (p.get("source") or {}).get("registry")}
+    return tuple(sorted(found))
+
+
+def requirement_indexes(text: str) -> tuple[str, ...]:
+    """The `--index-url`/`--extra-index-url` URLs a requirements.txt names (pure)."""
+    return tuple(sorted(set(re.findall(r"^\s*(?:--index-url|--extra-index-url|-i)[=\s]+(\S+)", text, re.MULTILINE))))
+
+
 def _blocks(requirements: str) -> list[str]:
     """A requirements text's entries: each first line with its indented continuation lines."""
     return [b for b in re.split(r"\n(?=\S)", requirements.strip()) if b and not b.startswith("#")]
@@ -206,7 +230,7 @@ def _requirements(text: str, digest: str) -> Locked:
             continue
         if line.startswith("-"):
             if line.split()[0] in ("--index-url", "-i", "--extra-index-url", "--find-links", "-f"):
-                continue  # where to look is pip's business; the hashes say what is accepted
+                continue  # where to look: the indexes are looked at too (requirement_indexes); the hashes decide
             raise BaseImageError(f"requirements.txt: `{line[:60]}` is not a pinned requirement; sealab reads only "
                                  "`name==version --hash=sha256:...` lines (uv pip compile --generate-hashes)")
         if not marker_holds(line):
@@ -225,7 +249,7 @@ def _requirements(text: str, digest: str) -> Locked:
                                  "hashes (uv pip compile --generate-hashes) or commit uv.lock")
         hashes = re.findall(r"--hash[= ](\S+)", line)
         kept.append(f"{spec} \\\n" + " \\\n".join(f"    --hash={h}" for h in hashes))
-    return Locked(REQUIREMENTS, digest, "\n".join(kept) + ("\n" if kept else ""), torch)
+    return Locked(REQUIREMENTS, digest, "\n".join(kept) + ("\n" if kept else ""), torch, requirement_indexes(text))
 
 
 def _without_torch(requirements: str) -> str:
@@ -277,7 +301,7 @@ def fetch(locked: Locked, cache_dir: Path, progress: Progress, *, kind: str = "d
     if not locked.requirements.strip():
         return []
     key = sha256_hex(canonical_json({"requirements": locked.requirements, "python": PYTHON_VERSION,
-                                     "platforms": list(PLATFORMS)}))[:16]
+                                     "platforms": list(PLATFORMS), "indexes": list(locked.indexes)}))[:16]
     store = cache_dir / kind / key
     listing = store / "wheels.json"
     if listing.is_file():
@@ -294,12 +318,13 @@ def fetch(locked: Locked, cache_dir: Path, progress: Progress, *, kind: str = "d
         argv = [sys.executable, "-m", "pip", "download", "--require-hashes", "--no-deps", "--only-binary=:all:",
                 "--python-version", PYTHON_VERSION, "--implementation", "cp", "--dest", str(tmp / "wheels"),
                 "--progress-bar", "off", "--disable-pip-version-check", "--retries", "2", "--timeout", "60",
-                *(a for p in PLATFORMS for a in ("--platform", p)), "-r", str(tmp / "requirements.txt")]
+                *(a for p in PLATFORMS for a in ("--platform", p)),
+                *(a for url in locked.indexes for a in ("--extra-index-url", url)), "-r", str(tmp / "requirements.txt")]
         started = time.monotonic()
         code, log = _streamed(argv, {**os.environ, "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""},
                               lambda line: progress(kind, line))
         if code != 0:
-            raise BaseImageError(pip_failure(log, locked.source), log[-4000:])
+            raise BaseImageError(pip_failure(log, locked.source, locked.indexes), log[-4000:])
         names = sorted(p.name for p in (tmp / "wheels").glob("*.whl"))
         (tmp / "wheels" / "wheels.json").write_text(json.dumps(names, indent=1) + "\n")
         shutil.rmtree(store, ignore_errors=True)
@@ -329,8 +354,15 @@ def _streamed(argv: Sequence[str], env: Mapping[str, str], on_line: Callable[[st
     return code, "\n".join(tail)
 
 
-def pip_failure(log: str, source: str) -> str:
+def pip_failure(log: str, source: str, indexes: Sequence[str] = ()) -> str:
     """pip download's failure as one line naming the package and what to do (pure)."""
+    unreachable = [url for url in indexes if _host(url) and _host(url) in log and any(
+        sign in log for sign in ("NewConnectionError", "Failed to establish a new connection", "Max retries exceeded",
+                                 "Temporary failure in name resolution", "Name or service not known",
+                                 "Could not fetch URL", "ConnectTimeout", "ReadTimeout"))]
+    if unreachable:
+        return (f"{source}: pip could not reach {unreachable[0]}, the index the lock takes torch from: run `sealab base` "
+                "where it answers, or pin a torch that PyPI serves (its Linux wheel is the CUDA build) and run `uv lock`")
     missing = re.search(r"No matching distribution found for (\S+)", log)
     if missing:
         return (f"{source}: no wheel of {missing[1]} for Python {PYTHON_VERSION} on manylinux x86_64 (sealed runs "
@@ -343,6 +375,11 @@ def pip_failure(log: str, source: str) -> str:
         return f"{source}: a downloaded wheel does not match its hash in the lock; regenerate the lock and commit it"
     errors = [line.removeprefix("ERROR: ") for line in log.splitlines() if line.startswith("ERROR:")]
     return f"pip could not download the wheels of {source}: {errors[-1] if errors else log.strip()[-200:]}"
+
+
+def _host(url: str) -> str:
+    match = re.match(r"^[a-z+]+://([^/:]+)", url)
+    return match[1] if match else ""
 
 
 def install(wheels: Sequence[Path], tree: Path) -> None:

@@ -112,3 +112,41 @@ def test_markers_are_decided_for_the_image_not_for_the_host():
     assert locked.packages == ["idna==3.10"]
     with pytest.raises(BaseImageError, match="cannot be read"):
         deps.for_image("idna==3.10 ; python_version >>> '3' \\\n    " + hashed + "\n")
+
+
+def test_the_index_a_lock_takes_torch_from_is_looked_at_and_named_when_unreachable():
+    """uv.lock's `source = { registry = … }` of the packages asked for (autoresearch's torch comes from the PyTorch
+    cu128 index); a requirements.txt's index lines; and a pip failure to reach such an index, said in one line."""
+    lock = b'''version = 1
+[[package]]
+name = "torch"
+version = "2.9.1+cu128"
+source = { registry = "https://download.pytorch.org/whl/cu128" }
+[[package]]
+name = "Nvidia_NCCL-cu12"
+version = "2.27.5"
+source = { registry = "https://pypi.example/simple" }
+[[package]]
+name = "tqdm"
+version = "4.70.1"
+source = { registry = "https://mirror.example/simple" }
+[[package]]
+name = "local-thing"
+version = "0.1"
+source = { editable = "." }
+'''
+    files = {"uv.lock": lock, "pyproject.toml": b"[project]\n"}
+    assert deps.lock_indexes(files, {"torch", "nvidia-nccl-cu12", "local-thing"}) == (
+        "https://download.pytorch.org/whl/cu128", "https://pypi.example/simple")
+    assert deps.lock_indexes({"requirements.txt": b""}, {"torch"}) == ()
+    assert deps.requirement_indexes("--index-url https://a.example/simple\n--extra-index-url=https://b.example/x\n"
+                                    "idna==3.10\n") == ("https://a.example/simple", "https://b.example/x")
+    log = ("WARNING: Retrying (Retry(total=1...)) after connection broken by 'NewConnectionError(\"Failed to establish "
+           "a new connection: [Errno -2] Name or service not known\")': /whl/cu128/torch/\n"
+           "ERROR: Could not find a version that satisfies the requirement torch==2.9.1+cu128\n"
+           "ERROR: No matching distribution found for torch==2.9.1+cu128\n"
+           "Could not fetch URL https://download.pytorch.org/whl/cu128/torch/: connection error\n")
+    said = deps.pip_failure(log, "uv.lock (its torch)", ("https://download.pytorch.org/whl/cu128",))
+    assert said.startswith("uv.lock (its torch): pip could not reach https://download.pytorch.org/whl/cu128")
+    assert "uv lock" in said and "\n" not in said
+    assert "no wheel of torch==2.9.1+cu128" in deps.pip_failure(log, "uv.lock", ())  # no index of its own: as before
