@@ -342,8 +342,8 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
     work = Path(tempfile.mkdtemp(prefix="sealab-assemble-", dir=_tmp_dir(cache_dir)))
     try:
         image_id, config, layers = assemble.assemble(
-            rootfs_tar=tar, wheels=[w.path for w in sorted(wheels, key=lambda w: w.name)], prepare_data=prepare_data, work=work,
-            labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
+            rootfs_tar=tar, wheels=[w.path for w in sorted(wheels, key=lambda w: w.name)],  # any order in, one out
+            prepare_data=prepare_data, work=work, labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
         archive = work / "base.tar"
         with archive.open("wb") as fh:
             write_archive(fh, config, layers, tag)

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 from executor.errors import BaseImageError
 from executor.image import deps
-from executor.types import canonical_json, sha256_hex
+from executor.types import sha256_hex
 
 DEFAULT = Path(__file__).with_name("torch-cuda.txt")
 TORCHES = ("cpu", "cuda")  # [base] torch
@@ -83,7 +83,3 @@ def cuda_version(wheels: Sequence[Path]) -> str | None:
     match = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
     return match[1] if match else None
 
-
-def recipe_key(wheels: Sequence[tuple[str, str]]) -> str:
-    """A short digest of (name, sha256) pairs, in any order (pure): the same set, the same key."""
-    return sha256_hex(canonical_json(sorted([n, d] for n, d in wheels)))[:16]

@@ -13,10 +13,8 @@ base as in the CPU base.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
