@@ -479,6 +479,11 @@ def cuda_wheels(files: Mapping[str, bytes] | None, cache_dir: Path, locked: deps
     hashes = _HashCache(cache_dir / "wheels" / "sha256.json")
     wheels = sorted((Wheel(p.name, p, hashes.sha256(p)) for p in fetched), key=lambda w: w.name)
     hashes.save()
+    allowed = set(re.findall(r"--hash[= ]sha256:([0-9a-f]{64})", wanted.requirements))
+    for wheel in wheels:  # pip checked them when it downloaded them; the cache may have changed since
+        if wheel.sha256 not in allowed:
+            raise BaseImageError(f"the cached wheel {wheel.path} has sha256 {wheel.sha256[:16]}…, which {wanted.source} "
+                                 f"does not list: delete {wheel.path.parent} and run `sealab base` again")
     if not any(w.name.startswith("torch-") for w in wheels):
         raise BaseImageError(f"{wanted.source} brought no torch wheel")
     return wheels

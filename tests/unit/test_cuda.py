@@ -118,3 +118,27 @@ def test_gpu_facts_are_kept_short_and_typed():
     assert kept == {"name": "NVIDIA H100 80GB HBM3", "count": 1, "capability": "9.0", "memory_mb": 81_559,
                     "cuda": "13.0", "driver": "570.124.06", "driver_cuda": "12.8"}
     assert gpu_of({"gpu": {"name": "x" * 999, "count": True}}) == {"name": "x" * 200}
+
+
+def test_a_cached_wheel_that_changed_since_its_download_is_refused(tmp_path, monkeypatch):
+    """The CUDA wheels are checked against the pinned hashes each time they are used, not only when pip
+    downloaded them: a cached file that changed is named, with what to do."""
+    import hashlib
+
+    from executor.image import base
+
+    store = tmp_path / "torch-cuda" / "k"
+    store.mkdir(parents=True)
+    good, bad = store / "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl", store / "numpy-2.4.6-cp311.whl"
+    good.write_bytes(b"torch bytes")
+    bad.write_bytes(b"numpy bytes, changed")
+    wanted = deps.Locked("test.txt", "sha256:" + "0" * 64,
+                         f"torch==2.13.0 \\\n    --hash=sha256:{hashlib.sha256(b'torch bytes').hexdigest()}\n"
+                         f"numpy==2.4.6 \\\n    --hash=sha256:{hashlib.sha256(b'numpy bytes').hexdigest()}\n", "2.13.0")
+    monkeypatch.setattr(cuda, "requirements", lambda files, cache_dir, locked=None: wanted)
+    monkeypatch.setattr(deps, "fetch", lambda locked, cache_dir, progress, kind: [good, bad])
+    with pytest.raises(BaseImageError) as info:
+        base.cuda_wheels(None, tmp_path, None, lambda step, detail: None)
+    assert str(bad) in str(info.value) and "does not list" in str(info.value) and f"delete {store}" in str(info.value)
+    bad.write_bytes(b"numpy bytes")
+    assert [w.name for w in base.cuda_wheels(None, tmp_path, None, lambda step, detail: None)] == [bad.name, good.name]
