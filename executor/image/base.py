@@ -343,7 +343,8 @@ def _assembled(api: Any, cache_dir: Path, sources: Path, wheels: Sequence[Wheel]
     try:
         image_id, config, layers = assemble.assemble(
             rootfs_tar=tar, wheels=[w.path for w in sorted(wheels, key=lambda w: w.name)],  # any order in, one out
-            prepare_data=prepare_data, work=work, labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE}, progress=progress)
+            prepare_data=prepare_data, work=work, labels={LABEL_RECIPE: recipe, LABEL_SOURCE: OFFLINE_SOURCE},
+            progress=progress)
         archive = work / "base.tar"
         with archive.open("wb") as fh:
             write_archive(fh, config, layers, tag)

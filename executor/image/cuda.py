@@ -54,13 +54,11 @@ def requirements(files: Mapping[str, bytes] | None, cache_dir: Path,
     files = files or {}
     locked = locked if locked is not None else (deps.lock_of(files, cache_dir) if files else None)
     if locked is not None and locked.torch is not None:
-        own = deps.torch_requirements(files, cache_dir)
+        own = deps.torch_requirements(files, cache_dir, locked)
         if pinned_torch(own) is None:
             raise BaseImageError(f"{locked.source} pins torch {locked.torch} but sealab found no hashed torch line in "
                                  "it: regenerate it with hashes (uv lock, or uv pip compile --generate-hashes)")
-        names = {re.sub(r"[-_.]+", "-", re.split(r"[=\s;\[]", line)[0]).lower()
-                 for line in own.splitlines() if line and not line[0].isspace()}
-        indexes = (deps.lock_indexes(files, names) if deps.UV_LOCK in files
+        indexes = (deps.lock_indexes(files, deps.names(own)) if deps.UV_LOCK in files
                    else deps.requirement_indexes(files.get(deps.REQUIREMENTS, b"").decode(errors="replace")))
         return deps.Locked(f"{locked.source} (its torch)", "sha256:" + sha256_hex(own.encode()), own, pinned_torch(own),
                            indexes)

@@ -85,7 +85,7 @@ def lock_of(files: Mapping[str, bytes], cache_dir: Path) -> Locked | None:
             raise BaseImageError("the commit has uv.lock but no pyproject.toml: commit both (uv export needs them)")
         requirements = _uv_export(files, cache_dir)
         return Locked(UV_LOCK, digest, requirements, _uv_torch(files[UV_LOCK]),
-                      lock_indexes(files, {_block_name(b) for b in _blocks(requirements)}))
+                      lock_indexes(files, names(requirements)))
     return _requirements(files[REQUIREMENTS].decode(errors="replace"), digest)
 
 
@@ -98,8 +98,8 @@ def _uv_export(files: Mapping[str, bytes], cache_dir: Path, *, prune: bool = Tru
         for name in (PYPROJECT, UV_LOCK):
             (Path(tmp) / name).write_bytes(files[name])
         argv = [find_uv_bin(), "export", "--locked", "--offline", "--no-dev", "--no-emit-project",
-                *(("--prune", "torch") if prune else ()), "--format", "requirements-txt", "--no-header", "--no-annotate", "--python", sys.executable,
-                "--no-python-downloads", "--quiet"]
+                *(("--prune", "torch") if prune else ()), "--format", "requirements-txt", "--no-header",
+                "--no-annotate", "--python", sys.executable, "--no-python-downloads", "--quiet"]
         done = subprocess.run(argv, cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, "UV_CACHE_DIR": str(cache_dir / "uv")})
     if done.returncode != 0:
@@ -145,31 +145,24 @@ def marker_holds(line: str) -> bool:
         raise BaseImageError(f"the lock's marker {text!r} cannot be read: {exc}") from None
 
 
-def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
+def torch_requirements(files: Mapping[str, bytes], cache_dir: Path, locked: Locked) -> str:
     """The hashed requirement lines of the lock's torch and of what only torch needs (its CUDA libraries,
     triton, …): what a CUDA base installs as its torch layer at the lock's pins. Empty when the lock
-    pins no torch; requirements.txt: its torch-only lines, each of which must carry --hash.
+    pins no torch; requirements.txt: its torch-only lines, each of which must carry --hash. `locked` is
+    lock_of(files): its requirements are the rest of the lock, exported once.
 
     Raises:
         BaseImageError: as lock_of, or a requirements.txt torch line without --hash.
     """
     if UV_LOCK in files and PYPROJECT in files:
-        full, pruned = _uv_export(files, cache_dir, prune=False), _uv_export(files, cache_dir)
-        others = {_block_name(b) for b in _blocks(pruned)}
-        return "".join(b + "\n" for b in _blocks(full) if _block_name(b) not in others)
+        others = names(locked.requirements)
+        return "".join(b + "\n" for b in _blocks(_uv_export(files, cache_dir, prune=False))
+                       if _block_name(b) not in others)
     if REQUIREMENTS not in files:
         return ""
-    logical = re.sub(r"\\\r?\n", " ", files[REQUIREMENTS].decode(errors="replace"))
     kept = []
-    for raw in logical.splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith(("#", "-")):
-            continue
-        if not marker_holds(line):
-            continue
-        spec = line.split("--hash", 1)[0].split(";", 1)[0].strip()
-        name = re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[\s]", spec)[0]).lower()
-        if not TORCH_ONLY.fullmatch(name):
+    for line, spec in _requirement_lines(files[REQUIREMENTS].decode(errors="replace")):
+        if not TORCH_ONLY.fullmatch(package_name(re.split(r"[=<>!~\[\s]", spec)[0])):
             continue
         if "--hash=" not in line:
             raise BaseImageError(f"requirements.txt: {spec} has no --hash; a CUDA base installs the lock's torch at its "
@@ -178,10 +171,10 @@ def torch_requirements(files: Mapping[str, bytes], cache_dir: Path) -> str:
     return "".join(k + "\n" for k in kept)
 
 
-def lock_indexes(files: Mapping[str, bytes], names: set[str]) -> tuple[str, ...]:
-    """The registries uv.lock says the packages `names` come from (`source = { registry = URL }`), e.g. the
+def lock_indexes(files: Mapping[str, bytes], wanted: set[str]) -> tuple[str, ...]:
+    """The registries uv.lock says the packages `wanted` come from (`source = { registry = URL }`), e.g. the
     PyTorch index of a `torch==2.9.1+cu128`; pip looks there too. Empty for requirements.txt: its own
-    `--index-url`/`--extra-index-url` lines are read by torch_indexes."""
+    `--index-url`/`--extra-index-url` lines are read by requirement_indexes."""
     if UV_LOCK not in files:
         return ()
     try:
@@ -189,7 +182,7 @@ def lock_indexes(files: Mapping[str, bytes], names: set[str]) -> tuple[str, ...]
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BaseImageError(f"the commit's uv.lock is not valid TOML: {exc}") from None
     found = {str((p.get("source") or {}).get("registry")) for p in packages
-             if re.sub(r"[-_.]+", "-", str(p.get("name", ""))).lower() in names
+             if package_name(str(p.get("name", ""))) in wanted
              and isinstance(p.get("source"), dict) and (p.get("source") or {}).get("registry")}
     return tuple(sorted(found))
 
@@ -205,7 +198,17 @@ def _blocks(requirements: str) -> list[str]:
 
 
 def _block_name(block: str) -> str:
-    return re.sub(r"[-_.]+", "-", re.split(r"[=\s;\[]", block)[0]).lower()
+    return package_name(re.split(r"[=\s;\[]", block)[0])
+
+
+def package_name(name: str) -> str:
+    """A package's name as PEP 503 normalises it (`Nvidia_NCCL-cu12` → `nvidia-nccl-cu12`; pure)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def names(requirements: str) -> set[str]:
+    """The normalised names of the entries of requirement lines (pure)."""
+    return {_block_name(b) for b in _blocks(requirements)}
 
 
 def _uv_torch(lock: bytes) -> str | None:
@@ -220,11 +223,15 @@ def _uv_torch(lock: bytes) -> str | None:
     return versions[0] if versions else None
 
 
-def _requirements(text: str, digest: str) -> Locked:
-    """A hashed requirements.txt (pip's format: `\\` continues a line) as a Locked."""
-    logical = re.sub(r"\\\r?\n", " ", text)
-    kept, torch = [], None
-    for raw in logical.splitlines():
+def _requirement_lines(text: str) -> list[tuple[str, str]]:
+    """(line, spec) of each requirement of a requirements.txt (pip's format: `\\` continues a line) whose
+    marker holds in the image; `spec` is the line without its marker and hashes.
+
+    Raises:
+        BaseImageError: an option other than where to look for packages.
+    """
+    out = []
+    for raw in re.sub(r"\\\r?\n", " ", text).splitlines():
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -233,14 +240,20 @@ def _requirements(text: str, digest: str) -> Locked:
                 continue  # where to look: the indexes are looked at too (requirement_indexes); the hashes decide
             raise BaseImageError(f"requirements.txt: `{line[:60]}` is not a pinned requirement; sealab reads only "
                                  "`name==version --hash=sha256:...` lines (uv pip compile --generate-hashes)")
-        if not marker_holds(line):
-            continue  # not for the image's Python or platform
-        spec = line.split("--hash", 1)[0].split(";", 1)[0].strip()
+        if marker_holds(line):  # else not for the image's Python or platform
+            out.append((line, line.split("--hash", 1)[0].split(";", 1)[0].strip()))
+    return out
+
+
+def _requirements(text: str, digest: str) -> Locked:
+    """A hashed requirements.txt as a Locked."""
+    kept, torch = [], None
+    for line, spec in _requirement_lines(text):
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*===?\s*([^\s,;]+)", spec)
         if match is None:
             raise BaseImageError(f"requirements.txt: {spec!r} is not pinned with ==; pin every package "
                                  "(uv pip compile --generate-hashes)")
-        name = re.sub(r"[-_.]+", "-", match[1]).lower()
+        name = package_name(match[1])
         if TORCH_ONLY.fullmatch(name):
             torch = match[3] if name == "torch" else torch
             continue
@@ -319,7 +332,8 @@ def fetch(locked: Locked, cache_dir: Path, progress: Progress, *, kind: str = "d
                 "--python-version", PYTHON_VERSION, "--implementation", "cp", "--dest", str(tmp / "wheels"),
                 "--progress-bar", "off", "--disable-pip-version-check", "--retries", "2", "--timeout", "60",
                 *(a for p in PLATFORMS for a in ("--platform", p)),
-                *(a for url in locked.indexes for a in ("--extra-index-url", url)), "-r", str(tmp / "requirements.txt")]
+                *(a for url in locked.indexes for a in ("--extra-index-url", url)),
+                "-r", str(tmp / "requirements.txt")]
         started = time.monotonic()
         code, log = _streamed(argv, {**os.environ, "PIP_FIND_LINKS": "", "PIP_NO_INDEX": ""},
                               lambda line: progress(kind, line))
@@ -385,6 +399,6 @@ def _host(url: str) -> str:
 def install(wheels: Sequence[Path], tree: Path) -> None:
     """Install the wheels under tree/opt/sealab/deps as they will lie in the image (no network, no
     compile, reproducible .pyc files: assemble.install_wheels)."""
-    from executor.image.assemble import install_wheels  # noqa: PLC0415 (kept local as before)
+    from executor.image.assemble import install_wheels
 
     install_wheels(wheels, tree, SITE)
