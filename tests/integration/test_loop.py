@@ -96,6 +96,12 @@ def test_linter_during_run_never_reaches_a_commit(make_workspace, engine):
     mutations = []
 
     def linter():
+        # `sealab run` refuses a dirty tree at its start, so the linter begins once the run's branch is
+        # checked out (a slow start would otherwise meet the linter's first write)
+        head = root / ".git" / "HEAD"
+        while head.read_text().strip() != "ref: refs/heads/sealab/lint":
+            if stop.wait(0.02):
+                return
         rng = random.Random(7)
         while not stop.wait(rng.uniform(0.5, 3.0)):
             path = root / "train.py"
