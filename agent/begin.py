@@ -10,7 +10,7 @@ from agent import branch, decisions, gate, run_state
 from agent.context import Context
 from agent.drift_guard import guard
 from agent.run_state import RunState
-from agent.stopped import LoopStopped
+from agent.stopped import LoopStopped, RunRefused
 from executor import git_source
 from executor.record import ExperimentRecord
 from executor.types import Status
@@ -19,15 +19,15 @@ from executor.types import Status
 def start(ctx: Context, tag: str) -> RunState:
     """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
     if ctx.ledger.run_state(tag) is not None:
-        raise LoopStopped(f"a run tagged {tag!r} exists; use --resume or another --tag")
+        raise RunRefused(f"a run tagged {tag!r} exists; use --resume or another --tag")
     if git_source.is_dirty(ctx.repo):
-        raise LoopStopped("the working tree has uncommitted changes; commit or stash them before `sealab run`")
+        raise RunRefused("the working tree has uncommitted changes; commit or stash them before `sealab run`")
     head = git_source.head_commit(ctx.repo)
     if head is None:
-        raise LoopStopped("HEAD has no commit yet; commit the research files before `sealab run`")
+        raise RunRefused("HEAD has no commit yet; commit the research files before `sealab run`")
     state = RunState(tag=tag, branch=f"sealab/{tag}", start_commit=head, best_commit=head)
     if branch.tip(ctx, state) is not None:
-        raise LoopStopped(f"branch {state.branch} exists already; use another --tag")
+        raise RunRefused(f"branch {state.branch} exists already; use another --tag")
     ctx.save(state)  # first: a kill after the branch exists can be resumed
     branch.create(ctx, state, head)
     return state
@@ -37,11 +37,11 @@ def resume(ctx: Context, tag: str) -> RunState:
     """The run `tag` as it was saved, its undecided commits settled, its branch checked out at the best.
 
     Raises:
-        LoopStopped: no such run, or its branch is at a commit the run never made.
+        RunRefused: no such run. LoopStopped: its branch is at a commit the run never made.
     """
     state = run_state.load(ctx.ledger, tag)
     if state is None:
-        raise LoopStopped(f"no run tagged {tag!r} to resume")
+        raise RunRefused(f"no run tagged {tag!r} to resume")
     guard(ctx, state, "resume", branch.resumable_tip(ctx, state))
     gate.adopt(ctx, state)
     if state.pending and _settle_pending(ctx, state, state.pending):

@@ -1,4 +1,4 @@
-"""Why a run stops: the loop's stop error (exit 4), the policy's check of the committed run spec, and
+"""Why a run stops: the loop's stop error (exit 4; a run refused at its start as asked: exit 2), the policy's check of the committed run spec, and
 the stop conditions (limits of experiments, hours, cost, crashes in a row, plateau)."""
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ from policies import check_run_spec, should_stop
 
 class LoopStopped(SealabError):
     exit_code = 4
+
+
+class RunRefused(LoopStopped):
+    """A run that cannot begin as asked (a tag that exists or does not, a dirty tree, no commit): bad
+    input, exit 2, and nothing was changed."""
+
+    exit_code = 2
 
 
 def check_spec(policy: Any, spec: RunSpec) -> None:

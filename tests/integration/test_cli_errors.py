@@ -64,3 +64,19 @@ def test_exec_without_base(tmp_path, engine):
     """exec before any base was built says to run `sealab base`."""
     sealab("init", str(tmp_path / "ws"), check=True)
     assert_one_line_error(sealab("exec", cwd=tmp_path / "ws"), 3, "run `sealab base` first")
+
+
+@pytest.mark.docker
+def test_run_refused_at_its_start_is_bad_input(tmp_path, engine):
+    """`run --resume` of a tag that never ran, and `run` on a dirty tree, are bad input (exit 2), not a
+    stopped run (exit 4); nothing is created."""
+    sealab("init", str(tmp_path / "ws"), check=True)
+    ws = tmp_path / "ws"
+    head = git.Repo(ws).head.commit.hexsha
+    assert_one_line_error(sealab("run", "--resume", "--tag", "nope", "--proposer", "offline", cwd=ws), 2,
+                          "no run tagged 'nope' to resume")
+    (ws / "train.py").write_text((ws / "train.py").read_text() + "\n# edited\n")
+    assert_one_line_error(sealab("run", "--tag", "dirty", "--proposer", "offline", cwd=ws), 2,
+                          "uncommitted changes")
+    repo = git.Repo(ws)
+    assert repo.head.commit.hexsha == head and not [b for b in repo.branches if b.name.startswith("sealab/")]
