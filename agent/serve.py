@@ -4,15 +4,22 @@ Nothing here can change state: the routes are GET only, and every request opens 
 (`executor.ledger.reading`: SQLite `mode=ro`, a WAL reader that never blocks the writer), so a running `sealab run` goes on
 unhindered. The page is static; its script polls the JSON API and writes ledger text with
 `textContent` only, under a Content-Security-Policy that allows no inline script at all.
+
+Stopping: each API request reads the ledger and git in a daemon thread of its own, so a slow one (a ledger
+locked by a writer, a large history) never blocks the event loop; SIGTERM or Ctrl-C waits at most
+STOP_GRACE_S for requests in flight, then the process exits without waiting for their threads (they only read).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import ipaddress
 import json
 import math
 import socket
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +51,7 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
 API = {"/api/state": Dashboard.state, "/api/experiments": Dashboard.experiments, "/api/kept": Dashboard.kept,
        "/api/drift": Dashboard.drift, "/api/review": Dashboard.review}
+STOP_GRACE_S = 1  # seconds requests in flight get after SIGTERM/Ctrl-C (uvicorn's timeout_graceful_shutdown)
 
 
 class StrictJSON(JSONResponse):
@@ -69,6 +77,30 @@ class ServeError(SealabError):
     exit_code = 2
 
 
+async def in_daemon_thread(work: Callable[[], Any]) -> Any:
+    """`work()` run in a new daemon thread, awaited. A cancelled wait (the server stopping) abandons the
+    thread, and the interpreter's exit does not wait for it (anyio's worker threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting request, which answers or re-raises it
+            outcome = lambda: future.set_exception(exc)  # noqa: E731
+        else:
+            outcome = lambda: future.set_result(result)  # noqa: E731
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="sealab-serve-request", daemon=True).start()
+    return await future
+
+
 def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None = None,
                board: Dashboard | None = None) -> Starlette:
     """The dashboard app of the workspace at `root` (`allowed_hosts` None: any Host header)."""
@@ -77,9 +109,13 @@ def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None
     def api(build: Callable[..., dict[str, Any]]):
         async def endpoint(request: Request) -> Response:
             tag = request.query_params.get("tag") or None
-            try:
+            def read() -> dict[str, Any]:
                 with reading(ledger_path) as ledger:
-                    body = build(board, ledger, tag)
+                    return build(board, ledger, tag)
+            try:
+                body = await in_daemon_thread(read)
+            except asyncio.CancelledError:  # the server stopping past STOP_GRACE_S: its answer, not a traceback
+                return StrictJSON({"error": "sealab serve is stopping"}, status_code=503, headers=HEADERS)
             except SealabError as exc:
                 return StrictJSON({"error": str(exc)}, status_code=503, headers=HEADERS)
             return StrictJSON(body, headers=HEADERS)
@@ -135,7 +171,8 @@ def serve(root: Path, ledger_path: Path, host: str, port: int, *, announce: Call
     actual = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     announce(f"sealab serve: http://{shown}:{actual}/ (read-only; Ctrl-C to stop)")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
+                            timeout_graceful_shutdown=STOP_GRACE_S)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down gracefully on Ctrl-C or SIGTERM, then passed the signal on

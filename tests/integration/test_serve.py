@@ -102,6 +102,46 @@ def test_serves_a_workspace_without_experiments(tmp_path):
     assert not (root / ".sealab" / "ledger.db").exists()
 
 
+def test_sigterm_stops_within_2_s_while_a_request_waits(tmp_path):
+    """A request stuck on a ledger another process holds locked (SQLite waits 5 s for it) does not hold
+    `serve` up: SIGTERM ends it within 2 s, exit 0, no traceback."""
+    import sqlite3
+    import threading
+
+    from agent.create import init
+    from executor.ledger import Ledger
+
+    root = init(tmp_path / "ws").root
+    Ledger(root / ".sealab" / "ledger.db").close()
+    with Server(root) as server:
+        holder = sqlite3.connect(root / ".sealab" / "ledger.db", isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("PRAGMA user_version = 0")  # a write: the exclusive lock is taken now
+        answered: list[object] = []
+        slow = threading.Thread(target=lambda: answered.append(_status_of(server.url + "api/state")), daemon=True)
+        slow.start()
+        time.sleep(1.0)  # the request is in flight, its reader waiting for the lock
+        assert not answered
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.communicate(timeout=30)
+        took = time.monotonic() - started
+        holder.execute("ROLLBACK")
+        holder.close()
+        server.proc.send_signal = lambda _sig: None  # stopped already: __exit__ only checks how
+    assert took < 2.0, took
+    assert "Traceback" not in server.stderr and "sealab serve: stopped" in server.stderr, server.stderr
+
+
+def _status_of(url: str) -> object:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except (urllib.error.URLError, ConnectionError, OSError) as exc:
+        return exc
+
+
 # -- live, in the browser ------------------------------------------------------------------------------------
 @pytest.mark.docker
 def test_live_page_during_a_run(make_workspace, tmp_path):
