@@ -138,6 +138,10 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         else:
             placement = end.placement
             durations.update(end.timings)
+            if end.displaced:
+                ledger.add_event(labels.run_tag if labels else None, "displaced", {
+                    "experiment": eid, "name": sealed.tag, "foreign": end.displaced, "image": image_id,
+                    "note": "the name led to a foreign image; the commit was sealed again (same ID) and took it back"})
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_bytes(end.output)
             result = read_result(out_dir)

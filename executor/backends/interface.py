@@ -13,6 +13,8 @@ The orchestrator, not the backend, decides what the result means (executor/run.p
 from __future__ import annotations
 
 import time
+
+import structlog
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
@@ -63,6 +65,7 @@ class Finished:
     placement: str = ""  # where it ran: engine, node, GPU indices
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds: load, verify, run
     over_cap: str | None = None  # why it was stopped for exceeding a cap of the backend's (e.g. /out)
+    displaced: str | None = None  # a foreign image that held the sealed image's name until this run took it back
 
 
 class Backend(Protocol):
@@ -73,19 +76,36 @@ class Backend(Protocol):
     def cleanup(self, experiment_id: str) -> list[str]: ...
 
 
-def ensure_image(engine: Engine, sealed: Sealed) -> None:
-    """Make the engine hold the sealed image under its name, loading it if needed.
+def ensure_image(engine: Engine, sealed: Sealed) -> str | None:
+    """Make the engine hold the sealed image under its name, loading it if needed. Returns the ID of a
+    foreign image whose hold on the name it ended (None: nothing displaced).
+
+    The name is only a convenience (containers are created by ID and checked), so when the sealed image is
+    gone and its name leads elsewhere (an image removed, a stale or planted tag), the commit's image is
+    loaded again from what was re-derived from git (same ID, checked) and takes its name back; the caller
+    records the foreign image as a warning. While the sealed image is still there, a name leading elsewhere
+    is someone retagging it under a run: refused.
 
     Raises:
-        IdentityMismatch: the name is held by another image, or the engine loaded something else.
+        IdentityMismatch: the name is held by another image while the sealed one is present, or the engine
+            loaded something else.
     """
     holder = engine.image_id(sealed.tag)
-    if holder not in (None, sealed.image_id):
-        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id, holder)
-    if engine.image_id(sealed.image_id) is None:
+    present = engine.image_id(sealed.image_id) is not None
+    if holder not in (None, sealed.image_id) and present:
+        raise IdentityMismatch(f"image {sealed.tag}", sealed.image_id,
+                               f"{holder} (the name was moved to another image; `sealab verify --all` lists such "
+                               f"names: remove the other image, or `docker tag {sealed.image_id} {sealed.tag}` "
+                               "if you moved it yourself)")
+    if not present:
         engine.load(sealed.archive(), sealed.image_id)
-    elif holder is None:
+    if engine.image_id(sealed.tag) != sealed.image_id:
         engine.tag(sealed.image_id, sealed.tag)
+    displaced = holder if holder not in (None, sealed.image_id) else None
+    if displaced:
+        structlog.get_logger().warning("displaced", name=sealed.tag, foreign=displaced, image=sealed.image_id,
+                                       note="the name led to a foreign image; the commit was sealed again and took it back")
+    return displaced
 
 
 def verify_image(engine: Engine, sealed: Sealed) -> None:

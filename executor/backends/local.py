@@ -36,7 +36,7 @@ class DockerBackend:
         t = time.monotonic()
         if self.remote:
             self.ensure_base(sealed.labels["sealab.base"])
-        ensure_image(engine, sealed)
+        displaced = ensure_image(engine, sealed)
         timings["load"] = time.monotonic() - t
         t = time.monotonic()
         verify_image(engine, sealed)
@@ -71,7 +71,7 @@ class DockerBackend:
         engine.remove(container)
         timings["run"] = time.monotonic() - t
         return Finished(end.exit_code, end.oom_killed, end.timed_out, output, self.where, timings,
-                        end.over_cap)
+                        end.over_cap, displaced)
 
     def cleanup(self, experiment_id: str) -> list[str]:
         return self.engine.remove_experiment_containers(experiment_id)

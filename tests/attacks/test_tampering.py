@@ -181,3 +181,25 @@ def test_name_swapped_after_verification_still_runs_the_sealed_image(tiny_worksp
         assert read_file(engine.api, record["image_id"], "/workspace/train.py") == committed
     finally:
         engine.remove_image(forged)
+
+
+def test_name_left_on_a_foreign_image_after_the_sealed_one_was_removed(tiny_workspace, engine):
+    """The sealed image removed, its name left on another image: the next run seals the commit again
+    (same ID), takes the name back and runs; the foreign image is recorded as displaced, and kept."""
+    from executor.ledger import Ledger
+
+    root = tiny_workspace()
+    sealed = {**sealab_json("seal", cwd=root), "root": root}
+    engine.remove_image(sealed["image_id"])
+    foreign, _ = retagged(engine, root, sealed)
+    assert engine.image_id(sealed["image_id"]) is None and engine.image_id(sealed["tag"]) == foreign
+    proc = sealab("exec", "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["status"] == "ok" and record["image_id"] == sealed["image_id"]
+    assert engine.image_id(sealed["tag"]) == sealed["image_id"] and engine.image_id(foreign) == foreign
+    events = Ledger(root / ".sealab" / "ledger.db").events("displaced")
+    assert [(e["experiment"], e["name"], e["foreign"], e["image"]) for e in events] == [
+        (record["id"], sealed["tag"], foreign, sealed["image_id"])]
+    assert "displaced" in proc.stderr and foreign in proc.stderr
+    assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []
