@@ -177,6 +177,7 @@ class _Resources(Table):
     tmp_mb: Int | None = Field(None, ge=1, description="a tmpfs of size 0 has no limit")
     home_mb: Int | None = Field(None, ge=1, description="a tmpfs of size 0 has no limit")
     out_mb: Int | None = Field(None, ge=1, description="the run writes its result there")
+    log_mb: Int | None = Field(None, ge=1, le=1 << 20, description="the stored output keeps its head and tail")
 
 
 class _Policy(Table):
@@ -309,6 +310,7 @@ gpus = 0                  # GPUs per experiment (needs the NVIDIA container tool
 tmp_mb = 512              # size of the /tmp tmpfs
 home_mb = 64              # size of the HOME tmpfs
 # out_mb = 256            # cap on what a run may write to /out (default 256; the run is killed past it)
+# log_mb = 64             # cap on a run's stored output (default 64: its first and last 32 MB, the cut marked)
 
 [policy]
 name = "default"          # a file in policies/

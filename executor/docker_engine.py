@@ -304,8 +304,15 @@ class Engine:
                 self.api.wait(container, timeout=30)
 
     def logs(self, container: str) -> bytes:
+        """The whole output at once: only for small outputs (a base's preparation); runs use log_chunks."""
         with engine_errors():
             return self.api.logs(container, stdout=True, stderr=True)
+
+    def log_chunks(self, container: str) -> Iterator[bytes]:
+        """A stopped container's stdout and stderr as they were interleaved, streamed in chunks (never the
+        whole output in memory)."""
+        with engine_errors():
+            yield from self.api.logs(container, stdout=True, stderr=True, stream=True, follow=False)
 
     def remove(self, container: str) -> None:
         """Force-remove a container with its anonymous volumes (a remote run's /in and /out)."""

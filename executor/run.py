@@ -132,7 +132,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                                        ", ".join(forbidden))
             end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
                 "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
-                deadline_s=limit.seconds if limit else None))
+                deadline_s=limit.seconds if limit else None, log_path=log_path))
         except IdentityMismatch as exc:
             outcome = Outcome(Status.REJECTED, f"{exc}; nothing was started")
         else:
@@ -142,8 +142,6 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 ledger.add_event(labels.run_tag if labels else None, "displaced", {
                     "experiment": eid, "name": sealed.tag, "foreign": end.displaced, "image": image_id,
                     "note": "the name led to a foreign image; the commit was sealed again (same ID) and took it back"})
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.write_bytes(end.output)
             result = read_result(out_dir)
             launched = read_result(out_dir, LAUNCH_FILE) if spec.command is not None else None
             trusted = result is not None or settings.metric_source != "summary"
@@ -241,10 +239,10 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     try:
         end = backend.run(Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND, in_dir=in_dir,
                               deadline_s=spec.grace_s, out_cap_mb=(evalset.logits_bytes >> 20) + 16,
-                              env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))}))
+                              env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
+                              log_path=ws.logs / f"{eid}.eval.log"))
     except IdentityMismatch as exc:
         return Outcome(Status.REJECTED, f"eval phase: {exc}; nothing was started")
-    (ws.logs / f"{eid}.eval.log").write_bytes(end.output)
     shutil.rmtree(in_dir, ignore_errors=True)
     ended = eval_outcome(end, spec)
     if ended is not None:

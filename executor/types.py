@@ -33,6 +33,7 @@ class Status(StrEnum):
 
 
 DEFAULT_OUT_MB = 256  # the /out cap when sealab.toml sets no [resources] out_mb
+DEFAULT_LOG_MB = 64  # the cap on a run's stored output when sealab.toml sets no [resources] log_mb
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +47,24 @@ class Resources:
     tmp_mb: int = 512
     home_mb: int = 64
     out_mb: int | None = None  # cap on /out (a bind mount, enforced by the orchestrator); None: DEFAULT_OUT_MB
+    log_mb: int | None = None  # cap on the stored output (head and tail kept); None: DEFAULT_LOG_MB
 
     def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
         for name, kind in (("memory_mb", int), ("cpus", float), ("pids", int), ("gpus", int),
                            ("tmp_mb", int), ("home_mb", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
-        if self.out_mb is not None:
-            object.__setattr__(self, "out_mb", int(self.out_mb))
+        for name in ("out_mb", "log_mb"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
 
     @property
     def out_cap_mb(self) -> int:
         return DEFAULT_OUT_MB if self.out_mb is None else self.out_mb
+
+    @property
+    def log_cap(self) -> int:
+        """The stored output's cap in bytes."""
+        return (DEFAULT_LOG_MB if self.log_mb is None else self.log_mb) << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +97,9 @@ class RunSpec:
             del data["command"]  # likewise for `command`
         else:
             data["command"] = list(data["command"])
-        if data["resources"]["out_mb"] is None:
-            del data["resources"]["out_mb"]  # likewise for `out_mb`
+        for name in ("out_mb", "log_mb"):
+            if data["resources"][name] is None:
+                del data["resources"][name]  # likewise for `out_mb` and `log_mb`
         return data
 
     @classmethod

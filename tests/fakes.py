@@ -155,7 +155,8 @@ class FakeBackend:
                 "steps": 1, "peak_memory_mb": 1.0, "hyperparameters": {"SCALE": self.quality(source)},
             }))
         return Finished(exit_code=None if end.timed_out else end.exit_code, oom_killed=end.oom,
-                        timed_out=end.timed_out, output=end.output, placement="fake", timings={"run": 0.001})
+                        timed_out=end.timed_out, output=job.store_output([end.output]), placement="fake",
+                        timings={"run": 0.001})
 
     def _eval(self, job: Job, source: bytes) -> Finished:
         """logits.bin for the windows at /in: a one-hot of scale quality(train.py) on the split's most
@@ -165,7 +166,8 @@ class FakeBackend:
         row = np.zeros(evaluate.VOCAB_SIZE, dtype="<f4")
         row[common] = self.quality(source)
         (job.out_dir / evaluate.LOGITS_FILE).write_bytes(np.tile(row, len(windows)).tobytes())
-        return Finished(exit_code=0, oom_killed=False, timed_out=False, output=b"eval\n", placement="fake")
+        return Finished(exit_code=0, oom_killed=False, timed_out=False, output=job.store_output([b"eval\n"]),
+                        placement="fake")
 
     def cleanup(self, experiment_id: str) -> list[str]:
         self.cleaned.append(experiment_id)

@@ -17,8 +17,9 @@ import time
 import structlog
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
+from executor.capped_log import CappedLog
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
 from executor.errors import EngineUnavailable, IdentityMismatch
 from executor.hardening import Hardening, gpu_requests
@@ -40,6 +41,7 @@ class Job:
     in_dir: Path | None = None  # read-only inputs, at /in
     deadline_s: float | None = None  # None: the spec's budget + grace
     out_cap_mb: int | None = None  # None: the spec's [resources] out_mb
+    log_path: Path | None = None  # where the run's output is stored, capped ([resources] log_mb); None: not stored
 
     @property
     def out_cap(self) -> int:
@@ -48,6 +50,16 @@ class Job:
     @property
     def name(self) -> str:
         return f"sealab-{self.experiment_id}-{self.phase}"
+
+    def store_output(self, chunks: Iterable[bytes]) -> bytes:
+        """Stream the run's output into `log_path` under its cap; returns its end (capped_log.TAIL_BYTES)."""
+        log = CappedLog(self.log_path, self.spec.resources.log_cap)
+        try:
+            log.extend(chunks)
+        except BaseException:
+            log.abandon()
+            raise
+        return log.close()
 
     @property
     def deadline(self) -> float:
@@ -61,7 +73,7 @@ class Finished:
     exit_code: int | None  # None: killed at the deadline
     oom_killed: bool
     timed_out: bool
-    output: bytes  # stdout + stderr (untrusted text)
+    output: bytes  # the end of stdout + stderr (untrusted text; at most capped_log.TAIL_BYTES), all of it capped in job.log_path
     placement: str = ""  # where it ran: engine, node, GPU indices
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds: load, verify, run
     over_cap: str | None = None  # why it was stopped for exceeding a cap of the backend's (e.g. /out)

@@ -499,7 +499,7 @@ class KubernetesBackend:
         problem = end.problem
         if problem is None and unpacked.problem and end.exit_code is not None and not end.oom_killed:
             problem = f"/out was not recovered: {unpacked.problem}"
-        return Finished(end.exit_code, end.oom_killed, end.timed_out, unpacked.output,
+        return Finished(end.exit_code, end.oom_killed, end.timed_out, job.store_output([unpacked.output]),
                         f"kubernetes:{ns}/{node or '?'}", timings, problem)
 
     def _watch(self, job: Job, manifest: Mapping[str, Any], image_ref: str) -> tuple[Ending, bytes, str]:

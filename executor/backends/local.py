@@ -58,7 +58,7 @@ class DockerBackend:
             engine.start(container, gpus=job.spec.resources.gpus)
             end = engine.wait(container, job.deadline, out_dir=None if self.remote else job.out_dir,
                               out_cap_mb=job.out_cap)
-            output = engine.logs(container)
+            output = job.store_output(engine.log_chunks(container))
             if self.remote:
                 engine.copy_out(container, job.out_dir)
         except BaseException:

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from executor.backends.interface import Finished, Job, ensure_image, verify_image
 from executor.docker_engine import IN_DIR, LABEL_EXPERIMENT, OUT_DIR, Engine, prepare_out_dir
@@ -213,6 +213,16 @@ def job_script(job: Job, ref: str, options: SlurmOptions, job_dir: Path) -> str:
 
 # The job's body, run on the node (a file of its own so that shellcheck reads it).
 NODE_BODY = resources.files("executor.backends").joinpath("slurm_node.sh").read_text(encoding="utf-8")
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in chunks (nothing if it is absent): the node's output.log, never whole in memory."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return
+    with f:
+        yield from iter(lambda: f.read(1 << 20), b"")
 
 
 def finished_from(status: Mapping[str, Any], output: bytes, job_id: str, timings: Mapping[str, float]) -> Finished:
@@ -412,7 +422,7 @@ class SlurmBackend:
             raise
         status = self.read_status(job_id, job_dir)
         try:
-            output = (job_dir / OUTPUT_FILE).read_bytes()
+            output = job.store_output(read_chunks(job_dir / OUTPUT_FILE))
         except OSError:
             output = b""
         return finished_from(status, output, job_id, node_timings(status, submitted, push_s))

@@ -271,3 +271,22 @@ def test_executor_rechecks_the_scope_from_the_commit(make_workspace, engine):
     assert engine.image_id(record["image_id"]) is None and "run" not in record["durations"]
     commit_train(root, (root / "train.py").read_text() + "\n", "a train.py change")
     assert execute(ws, "HEAD", engine, Ledger(ws.ledger_path), editable=["train.py"]).status == "ok"
+
+
+def test_a_flood_of_output_is_stored_within_log_mb(make_workspace):
+    """A train.py printing 24 MB with [resources] log_mb = 1: the run is `ok` with its metric (the summary
+    is in the kept tail), and the stored log is the first and last half MB with the cut marked."""
+    from agent.gitops import commit_file
+    from executor.git_source import open_repo
+
+    root = make_workspace()
+    toml = (root / "sealab.toml").read_text().replace("[resources]\n", "[resources]\nlog_mb = 1\n", 1)
+    commit_file(open_repo(root), "sealab.toml", toml, "a 1 MB log cap")
+    flood = "import sys\nfor _i in range(24):\n    sys.stdout.write(('flood ' * 170 + '\\n') * 1024)\n"
+    commit_train(root, flood + (root / "train.py").read_text(), "print 24 MB first")
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok" and 0 < record["metrics"]["val_bpb"] < 20
+    log = (root / record["log_path"]).read_bytes()
+    assert (1 << 20) <= len(log) < (1 << 20) + 200
+    assert log.startswith(b"flood flood") and b"bytes of output dropped here" in log
+    assert b"val_bpb" in log[-4096:]
