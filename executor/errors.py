@@ -79,6 +79,10 @@ class LedgerError(SealabError):
     exit_code = 5
 
 
+class LedgerGone(LedgerError):
+    """The ledger file was removed or replaced under a running command: its writes stopped (exit 5)."""
+
+
 class RecordError(LedgerError):
     """A record that does not decode (see executor.record.ExperimentRecord.from_dict): one field named,
     with what it should hold and what it holds."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from executor.errors import LedgerError, RecordError
+from executor.errors import LedgerError, LedgerGone, RecordError
 from executor.record import Decision, ExperimentRecord, Finish, RunLabels, one_of
 from executor.types import BaseImage, Status, canonical_json, sha256_hex
 
@@ -72,6 +73,17 @@ CREATE TABLE chain (
 GENESIS = "0" * 64
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None for an in-memory ledger or a file that is not there."""
+    if str(path) == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _space_hint(path: Path) -> str:
     """SQLite says "disk I/O error" when it cannot grow the WAL's shared memory on a full disk: name the cause."""
     try:
@@ -96,11 +108,21 @@ def now() -> str:
 class Ledger:
     """The experiment store of one workspace."""
 
+    identity: tuple[int, int] | None = None
+    _held: int | None = None
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        # the file's (device, inode) while this Ledger uses it; the descriptor held keeps the inode from
+        # being reused by a new file while the old one is gone
+        self.identity, self._held = None, None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            if str(path) != ":memory:":
+                self._held = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                held = os.fstat(self._held)
+                self.identity = (held.st_dev, held.st_ino)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             with self._tx():  # IMMEDIATE: two first commands cannot both create the schema
@@ -126,9 +148,42 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
 
     def _tx(self):
-        return _Transaction(self.db, self.path)
+        return _Transaction(self.db, self.path, self._check_identity)
+
+    def _check_identity(self) -> None:
+        """Before and after each write: the ledger file must still be the one opened. A ledger (or its
+        .sealab/ directory) removed or replaced meanwhile would take every later write with it, so the
+        writes stop here, with what the open ledger held copied out first (rescue).
+
+        Raises:
+            LedgerGone: the file is gone or is another file.
+        """
+        if self.identity is None or file_identity(self.path) == self.identity:
+            return  # (the descriptor held keeps the old inode's number from going to a new file)
+        rescued = self._rescue()
+        found = "is gone" if not self.path.exists() else "was replaced by another file"
+        raise LedgerGone(f"{self.path} {found} while sealab was using it (the state directory .sealab/ removed or "
+                         f"replaced?); nothing more was written to it. "
+                         + (f"Its records up to now are saved in {rescued}: move it back to {self.path} to go on"
+                            if rescued else "Its records could not be saved; restore .sealab/ from a backup"))
+
+    def _rescue(self) -> Path | None:
+        """Copy the still-open (removed) ledger next to where it was; None if that fails."""
+        target = self.path.with_name(f"{self.path.stem}.rescued-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.db")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(target)) as copy:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                self.db.backup(copy)
+        except (OSError, sqlite3.DatabaseError):
+            return None
+        return target
 
     # -- bases --------------------------------------------------------------------------------------
     def set_base(self, base: BaseImage) -> None:
@@ -363,8 +418,8 @@ def reading(ledger_path: Path) -> Iterator[Ledger]:
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT, with SQLite errors turned into LedgerError."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
-        self.db, self.path = db, path
+    def __init__(self, db: sqlite3.Connection, path: Path, check: Callable[[], None] = lambda: None) -> None:
+        self.db, self.path, self.check = db, path, check
 
     def __enter__(self) -> None:
         try:
@@ -372,10 +427,12 @@ class _Transaction:
                 self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc
+        self.check()
 
     def __exit__(self, kind, exc, tb) -> None:
         if kind is None:
             if self.db.in_transaction:
+                self.check()
                 try:
                     self.db.execute("COMMIT")
                 except sqlite3.DatabaseError as error:

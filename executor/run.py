@@ -142,6 +142,9 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 ledger.add_event(labels.run_tag if labels else None, "displaced", {
                     "experiment": eid, "name": sealed.tag, "foreign": end.displaced, "image": image_id,
                     "note": "the name led to a foreign image; the commit was sealed again (same ID) and took it back"})
+            if not out_dir.is_dir():  # removed here, not by the experiment (it sees only /out's content)
+                raise OSError(f"{out_dir}, the source of the run's /out, was removed on this machine during the "
+                              "run; the experiment is not to blame")
             result = read_result(out_dir)
             launched = read_result(out_dir, LAUNCH_FILE) if spec.command is not None else None
             trusted = result is not None or settings.metric_source != "summary"

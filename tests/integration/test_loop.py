@@ -249,3 +249,31 @@ def test_drift_halt_stops_the_run(make_workspace):
     drift = Ledger(root / ".sealab" / "ledger.db").events("drift")
     assert drift and drift[0]["action"] == "halt" and "SCALAR_LR = 0.5 -> 0.123" in drift[0]["changes"][0]
     assert "SCALAR_LR = 0.123" in (root / "train.py").read_text()  # left as found, for a human to look at
+
+
+def test_state_directory_removed_during_a_run_is_named_and_its_records_rescued(make_workspace, engine):
+    """`.sealab/` deleted while the first baseline runs: the loop stops with exit 5 naming the removed
+    ledger (not a crash of the experiment), no container is left, and the records written until then
+    are in the rescued copy, which works as a ledger."""
+    import shutil
+
+    from executor.ledger import Ledger
+
+    root = fast_workspace(make_workspace)
+    state = root / ".sealab"
+    proc = subprocess.Popen([SEALAB, "run", "--experiments", "2", "--tag", "gone", "--proposer", "offline"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any((state / "outputs").glob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running = [p.name for p in (state / "outputs").iterdir()]
+    shutil.rmtree(state)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 5, err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "is gone while sealab was using it" in lines[0] and "crash" not in err, err
+    assert engine.api.containers(all=True, filters={"label": f"sealab.experiment={running[0]}"}) == []
+    rescued = list(state.glob("ledger.rescued-*.db"))
+    assert len(rescued) == 1 and str(rescued[0]) in lines[0]
+    kept = Ledger(rescued[0])
+    assert running[0] in [r["id"] for r in kept.records()] and kept.run_state("gone") is not None

@@ -142,3 +142,27 @@ def test_edited_chain_link_is_reported(tmp_path):
     db.execute("UPDATE chain SET record_sha256 = 'f' || substr(record_sha256, 2) WHERE seq = 2")
     db.commit()
     assert any(p["field"] == "chain link" for p in ledger.chain_problems())
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_ledger_removed_or_replaced_stops_its_writes_and_is_rescued(tmp_path, how):
+    """Each write first checks the file is the one opened: a removed or replaced ledger stops the
+    writes (LedgerGone, exit 5) and what the open one held is copied out, usable as a ledger."""
+    import shutil
+
+    from executor.errors import LedgerGone
+
+    path = tmp_path / ".sealab" / "ledger.db"
+    ledger = Ledger(path)
+    ledger.add_event("t", "note", {"n": 1})
+    shutil.rmtree(path.parent)
+    if how == "replaced":
+        Ledger(path).close()
+    with pytest.raises(LedgerGone, match="is gone" if how == "removed" else "was replaced") as raised:
+        ledger.add_event("t", "note", {"n": 2})
+    assert raised.value.exit_code == 5
+    rescued = list(path.parent.glob("ledger.rescued-*.db"))
+    assert len(rescued) == 1 and str(rescued[0]) in str(raised.value)
+    assert [e["n"] for e in Ledger(rescued[0]).events("note")] == [1]
+    if how == "replaced":
+        assert Ledger(path).events("note") == []  # the new file was not written to
