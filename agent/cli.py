@@ -166,11 +166,12 @@ def base(ctx: click.Context, source: str | None, wheels: Path | None, torch: str
     (uv.lock or a hashed requirements.txt) and its captured [data] dirs."""
     from agent.progress import build_base_with_progress
     from executor import config, git_source
+    from executor.image import deps
 
     ws, ledger, eng = _open(ctx)
     facts = git_source.resolve(ws.git, "HEAD")  # the commit's lock and settings, never the working tree's
     cfg = config.of_commit(facts.files, facts.sha)
-    files = {f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"}
+    files = facts.top_level(deps.LOCK_FILES)
     if source and torch == "cuda":
         raise ConfigError("sealab base", "--torch cuda assembles the reproducible CUDA base from PyPI, --from IMAGE builds "
                                          "on that image's own torch: give one of them")

@@ -178,6 +178,7 @@ class _Resources(Table):
     home_mb: Int | None = Field(None, ge=1, description="a tmpfs of size 0 has no limit")
     out_mb: Int | None = Field(None, ge=1, description="the run writes its result there")
     log_mb: Int | None = Field(None, ge=1, le=1 << 20, description="the stored output keeps its head and tail")
+    tree_mb: Int | None = Field(None, ge=1, le=1 << 20, description="the commit's files are sealed into the image")
 
 
 class _Policy(Table):
@@ -241,14 +242,14 @@ class _File(Table):
 
 
 def of_commit(files: Any, sha: str) -> Config:
-    """The settings committed in `sha` (whose blobs are `files`, each with .path and .data): what a run
+    """The settings committed in `sha` (whose blobs are `files`, each with .path and .read()): what a run
     of that commit uses, never the work tree's.
 
     Raises:
         WorkspaceError: the commit has no sealab.toml.
         ConfigError: it has one, and it is not valid.
     """
-    toml = next((f.data for f in files if f.path == CONFIG_NAME), None)
+    toml = next((f.read() for f in files if f.path == CONFIG_NAME), None)
     if toml is None:
         raise WorkspaceError(f"commit {sha[:12]} has no {CONFIG_NAME}: a run uses the commit's own settings; "
                              f"commit one (git add {CONFIG_NAME} && git commit)")
@@ -311,6 +312,7 @@ tmp_mb = 512              # size of the /tmp tmpfs
 home_mb = 64              # size of the HOME tmpfs
 # out_mb = 256            # cap on what a run may write to /out (default 256; the run is killed past it)
 # log_mb = 64             # cap on a run's stored output (default 64: its first and last 32 MB, the cut marked)
+# tree_mb = 512           # cap on the commit's files sealed into an image (default 512; larger is refused)
 
 [policy]
 name = "default"          # a file in policies/

@@ -13,10 +13,11 @@ import io
 import os
 import stat
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import docker
 import requests
@@ -146,6 +147,37 @@ class Engine:
         loaded = sorted({img.id for img in images})
         if loaded != [expected_id]:
             raise IdentityMismatch("loaded image", expected_id, ", ".join(loaded) or "nothing")
+
+    def load_written(self, write: Callable[[IO[bytes]], None], expected_id: str) -> None:
+        """Load the archive that `write(out)` produces, streamed to the engine through a pipe (never whole
+        in memory), and check the engine now holds `expected_id`.
+
+        Raises:
+            IdentityMismatch: the engine does not hold `expected_id` afterwards.
+            BaseImageError: the engine rejected the archive.
+        """
+        read_fd, write_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            with open(write_fd, "wb") as sink:
+                try:
+                    write(sink)
+                except BaseException as exc:  # raised below, after the engine has answered
+                    failure.append(exc)
+
+        writer = threading.Thread(target=produce, name="sealab-archive-writer", daemon=True)
+        writer.start()
+        try:
+            with open(read_fd, "rb") as stream:
+                self.load_stream(iter(lambda: stream.read(1 << 20), b""))
+        finally:
+            writer.join()
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise failure[0]
+        held = self.image_id(expected_id)
+        if held != expected_id:
+            raise IdentityMismatch("loaded image", expected_id, held or "nothing")
 
     def tag(self, image: str, name: str) -> None:
         repo, _, tag = name.rpartition(":")

@@ -10,10 +10,12 @@ is read only to report drift against a commit, and whether it is clean.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Iterator, Sequence
 
 import git
 from gitdb.exc import BadName, BadObject
@@ -50,13 +52,53 @@ class Repository:
         return f"Repository({self._repo.git_dir!s})"
 
 
+INLINE_MAX = 8 << 20  # blobs up to this size are read with the tree; larger ones are streamed when used
+
+
 @dataclass(frozen=True, slots=True)
 class TreeFile:
     path: str  # relative POSIX path
     kind: str  # "file" | "symlink"
     mode: int
-    data: bytes  # file content, or the link target
+    data: bytes  # file content, or the link target; b"" for a large blob (`git_dir` set): see read()/open()
     blob: str  # git blob sha1
+    size: int | None = None  # the content's size (None: len(data))
+    git_dir: Path | None = None  # set for a large blob, streamed from this repository when used
+
+    @property
+    def length(self) -> int:
+        return len(self.data) if self.size is None else self.size
+
+    def read(self) -> bytes:
+        """The whole content (a large blob is read from git now: for the few files that are parsed)."""
+        if self.git_dir is None:
+            return self.data
+        with self.open() as stream:
+            return stream.read()
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[IO[bytes]]:
+        """The content as a stream: a large blob straight from `git cat-file`, never whole in memory.
+
+        Raises:
+            SourceError: git could not produce the blob.
+        """
+        if self.git_dir is None:
+            yield io.BytesIO(self.data)
+            return
+        proc = git.Repo(self.git_dir).git.cat_file("blob", self.blob, as_process=True)  # GitPython's stream
+        failed = True
+        try:
+            yield proc.stdout
+            failed = False
+        finally:
+            proc.stdout.close()
+            try:
+                proc.wait()
+            except git.GitCommandError as exc:
+                if not failed:  # (a failure of the reader's own goes on as it is)
+                    raise SourceError(self.blob, f"git could not read {self.path}: "
+                                                 f"{' '.join(str(exc.stderr).split())[:200]}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +111,10 @@ class CommitFacts:
 
     def blob_of(self, path: str) -> str | None:
         return next((f.blob for f in self.files if f.path == path), None)
+
+    def top_level(self, names: Sequence[str]) -> dict[str, bytes]:
+        """The contents of the top-level files among `names` that the commit has (path → bytes)."""
+        return {f.path: f.read() for f in self.files if f.path in names and f.kind == "file"}
 
 
 def blob_sha(data: bytes) -> str:
@@ -156,7 +202,10 @@ def resolve(repo: Repository, ref: str) -> CommitFacts:
         if item.type != "blob":
             continue  # trees are implied by paths; submodules ("commit") are not part of an experiment
         kind, mode = _MODES.get(item.mode, ("file", 0o644))
-        files.append(TreeFile(item.path, kind, mode, item.data_stream.read(), item.hexsha))
+        if kind == "file" and item.size > INLINE_MAX:  # a checkpoint committed by mistake: read when sealed
+            files.append(TreeFile(item.path, kind, mode, b"", item.hexsha, item.size, Path(repo._repo.common_dir)))
+        else:
+            files.append(TreeFile(item.path, kind, mode, item.data_stream.read(), item.hexsha))
     parent = commit.parents[0].hexsha if commit.parents else None
     subject = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
     return CommitFacts(commit.hexsha, parent, commit.tree.hexsha, subject, tuple(sorted(files, key=lambda f: f.path)))

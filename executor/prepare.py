@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,7 +54,8 @@ def run_prepare(engine: Engine, base: BaseImage, facts: CommitFacts, command: st
             if f.kind == "symlink":
                 os.symlink(os.fsdecode(f.data), target)
             elif f.kind == "file":
-                target.write_bytes(f.data)
+                with f.open() as stream, target.open("wb") as out:
+                    shutil.copyfileobj(stream, out, 1 << 20)
                 target.chmod(f.mode & 0o777 or 0o644)
         os.chmod(tmp, 0o755)
         binds[tmp] = ("/workspace", "ro")

@@ -32,7 +32,7 @@ from executor.ledger import Ledger, now
 from executor.record import ExperimentRecord, Finish, Results, RunLabels
 from executor.image import deps
 from executor.image.launch import RUN_FILE as LAUNCH_FILE
-from executor.image.seal import TRAIN_PATH, Sealed, scored_by_orchestrator, seal
+from executor.image.seal import TRAIN_PATH, Sealed, check_tree_size, scored_by_orchestrator, seal
 from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
@@ -61,7 +61,7 @@ def check_base_fits(facts: git_source.CommitFacts, settings: config.Config, base
     Raises:
         BaseImageError: naming the expected and the actual lock digest or directories.
     """
-    lock = deps.lock_digest({f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"})
+    lock = deps.lock_digest(facts.top_level(deps.LOCK_FILES))
     if lock != base.deps:
         raise BaseImageError(f"the base {base.image_id[:19]} was built from lock {base.deps or 'none'}, commit "
                              f"{facts.sha[:12]} has {lock or 'none'}: run `sealab base` to build its own")
@@ -93,6 +93,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     facts = git_source.resolve(ws.git, ref)
     settings = config.of_commit(facts.files, facts.sha)
     spec = settings.run_spec
+    check_tree_size(facts, spec)
     orchestrated = scored_by_orchestrator(facts) and settings.metric_source != "summary"
     base = current_base(ledger, engine)
     check_base_fits(facts, settings, base)

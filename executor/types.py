@@ -34,6 +34,7 @@ class Status(StrEnum):
 
 DEFAULT_OUT_MB = 256  # the /out cap when sealab.toml sets no [resources] out_mb
 DEFAULT_LOG_MB = 64  # the cap on a run's stored output when sealab.toml sets no [resources] log_mb
+DEFAULT_TREE_MB = 512  # the cap on a commit's files when sealab.toml sets no [resources] tree_mb
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +49,13 @@ class Resources:
     home_mb: int = 64
     out_mb: int | None = None  # cap on /out (a bind mount, enforced by the orchestrator); None: DEFAULT_OUT_MB
     log_mb: int | None = None  # cap on the stored output (head and tail kept); None: DEFAULT_LOG_MB
+    tree_mb: int | None = None  # cap on the bytes of the commit's files sealed; None: DEFAULT_TREE_MB
 
     def __post_init__(self) -> None:  # one canonical form, so equal specs hash equally
         for name, kind in (("memory_mb", int), ("cpus", float), ("pids", int), ("gpus", int),
                            ("tmp_mb", int), ("home_mb", int)):
             object.__setattr__(self, name, kind(getattr(self, name)))
-        for name in ("out_mb", "log_mb"):
+        for name in ("out_mb", "log_mb", "tree_mb"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
 
@@ -65,6 +67,11 @@ class Resources:
     def log_cap(self) -> int:
         """The stored output's cap in bytes."""
         return (DEFAULT_LOG_MB if self.log_mb is None else self.log_mb) << 20
+
+    @property
+    def tree_cap(self) -> int:
+        """The cap on the commit's files, in bytes."""
+        return (DEFAULT_TREE_MB if self.tree_mb is None else self.tree_mb) << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +104,9 @@ class RunSpec:
             del data["command"]  # likewise for `command`
         else:
             data["command"] = list(data["command"])
-        for name in ("out_mb", "log_mb"):
+        for name in ("out_mb", "log_mb", "tree_mb"):
             if data["resources"][name] is None:
-                del data["resources"][name]  # likewise for `out_mb` and `log_mb`
+                del data["resources"][name]  # likewise for `out_mb`, `log_mb` and `tree_mb`
         return data
 
     @classmethod

@@ -58,7 +58,7 @@ def verify(repo: git_source.Repository, ledger: Ledger, engine: Engine | None, r
             continue
         if base.data_digest != rec.data_digest:
             report(rec.id, "data_digest", base.data_digest, rec.data_digest)
-        lock = deps.lock_digest({f.path: f.data for f in facts.files if "/" not in f.path and f.kind == "file"})
+        lock = deps.lock_digest(facts.top_level(deps.LOCK_FILES))
         if lock != base.deps:  # the packages the run had are the ones its commit locks
             report(rec.id, "deps", lock, base.deps)
         if rec.image_id is None:

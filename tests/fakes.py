@@ -86,7 +86,7 @@ class FakeEngine:
 
 def train_py_of(job: Job) -> bytes:
     """The train.py the sealed image holds, read from its layer (the bytes the container would run)."""
-    with tarfile.open(fileobj=io.BytesIO(job.sealed.layer)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(job.sealed.layer_bytes())) as tar:
         member = next(m for m in tar.getmembers() if m.name.lstrip("/").endswith("workspace/train.py"))
         return tar.extractfile(member).read()
 

@@ -110,7 +110,7 @@ def ensure_image(engine: Engine, sealed: Sealed) -> str | None:
                                f"names: remove the other image, or `docker tag {sealed.image_id} {sealed.tag}` "
                                "if you moved it yourself)")
     if not present:
-        engine.load(sealed.archive(), sealed.image_id)
+        engine.load_written(sealed.write_archive, sealed.image_id)
     if engine.image_id(sealed.tag) != sealed.image_id:
         engine.tag(sealed.image_id, sealed.tag)
     displaced = holder if holder not in (None, sealed.image_id) else None

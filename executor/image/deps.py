@@ -32,6 +32,7 @@ from executor.image.assemble import PIP_PLATFORMS
 from executor.types import canonical_json, sha256_hex
 
 UV_LOCK, PYPROJECT, REQUIREMENTS = "uv.lock", "pyproject.toml", "requirements.txt"
+LOCK_FILES = (UV_LOCK, PYPROJECT, REQUIREMENTS)  # the top-level files a lock is read from
 SITE = "opt/sealab/deps"  # where the packages lie in the base; first on its PYTHONPATH
 PYTHON_VERSION = "3.11"
 PLATFORMS = (*PIP_PLATFORMS, "any")  # the tags a wheel of the base may carry

@@ -19,7 +19,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Mapping, Sequence
+from typing import IO, Callable, ContextManager, Iterable, Mapping, Sequence
 
 from executor.types import canonical_json, sha256_hex
 
@@ -31,7 +31,7 @@ CREATED = "1970-01-01T00:00:00Z"  # fixed `created` of every config and history 
 class Entry:
     """One file, directory or symlink of a layer; `path` is absolute (or relative) inside the image.
 
-    A file's content is `data`, or the file at `source`, read only while the layer is written.
+    A file's content is `data`, the file at `source` or what `stream()` opens (`size` bytes: a large git blob), read only while the layer is written.
     A symlink's target is `data`.
     """
 
@@ -42,9 +42,11 @@ class Entry:
     source: Path | None = None
     uid: int = 0
     gid: int = 0
+    stream: Callable[[], ContextManager[IO[bytes]]] | None = None  # content opened when written (with `size`)
+    size: int = 0
 
     def __post_init__(self) -> None:
-        if self.source is not None and (self.data or self.kind != "file"):
+        if (self.source is not None or self.stream is not None) and (self.data or self.kind != "file"):
             raise ValueError(f"layer entry {self.path}: a source file is the content of a file entry with no data; "
                              f"got kind {self.kind!r} with {len(self.data)} bytes of data")
 
@@ -91,6 +93,10 @@ def write_layer(entries: Iterable[Entry], out: IO[bytes]) -> str:
             elif entry.source is not None:
                 info.size = entry.source.stat().st_size
                 with entry.source.open("rb") as fh:
+                    tar.addfile(info, fh)
+            elif entry.stream is not None:
+                info.size = entry.size
+                with entry.stream() as fh:
                     tar.addfile(info, fh)
             else:
                 info.size = len(entry.data)

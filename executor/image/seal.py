@@ -9,12 +9,16 @@ on it nor look targets up, and the metric is computed by the orchestrator (execu
 
 from __future__ import annotations
 
+import os
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from executor.errors import SourceError
 from executor.git_source import CommitFacts
-from executor.image.layer import Entry, image_config, image_id, layer_tar, load_archive
+from executor.image.layer import Entry, image_config, image_id, write_archive, write_layer
 from executor.types import BaseImage, RunSpec, sha256_hex
 
 TRAIN_PATH = "train.py"
@@ -37,31 +41,46 @@ VAL_WHITEOUT = "/opt/sealab/data/.wh.val.bin"
 # without the validation split and the orchestrator scores the model (executor/evaluate.py). The
 # choice is a pure function of the commit, so records sealed before it existed re-derive unchanged.
 EVALUATOR_MARKER = b'\nEVALUATOR = "orchestrator"'
+IN_MEMORY_MAX = 16 << 20  # a layer of up to this many bytes of files is built in memory; a larger one in a file
 
 
 def scored_by_orchestrator(facts: CommitFacts) -> bool:
     """Whether the commit's harness leaves the metric to the orchestrator (and so hides val.bin)."""
     harness = next((f for f in facts.files if f.path == HARNESS_PATH and f.kind == "file"), None)
-    return harness is not None and EVALUATOR_MARKER in harness.data
+    return harness is not None and EVALUATOR_MARKER in harness.read()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Sealed:
-    """An experiment image as bytes, with the ID it must have once loaded."""
+    """An experiment image as bytes, with the ID it must have once loaded. Its layer is bytes, or (a
+    tree past IN_MEMORY_MAX) a temporary file removed with this object."""
 
     image_id: str
     config: bytes
-    layer: bytes
+    layer: bytes | Path
     labels: dict[str, str]
     base_diff_ids: tuple[str, ...]
     cmd: tuple[str, ...] = CMD  # what the image runs when a job gives no command
+    diff_id: str = ""  # the layer's ("sha256:…"), known once written
 
     @property
     def tag(self) -> str:
         return image_tag(self.labels[REVISION], self.image_id)
 
+    def layer_bytes(self) -> bytes:
+        return self.layer.read_bytes() if isinstance(self.layer, Path) else self.layer
+
+    def write_archive(self, out: IO[bytes]) -> None:
+        """The `docker load` archive (the base's layers listed, only the new one held) into `out`, streamed."""
+        diff = self.diff_id or "sha256:" + sha256_hex(self.layer_bytes())
+        write_archive(out, self.config, [*((d, None) for d in self.base_diff_ids), (diff, self.layer)], self.tag)
+
     def archive(self) -> bytes:
-        return load_archive(self.config, self.layer, self.base_diff_ids, self.tag)
+        import io
+
+        buf = io.BytesIO()
+        self.write_archive(buf)
+        return buf.getvalue()
 
 
 def image_tag(commit: str, image: str) -> str:
@@ -79,7 +98,7 @@ def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, 
     for needed in (TRAIN_PATH,) if spec.command is not None else (HARNESS_PATH, TRAIN_PATH):
         if needed not in files or files[needed].kind != "file":
             raise SourceError(facts.sha, f"commit has no {needed}; a sealab workspace needs it")
-    harness = LAUNCHER if spec.command is not None else files[HARNESS_PATH].data
+    harness = LAUNCHER if spec.command is not None else files[HARNESS_PATH].read()
     return {
         REVISION: facts.sha,
         "sealab.tree": facts.tree,
@@ -91,13 +110,40 @@ def labels_for(facts: CommitFacts, base: BaseImage, spec: RunSpec) -> dict[str, 
     }
 
 
+def human(size: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def check_tree_size(facts: CommitFacts, spec: RunSpec) -> None:
+    """The commit's files must fit [resources] tree_mb (a checkpoint or dataset committed by mistake is
+    refused before anything is read).
+
+    Raises:
+        SourceError: over the cap, naming the largest files and what to do.
+    """
+    total, cap = sum(f.length for f in facts.files), spec.resources.tree_cap
+    if total <= cap:
+        return
+    largest = sorted(facts.files, key=lambda f: f.length, reverse=True)[:3]
+    raise SourceError(f"commit {facts.sha[:12]}", f"its files hold {human(total)}, over [resources] tree_mb = {cap >> 20}; the largest: "
+                      + ", ".join(f"{f.path} ({human(f.length)})" for f in largest)
+                      + ". Keep such files out of git (git rm --cached, .gitignore; data belongs in [data] dirs), "
+                        "or raise tree_mb in sealab.toml")
+
+
 def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool | None = None) -> Sealed:
     """Assemble the experiment image for `facts` on `base` under `spec`; `hide_val` (default: whether the
     commit's harness is `scored_by_orchestrator`) whites out val.bin."""
+    check_tree_size(facts, spec)
     if hide_val is None:
         hide_val = spec.command is None and scored_by_orchestrator(facts)
     labels = labels_for(facts, base, spec)
-    entries = [Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
+    entries = [Entry(f"/workspace/{f.path}", mode=f.mode, stream=f.open, size=f.length) if f.git_dir is not None
+               else Entry(f"/workspace/{f.path}", f.data, f.mode, f.kind) for f in facts.files]
     entries.append(Entry(RUN_SPEC_PATH, spec.canonical() + b"\n"))
     cmd = CMD
     if spec.command is not None:
@@ -105,9 +151,27 @@ def seal(facts: CommitFacts, base: BaseImage, spec: RunSpec, *, hide_val: bool |
         cmd = LAUNCH_CMD
     if hide_val:
         entries.append(Entry(VAL_WHITEOUT, b"", 0o644))
-    layer = layer_tar(entries)
+    layer: bytes | Path
+    if sum(f.length for f in facts.files) <= IN_MEMORY_MAX:
+        import io
+
+        buf = io.BytesIO()
+        diff = write_layer(entries, buf)
+        layer = buf.getvalue()
+    else:  # a large tree: its blobs streamed from git into a file, never whole in memory
+        fd, name = tempfile.mkstemp(prefix="sealab-layer-", suffix=".tar")
+        layer = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                diff = write_layer(entries, out)
+        except BaseException:
+            layer.unlink(missing_ok=True)
+            raise
     config = image_config(
-        diff_ids=[*base.diff_ids, "sha256:" + sha256_hex(layer)], env=base.env, cmd=cmd, labels=labels,
+        diff_ids=[*base.diff_ids, diff], env=base.env, cmd=cmd, labels=labels,
         architecture=base.architecture, os=base.os, user=USER, workdir=WORKDIR,
     )
-    return Sealed(image_id(config), config, layer, labels, base.diff_ids, cmd)
+    sealed = Sealed(image_id(config), config, layer, labels, base.diff_ids, cmd, diff)
+    if isinstance(layer, Path):
+        weakref.finalize(sealed, layer.unlink, missing_ok=True)
+    return sealed

@@ -290,3 +290,28 @@ def test_a_flood_of_output_is_stored_within_log_mb(make_workspace):
     assert (1 << 20) <= len(log) < (1 << 20) + 200
     assert log.startswith(b"flood flood") and b"bytes of output dropped here" in log
     assert b"val_bpb" in log[-4096:]
+
+
+def test_a_large_committed_file_is_streamed_into_its_image(make_workspace, engine):
+    """A 20 MB file committed beside train.py: the commit is sealed by streaming (its image loaded through
+    a pipe), runs `ok`, and the file inside the image is the committed one; past [resources] tree_mb
+    the same commit is refused with exit 2 naming it, and nothing is recorded."""
+    from agent.gitops import commit_file
+    from executor.git_source import open_repo
+    from executor.image.docker_build import read_file
+
+    root = make_workspace()
+    blob = bytes(range(256)) * (20 << 12)
+    (root / "weights.bin").write_bytes(blob)
+    repo = git.Repo(root)
+    repo.index.add(["weights.bin"])
+    repo.index.commit("commit a 20 MB file")
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok", record["reason"]
+    assert read_file(engine.api, record["image_id"], "/workspace/weights.bin") == blob
+    toml = (root / "sealab.toml").read_text().replace("[resources]\n", "[resources]\ntree_mb = 16\n", 1)
+    commit_file(open_repo(root), "sealab.toml", toml, "a 16 MB tree cap")
+    before = len(sealab_json("status", cwd=root))
+    proc = sealab("exec", cwd=root)
+    assert proc.returncode == 2 and "tree_mb = 16" in proc.stderr and "weights.bin (21.0 MB)" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and len(sealab_json("status", cwd=root)) == before
