@@ -135,11 +135,12 @@ def test_endless_loop_times_out_at_budget_plus_grace(make_workspace):
     assert 5.0 <= record["durations"]["run"] < 12.0
 
 
-def start_sleeping_exec(root, engine):
-    """Start `sealab exec` on a train.py that sleeps; return the process once its container runs."""
+def start_sleeping_exec(root, engine, *command: str):
+    """Start `sealab exec` (or `command`) on a train.py that sleeps; return the process once its container runs."""
     commit_train(root, "import time\ntime.sleep(600)\n\ndef train(h):\n    pass\n", "sleeps")
     head = git.Repo(root).head.commit.hexsha
-    proc = subprocess.Popen([SEALAB, "exec"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([SEALAB, *(command or ("exec",))], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         running = [c for c in engine.api.containers(filters={"label": "sealab.experiment"})
@@ -165,15 +166,23 @@ def test_kill_9_leaves_an_interrupted_record(make_workspace, engine):
     assert [r["status"] for r in sealab_json("status", cwd=root)] == ["interrupted"]  # not duplicated
 
 
-def test_sigterm_records_interrupted_at_once(make_workspace, engine):
-    """SIGTERM to `sealab exec` stops the container and records `interrupted` before exiting 130."""
+@pytest.mark.parametrize("command, sig", [(("exec",), signal.SIGTERM), (("exec",), signal.SIGINT),
+                                          (("run", "--experiments", "1", "--proposer", "offline"), signal.SIGTERM)],
+                         ids=["exec-SIGTERM", "exec-Ctrl-C", "run-SIGTERM"])
+def test_a_stop_signal_ends_it_within_2_s_leaving_nothing_behind(make_workspace, engine, command, sig):
+    """SIGTERM or Ctrl-C to `sealab exec` or `sealab run` while its container runs: exit 130 within 2 s,
+    the container gone, the record `interrupted` (none left `running`), no half-written file."""
     root = make_workspace(budget=1, grace=300)
-    proc, container = start_sleeping_exec(root, engine)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    proc, container = start_sleeping_exec(root, engine, *command)
+    started = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    took = time.monotonic() - started
+    assert took < 2.0, took
     rows = sqlite3.connect(root / ".sealab" / "ledger.db").execute("SELECT status FROM experiments").fetchall()
     assert rows == [("interrupted",)]
     assert engine.api.containers(all=True, filters={"id": container}) == []
+    assert [p for p in (root / ".sealab").rglob("*") if p.name.endswith((".tmp", ".part", ".tail"))] == []
 
 
 def test_results_and_verify(make_workspace):
@@ -315,3 +324,31 @@ def test_a_large_committed_file_is_streamed_into_its_image(make_workspace, engin
     proc = sealab("exec", cwd=root)
     assert proc.returncode == 2 and "tree_mb = 16" in proc.stderr and "weights.bin (21.0 MB)" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and len(sealab_json("status", cwd=root)) == before
+
+
+def test_a_stop_signal_ends_reproduce_within_2_s_leaving_nothing_behind(make_workspace, engine):
+    """SIGTERM to `sealab reproduce` while its rerun's container runs: exit 130 within 2 s, the container
+    gone, the rerun `interrupted`, the original untouched. (The train.py sleeps only after a moment the
+    original run finishes before, so that only the rerun hangs.)"""
+    root = make_workspace(budget=1, grace=300)
+    hang_after = time.time() + 30
+    commit_train(root, f"import time as _t\nif _t.time() > {hang_after}:\n    _t.sleep(600)\n"
+                 + (root / "train.py").read_text(), "hangs when rerun")
+    original = sealab_json("exec", cwd=root)
+    assert original["status"] == "ok", original["reason"]
+    time.sleep(max(0.0, hang_after - time.time() + 0.5))
+    head = git.Repo(root).head.commit.hexsha
+    proc = subprocess.Popen([SEALAB, "reproduce", original["id"]], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (running := [c for c in engine.api.containers(filters={"label": "sealab.experiment"})
+                           if c["Labels"].get("sealab.commit") == head]):
+        assert time.monotonic() < deadline and proc.poll() is None, "the rerun's container never started"
+        time.sleep(0.2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    assert time.monotonic() - started < 2.0
+    statuses = dict(sqlite3.connect(root / ".sealab" / "ledger.db").execute("SELECT id, status FROM experiments"))
+    assert statuses.pop(original["id"]) == "ok" and list(statuses.values()) == ["interrupted"]
+    assert engine.api.containers(all=True, filters={"id": running[0]["Id"]}) == []
