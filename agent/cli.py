@@ -30,7 +30,26 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 class SealabGroup(click.Group):
-    """Turns SealabError into a one-line message and an exit code."""
+    """Turns SealabError into a one-line message and an exit code; click's usage errors (an unknown
+    option or command, a bad value) are one line too, naming the --help to read (exit 2)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `sealab` alone: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "sealab"
+            click.echo(f"sealab: error: {' '.join(exc.format_message().split())} (see `{where} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("sealab: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -211,6 +211,14 @@ def _check_records(path: Path, records: Any) -> list[ExperimentRecord]:
 
 
 def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progress = _quiet) -> dict[str, Any]:
+    """See _import_archive; a truncated or damaged tar is a one-line WorkspaceError (exit 2), nothing imported."""
+    try:
+        return _import_archive(ledger, engine, path, progress)
+    except (tarfile.TarError, EOFError) as exc:
+        raise WorkspaceError(f"{path}: the archive is truncated or damaged ({exc}); nothing was imported") from exc
+
+
+def _import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progress = _quiet) -> dict[str, Any]:
     """Import an archive written by `export_archive` into this workspace's engine and ledger.
 
     Returns `{"experiments", "images", "imported", "skipped", "bases_added", "seconds"}`.
@@ -230,7 +238,14 @@ def import_archive(ledger: Ledger, engine: Engine, path: Path, progress: Progres
             raise WorkspaceError(f"{path}: {MANIFEST} is not a JSON object") from None
         if version != FORMAT_VERSION:
             raise WorkspaceError(f"{path}: archive format {version!r}; this sealab reads format {FORMAT_VERSION}")
-        expected = manifest.get("sha256") or {}
+        for key, kind in (("experiments", list), ("images", list), ("sha256", dict)):
+            value = manifest.get(key)
+            if not isinstance(value, kind) or not all(isinstance(v, str) for v in value if kind is list) \
+                    or (kind is dict and not all(isinstance(v, str) for v in value.values())):
+                raise WorkspaceError(f"{path}: {MANIFEST} has no valid {key!r} (expected a "
+                                     f"{'list of strings' if kind is list else 'table of sha256 strings'}, "
+                                     f"found {type(value).__name__})")
+        expected = manifest["sha256"]
         contents: dict[str, bytes] = {}
         for name in (RECORDS, BASES, IMAGES):
             fh = tar.extractfile(members[name])

@@ -80,3 +80,13 @@ def test_run_refused_at_its_start_is_bad_input(tmp_path, engine):
                           "uncommitted changes")
     repo = git.Repo(ws)
     assert repo.head.commit.hexsha == head and not [b for b in repo.branches if b.name.startswith("sealab/")]
+
+
+@pytest.mark.parametrize("args, fragment", [(["exec", "--bogus"], "No such option '--bogus'"),
+                                            (["frob"], "No such command 'frob'"),
+                                            (["run", "--workers", "two"], "Invalid value for '--workers'")])
+def test_usage_errors_are_one_line(tmp_path, args, fragment):
+    """click's usage errors too: one line naming the problem and the --help to read, exit 2."""
+    proc = sealab(*args, cwd=tmp_path)
+    assert_one_line_error(proc, 2, fragment)
+    assert "--help" in proc.stderr and proc.stderr.startswith("sealab: error:")
