@@ -30,6 +30,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 FAST = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 COUNTS: dict[str, int] = {}
+CODES: dict[tuple[str, int], int] = {}  # (command, exit code) → cases
 SEALED: list[bytes] = []  # the generated sealab.toml files that were valid
 
 
@@ -65,6 +66,7 @@ def check(result, command: str, what: str) -> None:
         errors = [line for line in said.splitlines() if line.startswith("sealab: error:")]
         assert len(errors) == 1, f"{what}: {said[-500:]}"
     COUNTS[command] = COUNTS.get(command, 0) + 1
+    CODES[command, result.exit_code] = CODES.get((command, result.exit_code), 0) + 1
 
 
 def snapshot(ledger_path: Path) -> dict[str, str]:
@@ -261,3 +263,7 @@ def test_every_subcommand_was_driven():
     assert set(COMMANDS) <= set(COUNTS) and sum(COUNTS.values()) >= 2000, COUNTS
     print(f"\ngenerated bad-input cases: {sum(COUNTS.values())} ({json.dumps(dict(sorted(COUNTS.items())))}); "
           f"valid sealab.toml among them: {len(SEALED)}")
+    print("| command | cases | exit codes seen (cases) | README allows |\n|---|---|---|---|")
+    for name in COMMANDS:
+        seen = ", ".join(f"{code} ({n})" for (c, code), n in sorted(CODES.items()) if c == name)
+        print(f"| `{name}` | {COUNTS[name]} | {seen} | {', '.join(map(str, sorted(EXIT_CODES[name])))} |")
