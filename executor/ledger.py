@@ -181,7 +181,18 @@ class Ledger:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 self.db.backup(copy)
-        except (OSError, sqlite3.DatabaseError):
+            rescued = Ledger(target)
+            try:  # what this process had running ended with the directory, not by its experiment's doing
+                from executor import owner
+
+                for (eid,) in rescued.db.execute("SELECT id FROM experiments WHERE status = 'running' AND owner = ?",
+                                                 (owner.token(),)).fetchall():
+                    rescued._merge(eid, {"status": Status.INFRA_ERROR.value,
+                                         "reason": f"the ledger {self.path} was removed or replaced during the run"},
+                                   release=True, only_running=True, check=False)
+            finally:
+                rescued.close()
+        except (OSError, sqlite3.DatabaseError, LedgerError):
             return None
         return target
 

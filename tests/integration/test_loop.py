@@ -254,7 +254,7 @@ def test_drift_halt_stops_the_run(make_workspace):
 def test_state_directory_removed_during_a_run_is_named_and_its_records_rescued(make_workspace, engine):
     """`.sealab/` deleted while the first baseline runs: the loop stops with exit 5 naming the removed
     ledger (not a crash of the experiment), no container is left, and the records written until then
-    are in the rescued copy, which works as a ledger."""
+    are in the rescued copy, which works as a ledger: the experiment there is `infra_error`."""
     import shutil
 
     from executor.ledger import Ledger
@@ -276,4 +276,6 @@ def test_state_directory_removed_during_a_run_is_named_and_its_records_rescued(m
     rescued = list(state.glob("ledger.rescued-*.db"))
     assert len(rescued) == 1 and str(rescued[0]) in lines[0]
     kept = Ledger(rescued[0])
-    assert running[0] in [r["id"] for r in kept.records()] and kept.run_state("gone") is not None
+    assert kept.run_state("gone") is not None
+    [record] = [r for r in kept.records() if r["id"] == running[0]]
+    assert record["status"] == "infra_error" and "removed or replaced during the run" in record["reason"]
