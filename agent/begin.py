@@ -10,7 +10,7 @@ from agent import branch, decisions, gate, run_state
 from agent.context import Context
 from agent.drift_guard import guard
 from agent.run_state import RunState
-from agent.stopped import LoopStopped, RunRefused
+from agent.stopped import RunRefused
 from executor import git_source
 from executor.record import ExperimentRecord
 from executor.types import Status

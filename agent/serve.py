@@ -91,7 +91,8 @@ async def in_daemon_thread(work: Callable[[], Any]) -> Any:
         try:
             result = work()
         except BaseException as exc:  # handed to the awaiting request, which answers or re-raises it
-            outcome = lambda: future.set_exception(exc)  # noqa: E731
+            failure = exc
+            outcome = lambda: future.set_exception(failure)  # noqa: E731
         else:
             outcome = lambda: future.set_result(result)  # noqa: E731
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more

@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import structlog
 

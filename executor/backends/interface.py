@@ -12,7 +12,6 @@ The orchestrator, not the backend, decides what the result means (executor/run.p
 
 from __future__ import annotations
 
-import time
 
 import structlog
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
 from executor.capped_log import CappedLog
-from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
-from executor.errors import EngineUnavailable, IdentityMismatch
+from executor.docker_engine import Engine
+from executor.errors import IdentityMismatch
 from executor.hardening import Hardening, gpu_requests
 from executor.image.seal import Sealed
 from executor.types import Resources, RunSpec

@@ -354,3 +354,23 @@ def test_verify_reports_a_record_that_does_not_decode_and_checks_the_rest(ws):
         rows = {r["id"]: r["verification"] for r in board(ws).experiments(read_only)["experiments"]}
     assert rows["e0009"] == {"state": "mismatch", "problems": ["metrics: expected a table, found 0.9"]}
     assert rows["e0004"]["state"] == "ok"
+
+
+def test_a_request_read_in_its_daemon_thread_gives_its_result_or_its_error():
+    """serve's API reads run in daemon threads: the awaiting request gets the value, or the exception."""
+    import asyncio
+    import threading
+
+    from agent.serve import in_daemon_thread
+    from executor.errors import LedgerError
+
+    def fails():
+        raise LedgerError("the ledger is locked")
+
+    async def both():
+        value = await in_daemon_thread(lambda: threading.current_thread().daemon)
+        with pytest.raises(LedgerError, match="locked"):
+            await in_daemon_thread(fails)
+        return value
+
+    assert asyncio.run(both()) is True
