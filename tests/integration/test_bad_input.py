@@ -121,7 +121,7 @@ def argv(draw):
 
 
 @seed(20261207)
-@settings(FAST, max_examples=1000)
+@settings(FAST, max_examples=1300)
 @given(args=argv())
 def test_generated_arguments(workspace, tmp_path_factory, args):
     before = snapshot(workspace / ".sealab" / "ledger.db")
@@ -167,7 +167,7 @@ def toml_text(draw):
 
 
 @seed(20261207)
-@settings(FAST, max_examples=700)
+@settings(FAST, max_examples=400)
 @given(data=toml_text())
 def test_generated_sealab_toml(workspace, engine, data):
     """The committed sealab.toml is read by `seal` (the engine is real; nothing runs): refused in one
