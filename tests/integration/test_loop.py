@@ -79,12 +79,12 @@ def test_offline_run_keeps_discards_and_preserves(make_workspace):
     root = fast_workspace(make_workspace)
     repo = git.Repo(root)
     main_before = repo.git.rev_parse("main")
-    proc = sealab("run", "--experiments", "3", "--tag", "t1", "--proposer", "offline", cwd=root, timeout=600)
+    proc = sealab("run", "--experiments", "2", "--tag", "t1", "--proposer", "offline", cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert repo.git.rev_parse("main") == main_before and repo.active_branch.name == "sealab/t1"
     records = check_run_consistency(root, "t1")
     assert [r.get("decision") for r in records[:2]] == ["baseline", "baseline"]
-    assert len(records) == 5 and all(r.get("decision") in ("keep", "discard") for r in records[2:])
+    assert len(records) == 4 and all(r.get("decision") in ("keep", "discard") for r in records[2:])
     assert "best" in proc.stdout and "sealab/t1" in proc.stdout
 
 
@@ -114,7 +114,7 @@ def test_linter_during_run_never_reaches_a_commit(make_workspace, engine):
     thread = threading.Thread(target=linter, daemon=True)
     thread.start()
     try:
-        proc = sealab("run", "--experiments", "6", "--tag", "lint", "--proposer", "offline", cwd=root, timeout=900)
+        proc = sealab("run", "--experiments", "4", "--tag", "lint", "--proposer", "offline", cwd=root, timeout=900)
     finally:
         stop.set()
         thread.join()
