@@ -31,7 +31,7 @@ from executor.git_source import open_repo  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 
-SEALAB = str(Path(sys.executable).with_name("sealab"))
+SEALAB = [str(Path(sys.executable).with_name("sealab"))]  # --sealab-src: another checkout's code instead
 
 
 def flood(megabytes: int) -> str:
@@ -54,7 +54,7 @@ def workspace(where: Path, base, megabytes: int) -> Path:
 def measure(root: Path) -> dict:
     """`sealab exec --json` in `root`: its peak RSS (MB), wall time, status and stored log size."""
     started = time.monotonic()
-    proc = subprocess.Popen([SEALAB, "exec", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*SEALAB, "exec", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -69,7 +69,12 @@ def main() -> None:
     parser.add_argument("--small-mb", type=int, default=1)
     parser.add_argument("--large-mb", type=int, default=1024)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--sealab-src", type=Path, help="measure the sealab of this checkout (e.g. a `git worktree` "
+                                                        "of an older commit) with this venv, for a baseline")
     args = parser.parse_args()
+    if args.sealab_src:
+        SEALAB[:] = ["env", f"PYTHONPATH={args.sealab_src.resolve()}", sys.executable, "-c",
+                     "import sys; from agent.cli import main; sys.argv[0] = 'sealab'; main()"]
     engine = Engine.connect()
     base = build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
     rows = []

@@ -29,10 +29,10 @@ from executor.docker_engine import Engine  # noqa: E402
 from executor.image.base import build_base  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
 
-SEALAB = str(Path(sys.executable).with_name("sealab"))
+SEALAB = [str(Path(sys.executable).with_name("sealab"))]  # --sealab-src: another checkout's code instead
 
 
-def workspace(where: Path, base, megabytes: int) -> Path:
+def workspace(where: Path, base, megabytes: int, cap: bool = True) -> Path:
     """A scaffolded workspace; with `megabytes`, a file of that size committed (and tree_mb raised)."""
     ws = init(where)
     Ledger(ws.ledger_path).set_base(base)
@@ -43,14 +43,15 @@ def workspace(where: Path, base, megabytes: int) -> Path:
                 f.write(pattern)
         subprocess.run(["git", "add", "checkpoint.bin"], cwd=ws.root, check=True)
         subprocess.run(["git", "commit", "-q", "-m", f"a {megabytes} MB checkpoint"], cwd=ws.root, check=True)
-        toml = (ws.root / "sealab.toml").read_text().replace("[resources]\n", f"[resources]\ntree_mb = {megabytes + 64}\n", 1)
-        commit_file(ws.git, "sealab.toml", toml, "room for the checkpoint")
+        if cap:  # (a sealab before tree_mb refuses the key)
+            toml = (ws.root / "sealab.toml").read_text().replace("[resources]\n", f"[resources]\ntree_mb = {megabytes + 64}\n", 1)
+            commit_file(ws.git, "sealab.toml", toml, "room for the checkpoint")
     return ws.root
 
 
 def measure(root: Path) -> dict:
     started = time.monotonic()
-    proc = subprocess.Popen([SEALAB, "seal", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*SEALAB, "seal", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
@@ -62,13 +63,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1024, help="size of the committed file")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--sealab-src", type=Path, help="measure the sealab of this checkout (e.g. a `git worktree` "
+                                                        "of an older commit) with this venv, for a baseline")
     args = parser.parse_args()
+    if args.sealab_src:
+        SEALAB[:] = ["env", f"PYTHONPATH={args.sealab_src.resolve()}", sys.executable, "-c",
+                     "import sys; from agent.cli import main; sys.argv[0] = 'sealab'; main()"]
     engine = Engine.connect()
     base = build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sealab-bench-seal-") as tmp:
         for megabytes in (0, args.mb):
-            root = workspace(Path(tmp) / f"ws{megabytes}", base, megabytes)
+            root = workspace(Path(tmp) / f"ws{megabytes}", base, megabytes, cap=args.sealab_src is None)
             row = {"tree_mb": megabytes, **measure(root)}
             rows.append(row)
             print(f"committed file {megabytes:>5} MB: sealab seal peak {row['peak_mb']:.0f} MB, "

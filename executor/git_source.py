@@ -86,7 +86,11 @@ class TreeFile:
         if self.git_dir is None:
             yield io.BytesIO(self.data)
             return
-        proc = git.Repo(self.git_dir).git.cat_file("blob", self.blob, as_process=True)  # GitPython's stream
+        # `cat-file -p` streams a blob (git's stream_blob; `cat-file blob` reads it whole), through pack
+        # windows of 16 MB (git maps 1 GB of a pack at once by default: a 1 GB blob would be 1 GB of RSS)
+        proc = git.Repo(self.git_dir).git.execute(
+            ["git", "-c", "core.packedGitWindowSize=16m", "-c", "core.packedGitLimit=64m", "cat-file", "-p", self.blob],
+            as_process=True)
         failed = True
         try:
             yield proc.stdout
