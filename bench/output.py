@@ -15,10 +15,8 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.create import init  # noqa: E402
 from agent.gitops import commit_file, set_constant  # noqa: E402
-from executor.docker_engine import Engine  # noqa: E402
 from executor.git_source import open_repo  # noqa: E402
-from executor.image.base import build_base  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
+from bench.peak import run_measured, start  # noqa: E402
 
-SEALAB = [str(Path(sys.executable).with_name("sealab"))]  # --sealab-src: another checkout's code instead
 
 
 def flood(megabytes: int) -> str:
@@ -51,16 +47,13 @@ def workspace(where: Path, base, megabytes: int) -> Path:
     return ws.root
 
 
-def measure(root: Path) -> dict:
+def measure(sealab: list[str], root: Path) -> dict:
     """`sealab exec --json` in `root`: its peak RSS (MB), wall time, status and stored log size."""
-    started = time.monotonic()
-    proc = subprocess.Popen([*SEALAB, "exec", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    record = json.loads(out) if out.strip() else {"status": f"exit {proc.returncode}: {err.decode()[-300:]}"}
+    run = run_measured([*sealab, "exec", "--json"], root)
+    out = run["out"]
+    record = json.loads(out) if out.strip() else {"status": f"exit {run['code']}: {run['err'].decode()[-300:]}"}
     log = root / record["log_path"] if record.get("log_path") else None
-    return {"peak_mb": usage.ru_maxrss / 1024, "wall_s": time.monotonic() - started, "status": record["status"],
+    return {"peak_mb": run["peak_mb"], "wall_s": run["wall_s"], "status": record["status"],
             "log_mb": log.stat().st_size / 2**20 if log and log.exists() else 0.0}
 
 
@@ -68,19 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small-mb", type=int, default=1)
     parser.add_argument("--large-mb", type=int, default=1024)
-    parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--sealab-src", type=Path, help="measure the sealab of this checkout (e.g. a `git worktree` "
-                                                        "of an older commit) with this venv, for a baseline")
-    args = parser.parse_args()
-    if args.sealab_src:
-        SEALAB[:] = ["env", f"PYTHONPATH={args.sealab_src.resolve()}", sys.executable, "-c",
-                     "import sys; from agent.cli import main; sys.argv[0] = 'sealab'; main()"]
-    engine = Engine.connect()
-    base = build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
+    args, sealab, base = start(parser)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sealab-bench-output-") as tmp:
         for megabytes in (args.small_mb, args.large_mb):
-            row = {"printed_mb": megabytes, **measure(workspace(Path(tmp) / f"ws{megabytes}", base, megabytes))}
+            row = {"printed_mb": megabytes, **measure(sealab, workspace(Path(tmp) / f"ws{megabytes}", base, megabytes))}
             rows.append(row)
             print(f"printed {megabytes:>5} MB: sealab exec peak {row['peak_mb']:.0f} MB, log {row['log_mb']:.1f} MB, "
                   f"{row['status']}, {row['wall_s']:.0f} s", flush=True)

@@ -17,7 +17,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from agent.create import init  # noqa: E402
 from agent.gitops import commit_file  # noqa: E402
-from executor.docker_engine import Engine  # noqa: E402
-from executor.image.base import build_base  # noqa: E402
 from executor.ledger import Ledger  # noqa: E402
+from bench.peak import run_measured, start  # noqa: E402
 
-SEALAB = [str(Path(sys.executable).with_name("sealab"))]  # --sealab-src: another checkout's code instead
 
 
 def workspace(where: Path, base, megabytes: int, cap: bool = True) -> Path:
@@ -49,33 +46,21 @@ def workspace(where: Path, base, megabytes: int, cap: bool = True) -> Path:
     return ws.root
 
 
-def measure(root: Path) -> dict:
-    started = time.monotonic()
-    proc = subprocess.Popen([*SEALAB, "seal", "--json"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return {"peak_mb": usage.ru_maxrss / 1024, "wall_s": time.monotonic() - started,
-            "ok": code == 0, "said": (out if code == 0 else err).decode()[-300:]}
+def measure(sealab: list[str], root: Path) -> dict:
+    run = run_measured([*sealab, "seal", "--json"], root)
+    return {"peak_mb": run["peak_mb"], "wall_s": run["wall_s"], "ok": run["code"] == 0,
+            "said": (run["out"] if run["code"] == 0 else run["err"]).decode()[-300:]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=1024, help="size of the committed file")
-    parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--sealab-src", type=Path, help="measure the sealab of this checkout (e.g. a `git worktree` "
-                                                        "of an older commit) with this venv, for a baseline")
-    args = parser.parse_args()
-    if args.sealab_src:
-        SEALAB[:] = ["env", f"PYTHONPATH={args.sealab_src.resolve()}", sys.executable, "-c",
-                     "import sys; from agent.cli import main; sys.argv[0] = 'sealab'; main()"]
-    engine = Engine.connect()
-    base = build_base(source=None, wheels_dir=Path(os.environ.get("SEALAB_WHEELS", "/opt/wheels")), engine_client=engine)
+    args, sealab, base = start(parser)
     rows = []
     with tempfile.TemporaryDirectory(prefix="sealab-bench-seal-") as tmp:
         for megabytes in (0, args.mb):
             root = workspace(Path(tmp) / f"ws{megabytes}", base, megabytes, cap=args.sealab_src is None)
-            row = {"tree_mb": megabytes, **measure(root)}
+            row = {"tree_mb": megabytes, **measure(sealab, root)}
             rows.append(row)
             print(f"committed file {megabytes:>5} MB: sealab seal peak {row['peak_mb']:.0f} MB, "
                   f"{'ok' if row['ok'] else 'FAILED: ' + row['said']}, {row['wall_s']:.0f} s", flush=True)
