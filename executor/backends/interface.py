@@ -12,11 +12,11 @@ The orchestrator, not the backend, decides what the result means (executor/run.p
 
 from __future__ import annotations
 
-
-import structlog
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
+
+import structlog
 
 from executor.capped_log import CappedLog
 from executor.docker_engine import Engine
