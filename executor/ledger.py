@@ -123,6 +123,7 @@ class Ledger:
                 self._held = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 held = os.fstat(self._held)
                 self.identity = (held.st_dev, held.st_ino)
+                self._where = Path(os.path.abspath(path))  # (a later chdir must not look like a moved ledger)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             with self._tx():  # IMMEDIATE: two first commands cannot both create the schema
@@ -163,7 +164,7 @@ class Ledger:
         Raises:
             LedgerGone: the file is gone or is another file.
         """
-        if self.identity is None or file_identity(self.path) == self.identity:
+        if self.identity is None or file_identity(self._where) == self.identity:
             return  # (the descriptor held keeps the old inode's number from going to a new file)
         rescued = self._rescue()
         found = "is gone" if not self.path.exists() else "was replaced by another file"
