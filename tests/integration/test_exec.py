@@ -166,9 +166,12 @@ def test_kill_9_leaves_an_interrupted_record(make_workspace, engine):
     assert [r["status"] for r in sealab_json("status", cwd=root)] == ["interrupted"]  # not duplicated
 
 
+RUN_ONE = ("run", "--experiments", "1", "--proposer", "offline")
+
+
 @pytest.mark.parametrize("command, sig", [(("exec",), signal.SIGTERM), (("exec",), signal.SIGINT),
-                                          (("run", "--experiments", "1", "--proposer", "offline"), signal.SIGTERM)],
-                         ids=["exec-SIGTERM", "exec-Ctrl-C", "run-SIGTERM"])
+                                          (RUN_ONE, signal.SIGTERM), (RUN_ONE, signal.SIGINT)],
+                         ids=["exec-SIGTERM", "exec-Ctrl-C", "run-SIGTERM", "run-Ctrl-C"])
 def test_a_stop_signal_ends_it_within_2_s_leaving_nothing_behind(make_workspace, engine, command, sig):
     """SIGTERM or Ctrl-C to `sealab exec` or `sealab run` while its container runs: exit 130 within 2 s,
     the container gone, the record `interrupted` (none left `running`), no half-written file."""

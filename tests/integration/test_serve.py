@@ -102,9 +102,10 @@ def test_serves_a_workspace_without_experiments(tmp_path):
     assert not (root / ".sealab" / "ledger.db").exists()
 
 
-def test_sigterm_stops_within_2_s_while_a_request_waits(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_stops_within_2_s_while_a_request_waits(tmp_path, sig):
     """A request stuck on a ledger another process holds locked (SQLite waits 5 s for it) does not hold
-    `serve` up: SIGTERM ends it within 2 s, exit 0, no traceback."""
+    `serve` up: SIGTERM or Ctrl-C ends it within 2 s, exit 0, no traceback."""
     import sqlite3
     import threading
 
@@ -124,7 +125,7 @@ def test_sigterm_stops_within_2_s_while_a_request_waits(tmp_path):
         time.sleep(1.0)  # the request is in flight, its reader waiting for the lock
         assert not answered
         started = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(sig)
         server.proc.communicate(timeout=30)
         took = time.monotonic() - started
         holder.execute("ROLLBACK")
