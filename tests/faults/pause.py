@@ -8,7 +8,7 @@ The points wrap real functions and change nothing else:
 | point       | where the process stops                                                              |
 |-------------|--------------------------------------------------------------------------------------|
 | `begun`     | the record was just inserted as `running` (`Ledger.begin`), nothing sealed or loaded  |
-| `seal`      | the image is sealed, about to be loaded into the engine (`Engine.load`)               |
+| `seal`      | the image is sealed, about to be loaded into the engine (`Engine.load_written`)       |
 | `container` | the training container was just started and runs (`Engine.start`; eval phases skipped) |
 | `finished`  | the executor finished the record (`Ledger.finish`, with durations), nothing labelled yet |
 | `annotated` | the record carries the run's tag, no decision yet (`Ledger.label`)                    |
@@ -76,7 +76,7 @@ def install() -> None:
         return wrapper
 
     Ledger.begin = after(Ledger.begin, "begun")
-    Engine.load = before(Engine.load, "seal")
+    Engine.load_written = before(Engine.load_written, "seal")
     Engine.start = after(Engine.start, "container", lambda a, kw: _phase(*a[:2]) != "eval")
     Ledger.finish = after(Ledger.finish, "finished", lambda a, kw: (a[2] if len(a) > 2 else kw["outcome"]).durations
                           is not None)  # a run's end (not a recovery's)
