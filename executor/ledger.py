@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -109,7 +110,7 @@ class Ledger:
     """The experiment store of one workspace."""
 
     identity: tuple[int, int] | None = None
-    _held: int | None = None
+    _held: weakref.finalize | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -120,8 +121,9 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             if str(path) != ":memory:":
-                self._held = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                held = os.fstat(self._held)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self._held = weakref.finalize(self, os.close, fd)  # closed by close(), or when collected
+                held = os.fstat(fd)
                 self.identity = (held.st_dev, held.st_ino)
                 self._where = Path(os.path.abspath(path))  # (a later chdir must not look like a moved ledger)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -150,8 +152,7 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
         if self._held is not None:
-            os.close(self._held)
-            self._held = None
+            self._held()  # (once: a finalizer runs at most once)
 
     def _tx(self):
         return _Transaction(self.db, self.path, self._check_identity)

@@ -166,3 +166,18 @@ def test_a_ledger_removed_or_replaced_stops_its_writes_and_is_rescued(tmp_path, 
     assert [e["n"] for e in Ledger(rescued[0]).events("note")] == [1]
     if how == "replaced":
         assert Ledger(path).events("note") == []  # the new file was not written to
+
+
+def test_a_ledger_left_to_the_collector_gives_its_descriptors_back(tmp_path):
+    """The descriptor a Ledger holds for its identity check is closed by close() or when the Ledger is
+    collected: thousands of in-process commands (a test session, a server) do not pile them up."""
+    import gc
+    import os
+
+    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    Ledger(tmp_path / "l.db").close()
+    before = open_fds()
+    for _ in range(200):
+        Ledger(tmp_path / "l.db")
+    gc.collect()
+    assert open_fds() - before < 5
