@@ -37,6 +37,10 @@ class SealabGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        given = sys.argv[1:] if args is None else list(args)
+        if any("\x00" in str(arg) for arg in given):  # no path or name holds one (a shell cannot even pass it)
+            click.echo("sealab: error: an argument holds a NUL byte (\\x00), which no path, commit or name can hold", err=True)
+            sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # `sealab` alone: the help, as before

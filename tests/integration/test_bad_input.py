@@ -27,7 +27,7 @@ from agent.cli import main
 from tests.conftest import write_stored
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-FAST = settings(deadline=None, derandomize=True, database=None, print_blob=True,
+FAST = settings(deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 COUNTS: dict[str, int] = {}
 CODES: dict[tuple[str, int], int] = {}  # (command, exit code) → cases

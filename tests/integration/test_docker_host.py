@@ -69,18 +69,30 @@ def test_docker_host_loads_verifies_and_runs_there(make_workspace, remote_engine
     assert again["verdict"] == "exact", again
 
 
-def test_a_forged_image_on_the_remote_engine_is_refused(make_workspace, remote_engine, base_image):
-    """Another image under the sealed name on the remote engine: rejected there, nothing started."""
+def test_a_foreign_image_under_the_sealed_name_on_the_remote_engine(make_workspace, remote_engine, base_image):
+    """Another image under the sealed name on the remote engine. While the sealed image is not there, the
+    commit is loaded there again (same ID), takes its name back and runs; the foreign image is recorded as
+    displaced and kept. Once the sealed image is there, a moved name is refused, nothing started."""
+    from executor.ledger import Ledger
+
     root = make_workspace("forged")
     use_remote(root, remote_engine)
     sealed = sealab_json("seal", cwd=root)
     tag = sealed["tag"]
-    remote_engine.docker("tag", base_image.image_id, tag)  # the name now leads elsewhere, on the remote side
+    remote_engine.docker("tag", base_image.image_id, tag)  # the name leads elsewhere, on the remote side
+    proc = sealab("exec", "--json", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["status"] == "ok" and record["image_id"] == sealed["image_id"]
+    assert remote_engine.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip() == sealed["image_id"]
+    [event] = Ledger(root / ".sealab" / "ledger.db").events("displaced")
+    assert event["foreign"] == base_image.image_id and event["experiment"] == record["id"]
+    remote_engine.docker("tag", base_image.image_id, tag)  # again, now that the sealed image is there
     proc = sealab("exec", "--json", cwd=root)
     assert proc.returncode == 4, proc.stderr
     record = json.loads(proc.stdout)
     assert record["status"] == "rejected" and "nothing was started" in record["reason"]
-    assert sealed["image_id"] in record["reason"]
+    assert sealed["image_id"] in record["reason"] and "docker tag" in record["reason"]
     assert remote_engine.docker("ps", "-aq", "--filter", f"label=sealab.experiment={record['id']}").stdout == ""
 
 

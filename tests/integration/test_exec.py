@@ -135,12 +135,18 @@ def test_endless_loop_times_out_at_budget_plus_grace(make_workspace):
     assert 5.0 <= record["durations"]["run"] < 12.0
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT as a command started at a terminal has it: a background job of a non-interactive shell (how CI
+    may run the suite) ignores it, and a process that starts with SIGINT ignored never sees Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sleeping_exec(root, engine, *command: str):
     """Start `sealab exec` (or `command`) on a train.py that sleeps; return the process once its container runs."""
     commit_train(root, "import time\ntime.sleep(600)\n\ndef train(h):\n    pass\n", "sleeps")
     head = git.Repo(root).head.commit.hexsha
     proc = subprocess.Popen([SEALAB, *(command or ("exec",))], cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         running = [c for c in engine.api.containers(filters={"label": "sealab.experiment"})

@@ -19,6 +19,7 @@ import pytest
 from executor.git_source import open_repo
 from tests.browser import Chromium
 from tests.conftest import SEALAB, chromium, sealab, sealab_json
+from tests.integration.test_exec import as_from_a_terminal
 from tests.integration.test_loop import fast_workspace
 
 MARKUP = "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"
@@ -41,7 +42,8 @@ class Server:
 
     def __enter__(self) -> Server:
         self.proc = subprocess.Popen([SEALAB, "serve", "--port", str(self.port)], cwd=self.root,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=as_from_a_terminal)
         deadline = time.monotonic() + 60
         while True:
             try:
