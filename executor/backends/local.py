@@ -83,25 +83,4 @@ def transfer(source: Engine, target: Engine, image_id: str) -> None:
     Raises:
         IdentityMismatch: the target reports another ID afterwards.
     """
-    import os
-    import threading
-
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        with open(write_fd, "wb") as sink:
-            try:
-                source.save([image_id], sink)
-            except BaseException as exc:  # reported below, after the reader has finished
-                failure.append(exc)
-
-    writer = threading.Thread(target=produce, daemon=True)
-    writer.start()
-    with open(read_fd, "rb") as stream:
-        target.load_stream(iter(lambda: stream.read(1 << 20), b""))
-    writer.join()
-    if failure:
-        raise failure[0]
-    if target.image_id(image_id) != image_id:
-        raise IdentityMismatch("transferred image", image_id, target.image_id(image_id) or "nothing")
+    target.load_written(lambda sink: source.save([image_id], sink), image_id)
