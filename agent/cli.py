@@ -522,11 +522,15 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the offline proposer.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Experiments per round, run at once (one GPU each when [resources] gpus = 1).")
+@click.option("--pipeline/--sequential", default=True, show_default=True,
+              help="With one worker: prepare the next proposal (ask, gate, commit, seal, load) while an experiment "
+                   "runs, or do each step after the last.")
 @BACKEND_OPTION
 @click.pass_context
 def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, proposer: str | None, tag: str | None,
-            resume: bool, model: str | None, seed: int, workers: int, backend: str | None) -> None:
+            resume: bool, model: str | None, seed: int, workers: int, pipeline: bool, backend: str | None) -> None:
     """The overnight loop: propose, gate, commit, run sealed, keep or discard, record."""
+    from agent.cycle import Duty
     from agent.loop import Loop, default_tag
     from agent.progress import LoopDisplay
     from agent.proposers import select_proposer
@@ -537,7 +541,7 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
     chosen = select_proposer(proposer, model=model, seed=seed)
     with LoopDisplay(err, total=experiments) as display:
         loop = Loop(ws, eng, ledger, policy, chosen, drift_action=policy.drift.action, on_event=display.event,
-                    workers=workers, backend=_backend(ws, eng, backend))
+                    workers=workers, backend=_backend(ws, eng, backend), pipeline=pipeline)
         if resume:
             tag = tag or ledger.latest_run_tag()
             if tag is None:
@@ -548,6 +552,7 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
         state = loop.run(state, experiments=experiments, hours=hours)
     click.echo(f"run {state.tag}: {state.experiments} experiment(s), best {state.best_value:.6f} at "
                f"{state.best_commit[:12]} on branch {state.branch}; stopped: {state.stop_reason}")
+    click.echo(f"run {state.tag}: {Duty.of(ledger.experiments(state.tag)).line()}")
 
 
 @main.command()

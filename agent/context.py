@@ -29,6 +29,7 @@ class Context:
     on_event: Callable[[str, RunState], None] = lambda line, state: None
     backend: Backend | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    cycle_start: float | None = None  # when the loop's current time account began (agent/cycle.py)
 
     @property
     def repo(self) -> git_source.Repository:

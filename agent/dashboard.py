@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.html_report import ReportData, _read_patch, collect, metric_of, running_best
+from agent import cycle
+from agent.html_report import ReportData, _read_patch, collect, metric_of, pipelined, running_best
 from executor import owner
 from executor import record as recorded
 from executor.errors import SealabError
@@ -51,6 +52,25 @@ def cost_so_far(data: ReportData) -> float:
 
 def description_of(record: dict[str, Any]) -> str | None:
     return (record.get("proposal") or {}).get("description") or record.get("description")
+
+
+def duty_of(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's duty cycle (`cycle.Duty.to_dict`, with whether the loop was pipelined and the causes'
+    labels), or None when no record carries a time account (an older ledger)."""
+    duty = cycle.Duty.of(records)
+    if not duty.experiments:
+        return None
+    return {**duty.to_dict(), "pipelined": pipelined(records), "labels": dict(cycle.LABELS)}
+
+
+def time_account(record: dict[str, Any]) -> dict[str, float | None]:
+    """One experiment's training seconds and idle seconds (wall − training), None without a `cycle`."""
+    account = record.get("cycle")
+    wall = recorded.number(account.get("wall_s")) if isinstance(account, dict) else None
+    training = recorded.number(account.get("training_s")) if isinstance(account, dict) else None
+    if wall is None or training is None:
+        return {"training_s": None, "idle_s": None}
+    return {"training_s": training, "idle_s": round(max(0.0, wall - training), 3)}
 
 
 def run_updated_at(ledger: Ledger, tag: str | None) -> datetime | None:
@@ -110,6 +130,7 @@ class Dashboard:
             },
             "cost_usd": cost_so_far(data),
             "chain": {"problems": len(ledger.chain_problems())},
+            "duty": duty_of(data.records),
         }
 
     def _run_phase(self, data: ReportData, current: dict[str, Any] | None, dead: list[str],
@@ -177,6 +198,7 @@ class Dashboard:
             "description": description_of(r), "created_at": r.get("created_at"), "durations": recorded.durations(r),
             "drift": len(recorded.drift(r)), "verification": self._verification(r, digest, ledger, chain),
             "log_tail": self._log_tail(r, digest) if r.get("status") in _FAILED else None,
+            **time_account(r),
         }
 
     def _verification(self, r: dict[str, Any], digest: str, ledger: Ledger, chain: list[str]) -> dict[str, Any]:

@@ -5,8 +5,9 @@ that finished but were not counted)."""
 from __future__ import annotations
 
 import statistics
+import time
 
-from agent import attempts
+from agent import attempts, cycle
 from agent.context import Context
 from agent.drift_guard import guard
 from agent.run_state import RunState
@@ -39,8 +40,10 @@ def baselines(ctx: Context, state: RunState) -> None:
     """
     while missing(ctx, state):
         record = attempts.experiment(ctx, state, "baseline")
+        ran = time.monotonic()
         guard(ctx, state, "after baseline run")
         value = record.value
+        cycle.note(ctx, record, proposal_s=0.0, ran=ran, pipelined=False, best=state.best_commit)
         if value is None:
             raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
         count(ctx, state, value, record.id)

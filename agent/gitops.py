@@ -127,7 +127,7 @@ def make_commit(repo: Repository, parent: str, files: Mapping[str, str], message
     """
     raw = repo._repo
     base = raw.commit(parent)
-    index = git.IndexFile.from_tree(raw, base)
+    index = git.IndexFile.new(raw, base.tree)  # in memory: the repository's index (and its lock) is never touched
     entries = []
     for path, content in sorted(files.items()):
         data = content.encode()
@@ -142,6 +142,28 @@ def make_commit(repo: Repository, parent: str, files: Mapping[str, str], message
     commit = git.Commit.create_from_tree(raw, index.write_tree(), message, parent_commits=[base], head=False,
                                          author=actor, committer=actor)
     return commit.hexsha
+
+
+def rebase(repo: Repository, commit: str, onto: str) -> str | None:
+    """`commit`'s change carried onto `onto` by git's three-way merge (their merge base is `commit`'s
+    parent): a new commit with `commit`'s message and the merged tree, parent `onto`, moving no ref.
+    None when the two changes conflict (nothing is written but unreachable objects).
+
+    Raises:
+        git.GitCommandError: git failed otherwise (a missing object).
+    """
+    raw = repo._repo
+    status, out, err = raw.git.merge_tree("--write-tree", "--no-messages", onto, commit,
+                                          with_extended_output=True, with_exceptions=False)
+    if status == 1:
+        return None
+    if status != 0:
+        raise git.GitCommandError(["git", "merge-tree", onto, commit], status, err)
+    tree = out.splitlines()[0].strip()
+    actor = _actor(repo)
+    merged = git.Commit.create_from_tree(raw, raw.tree(tree), raw.commit(commit).message, parent_commits=[raw.commit(onto)],
+                                         head=False, author=actor, committer=actor)
+    return merged.hexsha
 
 
 def move(repo: Repository, branch: str, old: str, new: str) -> bool:

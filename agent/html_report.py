@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import html
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from agent import cycle
 from executor import record as recorded
 from executor.git_source import Repository, commit_diff
 from executor.ledger import Ledger
@@ -169,7 +171,36 @@ def _summary(data: ReportData, branch: str | None) -> str:
         ("stop reason", e(state.get("stop_reason") or "—")),
     ]
     body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
-    return f'<section id="summary"><h2>Summary</h2><dl>{body}</dl></section>'
+    return f'<section id="summary"><h2>Summary</h2><dl>{body}</dl>{_duty(data.records)}</section>'
+
+
+def pipelined(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the loop proposed (and sealed) the next experiment while one ran, for any of `records`."""
+    return any(isinstance(r.get("cycle"), Mapping) and r["cycle"].get("pipelined") is True for r in records)
+
+
+def _duty(records: Sequence[Mapping[str, Any]]) -> str:
+    """The duty cycle (training / wall seconds) and the idle seconds per experiment by cause, over the
+    records that carry a time account; nothing when none does (an older ledger)."""
+    duty = cycle.Duty.of(records)
+    if duty.duty is None:
+        return ""
+    over = f"{duty.experiments} of {len(records)}" if duty.experiments < len(records) else str(duty.experiments)
+    rows = [
+        ("duty", (f"{duty.duty:.2f} ({duty.training_s:.0f} s training in {duty.wall_s:.0f} s, "
+                  f"over {over} experiment(s) with a time account)")),
+        ("experiments/hour", f"{duty.per_hour:.1f}"),
+        ("loop", "pipelined (the next proposal prepared while an experiment ran)" if pipelined(records)
+         else "sequential"),
+    ]
+    head = "<tr><th>idle cause</th><th>seconds per experiment</th><th>share of wall time</th></tr>"
+    causes = "".join(
+        f"<tr><td>{e(cycle.LABELS[c])}</td><td class=num>{s:.1f}</td>"
+        f"<td class=num>{100 * duty.idle.get(c, 0.0) / duty.wall_s:.1f}%</td></tr>"
+        for c, s in duty.idle_per_experiment().items())
+    body = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in rows)
+    return (f'<div id="duty"><h3>Duty cycle</h3><dl>{body}</dl>'
+            f"<table><thead>{head}</thead><tbody>{causes}</tbody></table></div>")
 
 
 def _experiments(data: ReportData) -> str:

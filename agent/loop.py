@@ -4,6 +4,9 @@
                         → keep (branch stays on the new commit) | discard (refs/sealab/discarded/<id>, CAS back)
                         → drift guard → record
 
+Pipelined (the default with one worker; agent/pipeline.py): the next proposal is asked, gated, committed
+and its image sealed and loaded while an experiment runs, and judged by the rule written there.
+
 The agent only ever sees the best commit's content read from git objects. Every ref move is a
 compare-and-swap; the run's state is saved after every step, so `--resume` continues exactly there.
 
@@ -20,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agent import attempts, begin, branch, committed, drift_guard, gate, rounds, steps, stopped
+from agent import attempts, begin, branch, committed, drift_guard, gate, pipeline, rounds, steps, stopped
 from agent.context import Context
 from agent.run_state import RunState
 from agent.stopped import LoopStopped
@@ -46,6 +49,7 @@ class Loop:
     workers: int = 1  # experiments per round, run at once; 1 is the plain one-at-a-time loop
     backend: Backend | None = None  # where experiments run (None: the local engine)
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)  # a round is being stopped
+    pipeline: bool = True  # --workers 1: prepare the next proposal while one runs (agent/pipeline.py)
 
     @property
     def repo(self) -> git_source.Repository:
@@ -68,19 +72,25 @@ class Loop:
     def run(self, state: RunState, *, experiments: int | None, hours: float | None) -> RunState:
         """Baseline, then experiments (one at a time, or rounds of `workers`) until a stop condition holds."""
         ctx = self._ctx
-        started = time.monotonic() - state.elapsed_s
+        started = ctx.cycle_start = time.monotonic()
+        started -= state.elapsed_s
         spec = committed.spec(ctx.repo, state.best_commit)
         stopped.check_spec(ctx.policy, spec)
         gate.baselines(ctx, state)
         steps.rerun_lost(ctx, state)
+        ahead: pipeline.Ahead | None = None
         while True:
             state.elapsed_s = time.monotonic() - started
             reason = stopped.reason(ctx.policy, state, experiments=experiments, hours=hours)
             branch.check(ctx, state)  # before each experiment: a moved branch stops the run at once
             if reason:
+                if ahead is not None:
+                    pipeline.park(ctx, state, ahead)
                 return self._stop(ctx, state, reason)
             if self.workers > 1:
                 rounds.round_(ctx, state, spec, rounds.size(self.workers, experiments, state))
+            elif self.pipeline:
+                ahead = pipeline.step(ctx, state, spec, more=pipeline.more(state, experiments), ahead=ahead)
             else:
                 steps.step(ctx, state, spec)
 

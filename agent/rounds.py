@@ -54,7 +54,7 @@ def _candidates(ctx: Context, state: RunState, spec: RunSpec,
     entries: list[dict[str, Any]] = []
     proposals: list[Proposal] = []
     for i in range(n):
-        proposal = proposing.propose(ctx, state, _with_siblings(shown, state, entries, i), spec)
+        proposal = proposing.propose(ctx, state, with_siblings(shown, state, entries, i), spec)
         if proposal is None:
             continue
         commit = committed.commit(ctx.repo, state.best_commit, proposal)
@@ -66,7 +66,7 @@ def _candidates(ctx: Context, state: RunState, spec: RunSpec,
     return entries, proposals
 
 
-def _with_siblings(shown: ProposalContext, state: RunState, entries: list[dict[str, Any]], i: int) -> ProposalContext:
+def with_siblings(shown: ProposalContext, state: RunState, entries: list[dict[str, Any]], i: int) -> ProposalContext:
     siblings = [{"commit": e["commit"], "description": e["description"], "status": "running",
                  "decision": None, "metric": None} for e in entries]
     return replace(shown, experiment_index=state.experiments + i, history=(*shown.history, *siblings),

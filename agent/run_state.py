@@ -30,6 +30,8 @@ class RunState:
     stop_reason: str | None = None
     pending: dict[str, Any] | None = None  # a commit made but not yet decided: {"commit", "experiment"}
     round: list[dict[str, Any]] | None = None  # --workers > 1: the round's commits, run side by side
+    prepared: int = 0  # the pipelined loop: how many of its `prepared` ledger events were taken up
+    ahead: dict[str, Any] | None = None  # the pipelined loop: a prepared proposal taken up but not yet run
 
     def in_flight(self) -> list[str]:
         """The commits made but not yet decided: the pending one, the round's."""

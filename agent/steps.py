@@ -3,7 +3,9 @@ the branch onto it (CAS), run it sealed, decide; and the rerun of a pending comm
 
 from __future__ import annotations
 
-from agent import attempts, branch, committed, decisions, proposing
+import time
+
+from agent import attempts, branch, committed, cycle, decisions, proposing
 from agent.context import Context
 from agent.drift_guard import guard
 from agent.run_state import RunState
@@ -12,7 +14,9 @@ from executor.types import RunSpec
 
 def step(ctx: Context, state: RunState, spec: RunSpec) -> None:
     guard(ctx, state, "before proposal")
+    asked = time.monotonic()
     proposal = proposing.propose(ctx, state, proposing.context(ctx, state, spec), spec)
+    proposal_s = time.monotonic() - asked
     if proposal is None:
         return
     guard(ctx, state, "before commit")  # every reset of the work tree is preceded by a drift check
@@ -22,8 +26,11 @@ def step(ctx: Context, state: RunState, spec: RunSpec) -> None:
     branch.take(ctx, state, commit)
     branch.move(ctx, state, state.best_commit, commit, "before run")
     record = attempts.experiment(ctx, state, None, proposal)
+    ran = time.monotonic()
     guard(ctx, state, "after run")
+    best = state.best_commit
     decisions.decide(ctx, state, record)
+    cycle.note(ctx, record, proposal_s=proposal_s, ran=ran, pipelined=False, proposed_on=best, best=best)
 
 
 def rerun_lost(ctx: Context, state: RunState) -> None:
@@ -32,5 +39,8 @@ def rerun_lost(ctx: Context, state: RunState) -> None:
         return
     branch.restore(ctx, state, state.pending["commit"])
     record = attempts.experiment(ctx, state, None)
+    ran = time.monotonic()
     guard(ctx, state, "after run")
+    best = state.best_commit
     decisions.decide(ctx, state, record)
+    cycle.note(ctx, record, proposal_s=0.0, ran=ran, pipelined=False, best=best)

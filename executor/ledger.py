@@ -254,6 +254,10 @@ class Ledger:
         changes = {"decision": decision.value, "decision_reason": str(why)}
         return ExperimentRecord.from_dict(self._merge(experiment_id, changes))
 
+    def record_cycle(self, experiment_id: str, cycle: dict[str, Any]) -> ExperimentRecord:
+        """The loop's account of the experiment's wall time (training, idle by cause; agent/cycle.py)."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, {"cycle": dict(cycle)}))
+
     def record_push(self, experiment_id: str, registry_digest: str) -> ExperimentRecord:
         """Where `sealab push` put the experiment's image: `HOST[:PORT]/REPO@sha256:…`."""
         return ExperimentRecord.from_dict(self._merge(experiment_id, {"registry_digest": str(registry_digest)}))

@@ -65,7 +65,7 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]] | None] = {
     "metrics": _TABLE, "peak_memory_mb": _NUMBER, "exit_code": _INTEGER, "durations": _TABLE, "drift": _DRIFT,
     "log_path": _TEXT, "created_at": _TEXT, "record_version": None, "backend": _TEXT, "placement": _TEXT,
     "finished_at": _TEXT, "cpu": _TABLE, "run_tag": _TEXT, "decision": None, "decision_reason": _TEXT,
-    "proposal": _TABLE, "registry_digest": _TEXT, "reproduces": _TEXT,
+    "proposal": _TABLE, "registry_digest": _TEXT, "reproduces": _TEXT, "cycle": _TABLE,
 }
 REQUIRED = ("id", "commit", "status")  # every record sealab ever wrote has them
 
@@ -143,6 +143,7 @@ class ExperimentRecord:
     proposal: dict[str, Any] | None = None
     registry_digest: str | None = None
     reproduces: str | None = None
+    cycle: dict[str, Any] | None = None  # the loop's account of its wall time: training, idle by cause (agent/cycle.py)
     unknown: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = ()
 
@@ -220,7 +221,8 @@ class ExperimentRecord:
 
 RUN_KEYS = frozenset(("status", "reason", "image_id", "metrics", "backend", "placement", "finished_at", "drift",
                       "peak_memory_mb", "exit_code", "durations", "cpu"))  # what Finish writes
-ANNOTATIONS = frozenset(("run_tag", "decision", "decision_reason", "proposal", "registry_digest", "reproduces"))
+ANNOTATIONS = frozenset(("run_tag", "decision", "decision_reason", "proposal", "registry_digest", "reproduces",
+                         "cycle"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,7 +251,9 @@ def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: Ba
     ended = eval_outcome(end, spec)
     if ended is not None:
         return ended
+    scoring = time.monotonic()
     score = evaluate.score_file(evalset, eval_out / evaluate.LOGITS_FILE)
+    durations["score"] = time.monotonic() - scoring  # the orchestrator's part of the eval phase
     durations["eval"] = time.monotonic() - t
     shutil.rmtree(eval_out, ignore_errors=True)  # 70 MB of logits; eval_windows keeps their provenance
     metrics = {**score.to_metrics(), "eval_model": trained}

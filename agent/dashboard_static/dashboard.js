@@ -71,6 +71,7 @@ function drawState(s) {
     ["cost so far", "$" + Number(s.cost_usd || 0).toFixed(4)],
     ["ledger chain", s.chain.problems ? s.chain.problems + " problem(s): run `sealab verify --all`" : "intact"],
     ["last activity", s.run.last_activity || "—"],
+    ...dutyRows(s.duty, s.counts.experiments),
   ];
   const list = byId("state-list");
   list.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", null, k), el("dd", {key: k}, v)]));
@@ -81,6 +82,26 @@ function drawState(s) {
     byId("current-description").textContent = (current.description || "") + " @ " + short(current.commit);
   }
   tick();
+}
+
+// The duty cycle (training / wall seconds) and the idle seconds per experiment by cause: nothing when no
+// experiment has a time account (an older ledger).
+function dutyRows(d, experiments) {
+  if (!d || typeof d.duty !== "number") return [];
+  const over = d.experiments < experiments ? " over " + d.experiments + " of " + experiments + " experiments" : "";
+  const rate = typeof d.per_hour === "number" ? ", " + d.per_hour.toFixed(1) + " experiments/hour" : "";
+  const idle = Object.entries(d.idle_per_experiment || {}).filter(([, v]) => typeof v === "number" && v >= 0.05)
+    .map(([cause, v]) => ((d.labels || {})[cause] || cause) + " " + v.toFixed(1) + " s");
+  return [
+    ["duty cycle", "duty " + d.duty.toFixed(2) + " (" + seconds(d.training_s) + " training in " + seconds(d.wall_s) +
+      over + ")" + rate + (d.pipelined ? ", pipelined" : ", sequential")],
+    ["idle per experiment", idle.length ? idle.join(" · ") : "none"],
+  ];
+}
+
+function trainIdle(r) {
+  if (typeof r.training_s !== "number" || typeof r.idle_s !== "number") return "";
+  return r.training_s.toFixed(0) + " / " + r.idle_s.toFixed(0) + " s";
 }
 
 function tick() {
@@ -108,6 +129,7 @@ function drawExperiments(data) {
       el("td", null, code(short(r.image_id, 19))),
       el("td", {class: v.state, title: v.problems.join("\n")}, v.state),
       el("td", {class: "num"}, r.drift ? String(r.drift) : ""),
+      el("td", {class: "num", title: "training / idle seconds (wall − training)"}, trainIdle(r)),
       el("td", {class: "description"}, r.description || "", r.log_tail ? folded("log tail", pre(r.log_tail)) : null));
     return row;
   }));

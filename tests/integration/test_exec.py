@@ -40,7 +40,7 @@ def test_linter_drift_runs_the_commit(make_workspace):
     changes = [c for d in record["drift"] for c in d["changes"]]
     assert "SCALAR_LR = 0.5 -> 0.3" in changes and record["drift"][0]["path"] == "train.py"
     assert "drift" in proc.stderr and "SCALAR_LR = 0.5 -> 0.3" in proc.stderr
-    assert set(record["durations"]) == {"seal", "load", "verify", "run", "eval", "total"}
+    assert set(record["durations"]) == {"seal", "load", "verify", "run", "eval", "score", "total"}
     assert record["metrics"]["metric_source"] == "evaluator" and record["metrics"]["eval_causal"] is True
     # One canonical JSON log line for the experiment, bound to its id, commit and image.
     events = [json.loads(line) for line in (root / ".sealab" / "logs" / "sealab.jsonl").read_text().splitlines()]

@@ -184,6 +184,43 @@ def test_kept_drift_and_review(ws):
     assert review["review"][0]["patch"] == f"+{SCRIPT}\n" and review["proposal_failed"] == []
 
 
+def test_duty_cycle_in_state_rows_and_report(ws):
+    """Records with a time account (`cycle`) give the run's duty cycle in /api/state, each row's training
+    and idle seconds, and a duty section in the report; the experiments without one are left out of it
+    (and said to be), and the records still verify."""
+    from agent import cycle
+    from agent.html_report import render_html
+
+    path = ws["ws"].ledger_path
+    with reading(path) as ledger:
+        assert board(ws).state(ledger, now=NOW)["duty"] is None  # an older ledger: no account, no duty
+        rows = board(ws).experiments(ledger)["experiments"]
+        page = render_html(collect(ledger, "t1"))
+    assert {(r["training_s"], r["idle_s"]) for r in rows} == {(None, None)}
+    assert "Duty cycle" not in page and 'id="duty"' not in page
+    ledger = Ledger(path)
+    for eid, pipelined in (("e0001", False), ("e0002", False), ("e0003", True)):
+        ledger.record_cycle(eid, cycle.account(wall_s=100.0, training_s=80.0, durations={"seal": 2.0, "load": 1.0},
+                                               proposal_s=10.0, decision_s=1.0, pipelined=pipelined))
+    ledger.close()
+    with reading(path) as ledger:
+        duty = board(ws).state(ledger, now=NOW)["duty"]
+        rows = {r["id"]: r for r in board(ws).experiments(ledger)["experiments"]}
+        page = render_html(collect(ledger, "t1"))
+    assert duty["experiments"] == 3 and duty["duty"] == 0.8 and duty["per_hour"] == 36.0 and duty["pipelined"]
+    assert duty["idle_per_experiment"] == {"proposal": 10.0, "seal_load": 3.0, "container": 0.0, "eval": 0.0,
+                                           "scoring": 0.0, "decision": 1.0, "other": 6.0}
+    assert duty["labels"]["seal_load"] == "seal+load"
+    assert (rows["e0003"]["training_s"], rows["e0003"]["idle_s"]) == (80.0, 20.0)
+    assert (rows["e0004"]["training_s"], rows["e0004"]["idle_s"]) == (None, None)
+    assert rows["e0003"]["verification"]["state"] == "ok"
+    section = page[page.index('<div id="duty">'):]
+    assert "<dd>0.80 (240 s training in 300 s, over 3 of 5 experiment(s) with a time account)</dd>" in section
+    assert "<dd>36.0</dd>" in section and "<dd>pipelined" in section
+    assert "<td>seal+load</td><td class=num>3.0</td><td class=num>3.0%</td>" in section
+    assert "<td>proposal</td><td class=num>10.0</td><td class=num>10.0%</td>" in section
+
+
 def test_empty_workspace_gives_empty_payloads(tmp_path):
     """Before the first experiment (no ledger file yet) every endpoint answers, with nothing in it."""
     missing = tmp_path / "ledger.db"
@@ -315,7 +352,8 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
                           "data_digest": BASE.data_digest, "run_spec": {"metric": "val_bpb"}, "status": "ok",
                           "reason": None, "metrics": "0.9", "durations": {"seal": "fast"},
                           "drift": ["train.py: SCALAR_LR 0.5 -> 0.3"], "log_path": None,
-                          "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1"})
+                          "created_at": stamp(NOW + timedelta(minutes=9)), "run_tag": "t1",
+                          "cycle": {"wall_s": "long", "training_s": None, "idle": "none"}})
     ledger.close()
     app = create_app(ws["ws"].root, ledger_path=ws["ws"].ledger_path, allowed_hosts=LOOPBACK_NAMES)
     for name in ("state", "experiments", "kept", "drift", "review"):
@@ -323,14 +361,16 @@ def test_a_record_of_an_older_shape_is_served_as_json(ws):
         assert status == 200 and headers["content-type"] == "application/json", (name, status, body[:300])
     rows = json.loads(call(app, "GET", "/api/experiments?tag=t1")[2])["experiments"]
     old = next(r for r in rows if r["id"] == "e0006")
-    assert old["value"] is None and old["drift"] == 1
+    assert old["value"] is None and old["drift"] == 1 and old["idle_s"] is None
+    state = json.loads(call(app, "GET", "/api/state?tag=t1")[2])
+    assert state["duty"]["experiments"] == 1 and state["duty"]["duty"] is None  # no wall time: no duty
     drift = json.loads(call(app, "GET", "/api/drift?tag=t1")[2])["drift"]
     assert [d["changes"] for d in drift if d["experiment"] == "e0006"] == [["train.py: SCALAR_LR 0.5 -> 0.3"]]
     from agent.html_report import render_html
 
     with reading(ws["ws"].ledger_path) as ledger:
         page = render_html(collect(ledger, "t1"), ws["ws"].git, ws["ws"].root)
-    assert "e0006" in page
+    assert "e0006" in page and "Duty cycle" not in page
     from click.testing import CliRunner
 
     from agent.cli import main
