@@ -11,7 +11,8 @@ Idle causes:
   seal_load    sealing the commit's image and loading it into the engine
   container    creating and checking the container, the in-container start-up (imports, data check), saving
                the model, collecting the output and removing the container: the train phase minus training
-  eval         the eval phase's container (the trained model turns the evaluation windows into logits)
+  eval         the eval phase's container (the trained model turns the evaluation windows into logits), and
+               starting it ahead of training where it is (executor/run.py start_eval_ahead)
   scoring      the orchestrator computing the metric from the logits
   decision     keep or discard: the verdict, ref moves, the work tree, the ledger
   other        the rest (drift guards, ledger writes, the gate on a rejected proposal)
@@ -48,7 +49,7 @@ def account(*, wall_s: float, training_s: float, durations: Mapping[str, Any], p
         "proposal": proposal_s,
         "seal_load": d.get("seal", 0.0) + d.get("load", 0.0),
         "container": d.get("verify", 0.0) + max(0.0, d.get("run", 0.0) - training_s),
-        "eval": max(0.0, d.get("eval", 0.0) - d.get("score", 0.0)),
+        "eval": max(0.0, d.get("eval", 0.0) - d.get("score", 0.0)) + d.get("eval_ahead", 0.0),
         "scoring": d.get("score", 0.0),
         "decision": decision_s,
     }

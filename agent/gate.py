@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Callable
 
 from agent import attempts, cycle
 from agent.context import Context
@@ -32,13 +33,16 @@ def count(ctx: Context, state: RunState, value: float, record_id: str) -> None:
     ctx.save(state)
 
 
-def baselines(ctx: Context, state: RunState) -> None:
-    """Run the start commit until the policy's noise_runs baseline runs are counted.
+def baselines(ctx: Context, state: RunState, before_last: Callable[[], None] = lambda: None) -> None:
+    """Run the start commit until the policy's noise_runs baseline runs are counted; `before_last` is
+    called as the last one starts (the pipelined loop prepares its first proposal meanwhile).
 
     Raises:
         LoopStopped: a baseline run gave no metric.
     """
     while missing(ctx, state):
+        if len(state.baseline) + 1 == ctx.policy.acceptance.noise_runs:
+            before_last()
         record = attempts.experiment(ctx, state, "baseline")
         ran = time.monotonic()
         guard(ctx, state, "after baseline run")

@@ -76,9 +76,16 @@ class Loop:
         started -= state.elapsed_s
         spec = committed.spec(ctx.repo, state.best_commit)
         stopped.check_spec(ctx.policy, spec)
-        gate.baselines(ctx, state)
-        steps.rerun_lost(ctx, state)
         ahead: pipeline.Ahead | None = None
+
+        def first_ahead() -> None:  # pipelined: the first proposal is prepared while the last baseline runs
+            nonlocal ahead
+            if self.pipeline and self.workers == 1 and pipeline.more(state, experiments, first=True) \
+                    and state.ahead is None:
+                ahead = pipeline.Ahead(ctx, state, spec, None)
+
+        gate.baselines(ctx, state, first_ahead)
+        steps.rerun_lost(ctx, state)
         while True:
             state.elapsed_s = time.monotonic() - started
             reason = stopped.reason(ctx.policy, state, experiments=experiments, hours=hours)

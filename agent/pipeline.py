@@ -75,17 +75,17 @@ class Ahead:
     """The background preparation of the next proposal (one thread, with its own git handle and ledger
     connection); `take` waits for it."""
 
-    def __init__(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any] | None) -> None:
         self.n = state.prepared + 1
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="sealab-ahead", daemon=True,
                                         args=(ctx, RunState(**asdict(state)), spec, running))
         self._thread.start()
 
-    def _work(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any]) -> None:
+    def _work(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any] | None) -> None:
         ws, ledger = Workspace(ctx.ws.root), Ledger(ctx.ws.ledger_path)
         try:
-            prepare(replace(ctx, ws=ws, ledger=ledger), state, spec, [running], self.n)
+            prepare(replace(ctx, ws=ws, ledger=ledger), state, spec, [running] if running else [], self.n)
         except BaseException as exc:  # re-raised in the loop's thread by `take`
             self.error = exc
         finally:
@@ -153,10 +153,11 @@ def find(ctx: Context, state: RunState, n: int) -> Prepared | None:
     return None
 
 
-def more(state: RunState, experiments: int | None) -> bool:
-    """Whether another experiment may follow the next one (the experiment limit; other stops cannot be
-    foreseen, and a proposal prepared for nothing is kept for a --resume)."""
-    return experiments is None or state.experiments + 1 < experiments
+def more(state: RunState, experiments: int | None, *, first: bool = False) -> bool:
+    """Whether another experiment may follow the next one (`first`: whether there is to be one at all)
+    by the experiment limit; other stops cannot be foreseen, and a proposal prepared for nothing is kept
+    for a --resume."""
+    return experiments is None or state.experiments + (0 if first else 1) < experiments
 
 
 def step(ctx: Context, state: RunState, spec: RunSpec, *, more: bool, ahead: Ahead | None) -> Ahead | None:

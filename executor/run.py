@@ -17,13 +17,14 @@ import os
 import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import structlog
 
 from executor import config, deadline, evaluate, git_source, owner, valdata
-from executor.backends.interface import Backend, Job
+from executor.backends.interface import Backend, Job, Started
 from executor.backends.local import DockerBackend
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
@@ -32,7 +33,7 @@ from executor.ledger import Ledger, now
 from executor.record import ExperimentRecord, Finish, Results, RunLabels
 from executor.image import deps
 from executor.image.launch import RUN_FILE as LAUNCH_FILE
-from executor.image.seal import TRAIN_PATH, Sealed, check_tree_size, scored_by_orchestrator, seal
+from executor.image.seal import TRAIN_PATH, Sealed, check_tree_size, eval_waits, scored_by_orchestrator, seal
 from executor.judge import RESULT_FILE, Outcome, cpu_of, eval_outcome, judge, out_of_scope, summary_result
 from executor.types import BaseImage, RunSpec, Status
 from executor.workspace import Workspace
@@ -121,6 +122,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     image_id: str | None = None
     result: dict | None = None
     placement = ""
+    ahead: EvalPhase | None = None  # the eval phase, started before training
     try:
         t = time.monotonic()
         sealed = seal(facts, base, spec)
@@ -131,6 +133,10 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             if forbidden:
                 raise IdentityMismatch("paths changed by the commit", "only " + ", ".join(editable or ()),
                                        ", ".join(forbidden))
+            if orchestrated:
+                t = time.monotonic()
+                ahead = start_eval_ahead(ws, eid, facts, sealed, spec, base, engine, backend, out_dir)
+                durations["eval_ahead"] = time.monotonic() - t
             end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
                 "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
                 deadline_s=limit.seconds if limit else None, log_path=log_path))
@@ -157,10 +163,15 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
             scored: Outcome | None = None
             if (orchestrated and result is not None and end.exit_code == 0 and not end.over_cap
                     and result.get("model_file") == evaluate.MODEL_FILE):
-                scored = score_model(ws, eid, sealed, spec, base, engine, backend, out_dir, durations)
+                scored = score_model(ws, eid, sealed, spec, base, engine, backend, out_dir, durations, ahead)
+                ahead = None
             outcome = judge(end, result, scored, spec, orchestrated=orchestrated, trusted=trusted,
                             train_blob=facts.blob_of(TRAIN_PATH), data_digest=base.data_digest,
                             deadline=limit.reason() if limit else None)
+        finally:
+            if ahead is not None:  # started, never given a model: the train phase failed, or the run was cut short
+                ahead.discard(backend)
+                ahead = None
     except (KeyboardInterrupt, EngineUnavailable, OSError) as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = Status.INTERRUPTED if interrupted else Status.INFRA_ERROR
@@ -212,39 +223,99 @@ def file_digest(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
+EVAL_AHEAD_ENV = "SEALAB_EVAL_AHEAD"  # "0": the eval phase starts after training, never ahead of it
 EVAL_COMMAND = ("python3", "/workspace/prepare.py", "--logits", "/in/windows.bin", "/out/logits.bin")
 
 
+@dataclass
+class EvalPhase:
+    """The eval phase's inputs (the windows at `in_dir`), its job, and, when it was started ahead of
+    training (`started`), its waiting container."""
+
+    evalset: evaluate.EvalSet
+    in_dir: Path
+    job: Job
+    started: Started | None = None
+
+    def discard(self, backend: Backend) -> None:
+        """Remove a phase started ahead that will not score anything, and its directories."""
+        if self.started is not None and hasattr(backend, "abandon"):
+            backend.abandon(self.started)
+        shutil.rmtree(self.in_dir, ignore_errors=True)
+        shutil.rmtree(self.job.out_dir, ignore_errors=True)
+
+
+def eval_phase(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
+               out_dir: Path, *, ahead: bool = False) -> EvalPhase | Outcome:
+    """The eval phase's windows, written for its /in, and its job; a `rejected` Outcome when the
+    validation split cannot be trusted. `ahead`: to be started before training, so its directories lie
+    beside the train phase's /out, never inside it (training must not see the windows)."""
+    try:
+        val = valdata.load_val(engine, base.image_id, base.data_digest)
+    except (IdentityMismatch, BaseImageError) as exc:
+        return Outcome(Status.REJECTED, f"the validation split cannot be trusted: {exc}")
+    evalset = evaluate.build(val, spec.seed)
+    if ahead:
+        in_dir, eval_out = out_dir.parent / f"{eid}.eval-in", out_dir.parent / f"{eid}.eval-out"
+    else:
+        in_dir, eval_out = out_dir / "eval-in", out_dir / "eval-out"
+    in_dir.mkdir(parents=True, exist_ok=True)
+    evaluate.write(evalset, in_dir)
+    job = Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND + (("--wait",) if ahead else ()),
+              in_dir=in_dir, deadline_s=spec.grace_s, out_cap_mb=(evalset.logits_bytes >> 20) + 16,
+              env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
+              log_path=ws.logs / f"{eid}.eval.log")
+    return EvalPhase(evalset, in_dir, job)
+
+
+def start_eval_ahead(ws: Workspace, eid: str, facts: git_source.CommitFacts, sealed: Sealed, spec: RunSpec,
+                     base: BaseImage, engine: Engine, backend: Backend, out_dir: Path) -> EvalPhase | None:
+    """Start the eval phase's container before training, when the harness can wait for the model
+    (`eval_waits`) and the backend can start a phase ahead (this machine's engine): it loads torch and
+    the windows while the train phase starts up, and runs train.py's code only once the model is there.
+    None: not possible here (the eval phase then runs after training, as it always did, and reports
+    what stood in the way)."""
+    if os.environ.get(EVAL_AHEAD_ENV, "1") == "0":  # bench/eval_ahead.py measures with and without
+        return None
+    if not (eval_waits(facts) and hasattr(backend, "start") and getattr(backend, "name", "") == "local"):
+        return None
+    phase = eval_phase(ws, eid, sealed, spec, base, engine, out_dir, ahead=True)
+    if isinstance(phase, Outcome):
+        return None
+    try:
+        phase.started = backend.start(phase.job)  # type: ignore[attr-defined]
+    except IdentityMismatch:
+        phase.discard(backend)
+        return None
+    return phase
+
+
 def score_model(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
-                backend: Backend, out_dir: Path, durations: dict[str, float]) -> Outcome:
+                backend: Backend, out_dir: Path, durations: dict[str, float], ahead: EvalPhase | None = None) -> Outcome:
     """The eval phase: the trained model turns the evaluation windows into logits in a fresh container
     of the same sealed image (untrusted, like training), and the metric is computed here from them.
+    `ahead`: its container, started before training and waiting for the model (start_eval_ahead).
 
     The validation split comes from the base image in this machine's engine (the sealed image has none);
     the causality probes must agree, or the result is `rejected`. Returns the metrics (status OK) or
     the failing outcome. Raises EngineUnavailable as `execute` does.
     """
     t = time.monotonic()
-    try:
-        val = valdata.load_val(engine, base.image_id, base.data_digest)
-    except (IdentityMismatch, BaseImageError) as exc:
-        return Outcome(Status.REJECTED, f"the validation split cannot be trusted: {exc}")
-    evalset = evaluate.build(val, spec.seed)
-    in_dir, eval_out = out_dir / "eval-in", out_dir / "eval-out"
-    in_dir.mkdir(parents=True, exist_ok=True)
-    evaluate.write(evalset, in_dir)
+    phase = ahead if ahead is not None else eval_phase(ws, eid, sealed, spec, base, engine, out_dir)
+    if isinstance(phase, Outcome):
+        return phase
+    evalset, in_dir, eval_out = phase.evalset, phase.in_dir, phase.job.out_dir
     model, model_file = in_dir / evaluate.MODEL_FILE, out_dir / evaluate.MODEL_FILE
     trained = file_digest(model_file)  # what the train phase made: reproduce tells the phases apart by it
+    part = in_dir / (evaluate.MODEL_FILE + ".part")  # complete before it has the name a waiting phase looks for
     try:
-        os.link(model_file, model)
+        os.link(model_file, part)
     except OSError:
-        shutil.copyfile(model_file, model)
-    model.chmod(0o644)
+        shutil.copyfile(model_file, part)
+    part.chmod(0o644)
+    os.replace(part, model)
     try:
-        end = backend.run(Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND, in_dir=in_dir,
-                              deadline_s=spec.grace_s, out_cap_mb=(evalset.logits_bytes >> 20) + 16,
-                              env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
-                              log_path=ws.logs / f"{eid}.eval.log"))
+        end = backend.finish(phase.started) if phase.started is not None else backend.run(phase.job)  # type: ignore[attr-defined]
     except IdentityMismatch as exc:
         return Outcome(Status.REJECTED, f"eval phase: {exc}; nothing was started")
     shutil.rmtree(in_dir, ignore_errors=True)

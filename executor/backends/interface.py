@@ -79,6 +79,17 @@ class Finished:
     displaced: str | None = None  # a foreign image that held the sealed image's name until this run took it back
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A phase whose container was checked and started, not yet waited for (a backend that can start a
+    phase ahead of time: the local engine's; executor/run.py starts the eval phase before training)."""
+
+    job: Job
+    container: str
+    timings: Mapping[str, float]
+    displaced: str | None = None
+
+
 class Backend(Protocol):
     name: str
 

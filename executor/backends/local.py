@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from executor.backends.interface import Finished, Job, check_container, ensure_image, verify_image
+from executor.backends.interface import Finished, Job, Started, check_container, ensure_image, verify_image
 from executor.docker_engine import LABEL_EXPERIMENT, Engine, prepare_out_dir
 from executor.errors import EngineUnavailable, IdentityMismatch
 
@@ -31,6 +31,11 @@ class DockerBackend:
         transfer(self.source, self.engine, base_id)
 
     def run(self, job: Job) -> Finished:
+        return self.finish(self.start(job))
+
+    def start(self, job: Job) -> Started:
+        """Load and verify the image, create the container, check it and start it; `finish` waits for it
+        (the deadline counts from then). A started phase that will not be waited for is `abandon`ed."""
         engine, sealed = self.engine, job.sealed
         timings: dict[str, float] = {}
         t = time.monotonic()
@@ -56,22 +61,41 @@ class DockerBackend:
             timings["verify"] = time.monotonic() - t
             t = time.monotonic()
             engine.start(container, gpus=job.spec.resources.gpus)
+            timings["start"] = time.monotonic() - t
+        except BaseException:
+            if container is not None:
+                self._remove(container)
+            raise
+        return Started(job, container, timings, displaced)
+
+    def finish(self, started: Started) -> Finished:
+        """Wait for a started phase (killing it at its deadline), collect its output and /out, remove it."""
+        engine, job, container = self.engine, started.job, started.container
+        timings = dict(started.timings)
+        t = time.monotonic()
+        try:
             end = engine.wait(container, job.deadline, out_dir=None if self.remote else job.out_dir,
                               out_cap_mb=job.out_cap)
             output = job.store_output(engine.log_chunks(container))
             if self.remote:
                 engine.copy_out(container, job.out_dir)
         except BaseException:
-            if container is not None:
-                try:
-                    engine.remove(container)
-                except EngineUnavailable:
-                    pass
+            self._remove(container)
             raise
         engine.remove(container)
-        timings["run"] = time.monotonic() - t
+        timings["run"] = time.monotonic() - t + timings.pop("start", 0.0)
         return Finished(end.exit_code, end.oom_killed, end.timed_out, output, self.where, timings,
-                        end.over_cap, displaced)
+                        end.over_cap, started.displaced)
+
+    def abandon(self, started: Started) -> None:
+        """Remove a started phase that will not be waited for (errors ignored: `recover` removes leftovers)."""
+        self._remove(started.container)
+
+    def _remove(self, container: str) -> None:
+        try:
+            self.engine.remove(container)
+        except EngineUnavailable:
+            pass
 
     def cleanup(self, experiment_id: str) -> list[str]:
         return self.engine.remove_experiment_containers(experiment_id)

@@ -41,6 +41,8 @@ VAL_WHITEOUT = "/opt/sealab/data/.wh.val.bin"
 # without the validation split and the orchestrator scores the model (executor/evaluate.py). The
 # choice is a pure function of the commit, so records sealed before it existed re-derive unchanged.
 EVALUATOR_MARKER = b'\nEVALUATOR = "orchestrator"'
+# A harness that declares this line can start its eval phase ahead (`prepare.py --logits ... --wait`).
+EVAL_WAITS_MARKER = b"\nEVAL_WAITS = True"
 IN_MEMORY_MAX = 16 << 20  # a layer of up to this many bytes of files is built in memory; a larger one in a file
 
 
@@ -48,6 +50,12 @@ def scored_by_orchestrator(facts: CommitFacts) -> bool:
     """Whether the commit's harness leaves the metric to the orchestrator (and so hides val.bin)."""
     harness = next((f for f in facts.files if f.path == HARNESS_PATH and f.kind == "file"), None)
     return harness is not None and EVALUATOR_MARKER in harness.read()
+
+
+def eval_waits(facts: CommitFacts) -> bool:
+    """Whether the commit's harness can start its eval phase ahead, waiting for the model (`--wait`)."""
+    harness = next((f for f in facts.files if f.path == HARNESS_PATH and f.kind == "file"), None)
+    return harness is not None and EVAL_WAITS_MARKER in harness.read()
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

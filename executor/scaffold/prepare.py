@@ -11,13 +11,16 @@ Train phase: `python3 prepare.py` (or `python3 train.py`, which calls main() her
      torch.save(model, $SEALAB_OUT/model.pt), and leaves the metric to the orchestrator;
   4. writes $SEALAB_OUT/result.json (the training facts) plus a summary block.
 
-Eval phase: `python3 prepare.py --logits WINDOWS OUT [--model MODEL]`, in a fresh container of the same
+Eval phase: `python3 prepare.py --logits WINDOWS OUT [--model MODEL] [--wait]`, in a fresh container of the same
 image. MODEL defaults to model.pt beside WINDOWS: the orchestrator mounts /in read-only with
 /in/windows.bin and /in/model.pt (the train phase's output) and runs
 `python3 prepare.py --logits /in/windows.bin /out/logits.bin`. WINDOWS is N x EVAL_SEQ_LEN uint8
 (row-major, no header); OUT gets the model's logits as float32 little-endian [N, EVAL_SEQ_LEN, 256].
 This process runs train.py's code (importing it lets the pickle resolve), so nothing it says is
 trusted: it only turns windows into logits, and the orchestrator (executor/evaluate.py) scores them.
+With --wait it is started ahead, before the train phase's clock starts: it loads torch and the windows,
+then waits for MODEL to appear (train.py is imported only after that), so its start-up is off the
+accelerator's idle time.
 
 Harness API (what train.py may use):
   h.device                       "cuda" or "cpu"
@@ -92,6 +95,7 @@ METRIC = "val_bpb"
 LOSS_TRACE_MAX = 1000  # steps of a step-budget run whose training loss result.json keeps ("losses")
 MODEL_FILE = "model.pt"  # the train phase's model when the image holds no validation split
 EVALUATOR = "orchestrator"  # this harness has the --logits eval phase: sealab seals without val.bin
+EVAL_WAITS = True  # its eval phase can be started ahead (--wait): ready before the model exists, see logits_main
 
 # Dense bf16 peak FLOP/s per GPU, for mfu_percent; the first name contained in the CUDA device name
 # wins, an unknown GPU counts as an H100. Values are the vendors' dense (non-sparse) numbers.
@@ -329,13 +333,15 @@ def logits_main(argv: list[str]) -> None:
         fail("logits.bin is little-endian; this machine is not")
         sys.exit(1)
     args = argv[argv.index("--logits") + 1:]
+    wait = "--wait" in args
+    args = [a for a in args if a != "--wait"]
     model_path = None
     if "--model" in args:
         at = args.index("--model")
         model_path = args[at + 1] if at + 1 < len(args) else None
         args = args[:at] + args[at + 2:]
     if len(args) != 2 or ("--model" in argv and model_path is None):
-        print("usage: python3 prepare.py --logits WINDOWS OUT [--model MODEL]", file=sys.stderr)
+        print("usage: python3 prepare.py --logits WINDOWS OUT [--model MODEL] [--wait]", file=sys.stderr)
         sys.exit(2)
     windows_path, out_path = args
     model_path = model_path or os.path.join(os.path.dirname(windows_path), MODEL_FILE)
@@ -356,6 +362,9 @@ def logits_main(argv: list[str]) -> None:
         fail(f"{windows_path} has {len(raw)} bytes, not a positive multiple of {EVAL_SEQ_LEN}")
         sys.exit(1)
     windows = torch.frombuffer(raw, dtype=torch.uint8).view(-1, EVAL_SEQ_LEN)
+    if wait:  # started ahead, while the train phase runs: torch is loaded, train.py's code is not run yet
+        while not os.path.exists(model_path):  # the orchestrator renames the model into place when training ends
+            time.sleep(0.02)
     importlib.import_module("train")  # the pickle names train.py's classes
     model = torch.load(model_path, map_location=device, weights_only=False)
     if not isinstance(model, torch.nn.Module):

@@ -40,7 +40,7 @@ def test_linter_drift_runs_the_commit(make_workspace):
     changes = [c for d in record["drift"] for c in d["changes"]]
     assert "SCALAR_LR = 0.5 -> 0.3" in changes and record["drift"][0]["path"] == "train.py"
     assert "drift" in proc.stderr and "SCALAR_LR = 0.5 -> 0.3" in proc.stderr
-    assert set(record["durations"]) == {"seal", "load", "verify", "run", "eval", "score", "total"}
+    assert set(record["durations"]) == {"seal", "load", "verify", "eval_ahead", "run", "eval", "score", "total"}
     assert record["metrics"]["metric_source"] == "evaluator" and record["metrics"]["eval_causal"] is True
     # One canonical JSON log line for the experiment, bound to its id, commit and image.
     events = [json.loads(line) for line in (root / ".sealab" / "logs" / "sealab.jsonl").read_text().splitlines()]
@@ -248,6 +248,24 @@ def test_broken_train_py_is_a_crash_with_its_error(make_workspace):
     record = sealab_json("status", cwd=root)[-1]
     assert record["status"] == "crash" and "SyntaxError" in record["reason"]
     assert "SyntaxError" in (root / record["log_path"]).read_text()
+
+
+def test_the_eval_phase_started_ahead_is_unseen_by_training_and_removed_when_it_fails(make_workspace, engine):
+    """The eval phase's container is started before training (its windows lie beside the train phase's
+    /out, never inside it): a train.py that looks for them finds an empty /out and no /in, and when it
+    fails, the waiting eval container and its directories are gone with it."""
+    root = make_workspace()
+    commit_train(root, "import os, sys\n\ndef train(h):\n"
+                       "    print('out:', sorted(os.listdir('/out')), 'in:', os.path.exists('/in'), flush=True)\n"
+                       "    sys.exit(3)\n", "looks around, then fails")
+    proc = sealab("exec", "--json", cwd=root)
+    record = json.loads(proc.stdout)
+    assert proc.returncode == 1 and record["status"] == "crash"
+    assert "eval_ahead" in record["durations"]  # it was started ahead
+    assert "out: [] in: False" in (root / record["log_path"]).read_text()
+    assert engine.remove_experiment_containers(record["id"]) == []  # nothing was left running
+    outputs = root / ".sealab" / "outputs"
+    assert not [p.name for p in outputs.iterdir() if ".eval-" in p.name]
 
 
 def test_adopted_summary_metric_is_flagged(make_workspace):
