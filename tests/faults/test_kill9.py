@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import time
+
 import pytest
 
 from tests.faults.kit import audit, fast_workspace, kill9, launch, ledger_rows, sealab, wait_for
@@ -24,6 +28,19 @@ POINTS = [
 ]
 
 
+def prepared(root) -> list[dict]:
+    """The pipelined loop's `prepared` events (proposals asked ahead), read without writing."""
+    db = root / ".sealab" / "ledger.db"
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return [json.loads(r[0]) for r in con.execute("SELECT record FROM events WHERE kind = 'prepared' ORDER BY seq")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
 @pytest.mark.parametrize("name,point,min_delta", POINTS, ids=[p[0] for p in POINTS])
 def test_kill_9_then_resume(name, point, min_delta, tmp_path, base_image, engine):
     """kill -9 at one exact point, then --resume: zero lost or duplicated records, no commit run twice,
@@ -32,7 +49,12 @@ def test_kill_9_then_resume(name, point, min_delta, tmp_path, base_image, engine
     mark = tmp_path / "paused"
     proc = launch(["run", "--experiments", "2", "--tag", "k", "--proposer", "offline"], root, pause=point, mark=mark)
     paused = wait_for(mark, proc)
+    if name == "container":  # the pipelined loop prepares experiment 2 while experiment 1 runs
+        deadline = time.monotonic() + 30
+        while not prepared(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
     before = ledger_rows(root)
+    ahead = prepared(root)
     kill9(proc)
     assert paused, f"never reached {point}: {proc.returncode}"
     resumed = sealab("run", "--resume", "--tag", "k", "--experiments", "2", "--proposer", "offline", cwd=root)
@@ -40,4 +62,10 @@ def test_kill_9_then_resume(name, point, min_delta, tmp_path, base_image, engine
     assert resumed.returncode == 0, resumed.stderr
     found = audit(root, "k", before=before, engine=engine)
     assert found.clean, str(found)
+    every = prepared(root)
+    assert sorted(e["n"] for e in every) == list(range(1, len(every) + 1))  # none asked twice after the resume
+    if name == "container":
+        assert ahead, "experiment 2 was not prepared while experiment 1 ran"
+        ran = [r for r in found.records if ahead[-1]["commit"] in (r["commit"], (r.get("cycle") or {}).get("rebased_from"))]
+        assert len(ran) == 1 and ran[0]["status"] == "ok"  # taken up by the resumed run, and run once
     assert [r for r in found.records if r["status"] == "ok" and r.get("decision") in ("keep", "discard")]
