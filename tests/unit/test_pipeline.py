@@ -184,3 +184,28 @@ def test_a_death_while_the_next_is_prepared_then_resume_runs_it_once(tmp_path, m
     assert records[1].commit == prepared.commit  # run as prepared (experiment 1 was discarded: no rebase)
     assert len(proposer.asked) == asked + 2  # the prepared one was not asked again
     assert resumed.experiments == 3 and resumed.prepared == 4
+
+
+def test_the_drift_guards_run_at_every_step_while_the_next_is_prepared(tmp_path, monkeypatch):
+    """A linter writing train.py during every run: the pipelined loop reports each write as drift after
+    that run and restores the tree; the proposal prepared meanwhile was built from git objects, so no
+    commit holds the linter's value."""
+    holder: dict = {}
+
+    def outcome(source: bytes) -> Run:
+        path = holder["ws"].root / "train.py"
+        path.write_text(path.read_text().replace("SCALAR_LR = 0.5", "SCALAR_LR = 0.123"))
+        return Run()
+
+    loop, ws, ledger, proposer, backend = make_loop(tmp_path, monkeypatch, SCRIPT[:3], pipeline_on=True,
+                                                    outcome=outcome)
+    holder["ws"] = ws
+    state = loop.run(loop.start("d"), experiments=3, hours=None)
+    drift = ledger.events("drift")
+    after = [d for d in drift if d["where"] in ("after run", "after baseline run")]
+    runs = ledger.experiments("d")
+    assert len(after) == len(runs) == 3 + load_policy("default").acceptance.noise_runs
+    assert all(any("SCALAR_LR = 0.5 -> 0.123" in c for c in d["changes"]) for d in after)
+    repo = git.Repo(ws.root)
+    assert all(b"SCALAR_LR = 0.123" not in repo.commit(r.commit).tree["train.py"].data_stream.read() for r in runs)
+    assert "SCALAR_LR = 0.5" in (ws.root / "train.py").read_text() and state.drift_events == len(drift)
