@@ -209,3 +209,19 @@ def test_the_drift_guards_run_at_every_step_while_the_next_is_prepared(tmp_path,
     repo = git.Repo(ws.root)
     assert all(b"SCALAR_LR = 0.123" not in repo.commit(r.commit).tree["train.py"].data_stream.read() for r in runs)
     assert "SCALAR_LR = 0.5" in (ws.root / "train.py").read_text() and state.drift_events == len(drift)
+
+
+def test_a_stop_with_a_proposal_prepared_keeps_it_for_the_resume(tmp_path, monkeypatch):
+    """The run stops (here: its hours are up) while the next proposal is prepared: the loop waits for it,
+    counts it and keeps it in the run's state; `--resume` runs it without asking the proposer again."""
+    loop, ws, ledger, proposer, backend = make_loop(tmp_path, monkeypatch, SCRIPT[:2], pipeline_on=True)
+    state = loop.run(loop.start("h"), experiments=None, hours=1e-9)
+    assert "hours" in state.stop_reason and state.ahead is not None and len(proposer.asked) == 1
+    assert state.prepared == 1 and state.experiments == 0
+    saved = run_state.load(ledger, "h")
+    assert saved.ahead == state.ahead  # in the saved state, for a resume in another process
+    again = Loop(ws, loop.engine, ledger, loop.policy, proposer, backend=backend)
+    resumed = again.run(again.resume("h"), experiments=1, hours=None)
+    records = [r for r in ledger.experiments("h") if r.decision.value != "baseline"]
+    assert [r.commit for r in records] == [state.ahead["commit"]] and len(proposer.asked) == 1
+    assert resumed.ahead is None and resumed.prepared == 1 and resumed.experiments == 1
