@@ -81,7 +81,8 @@ class Loop:
         def first_ahead() -> None:  # pipelined: the first proposal is prepared while the last baseline runs
             nonlocal ahead
             if self.pipeline and self.workers == 1 and pipeline.more(state, experiments, first=True) \
-                    and state.ahead is None:
+                    and state.ahead is None and pipeline.find(ctx, state, state.prepared + 1) is None:
+                # (one a killed run prepared is taken up instead: never asked twice)
                 ahead = pipeline.Ahead(ctx, state, spec, None)
 
         gate.baselines(ctx, state, first_ahead)

@@ -123,6 +123,7 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     result: dict | None = None
     placement = ""
     ahead: EvalPhase | None = None  # the eval phase, started before training
+    displaced: str | None = None  # a foreign image the sealed one took its name back from
     try:
         t = time.monotonic()
         sealed = seal(facts, base, spec)
@@ -137,6 +138,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
                 t = time.monotonic()
                 ahead = start_eval_ahead(ws, eid, facts, sealed, spec, base, engine, backend, out_dir)
                 durations["eval_ahead"] = time.monotonic() - t
+                if ahead is not None and ahead.started is not None:
+                    displaced = ahead.started.displaced  # the phase that loaded the image first saw it
             end = backend.run(Job(eid, "train", sealed, spec, out_dir, env={
                 "SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
                 deadline_s=limit.seconds if limit else None, log_path=log_path))
@@ -145,9 +148,10 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
         else:
             placement = end.placement
             durations.update(end.timings)
-            if end.displaced:
+            displaced = end.displaced or displaced
+            if displaced:
                 ledger.add_event(labels.run_tag if labels else None, "displaced", {
-                    "experiment": eid, "name": sealed.tag, "foreign": end.displaced, "image": image_id,
+                    "experiment": eid, "name": sealed.tag, "foreign": displaced, "image": image_id,
                     "note": "the name led to a foreign image; the commit was sealed again (same ID) and took it back"})
             if not out_dir.is_dir():  # removed here, not by the experiment (it sees only /out's content)
                 raise OSError(f"{out_dir}, the source of the run's /out, was removed on this machine during the "
