@@ -288,8 +288,9 @@ class ClaudeProposer:
         ]
         if ctx.siblings:
             others = "\n".join(f"- {d}" for d in ctx.siblings)
-            blocks.insert(-1, "Other workers run these experiments in this same round; propose a DIFFERENT idea "
-                              f"(not the same change):\n<round>\n{others}\n</round>")
+            blocks.insert(-1, "These experiments are running now, not yet decided (this round's other workers, or "
+                              "the experiment yours will follow, whose result you will not see before you "
+                              f"propose); propose a DIFFERENT idea (not the same change):\n<round>\n{others}\n</round>")
         content = [{"type": "text", "text": b} for b in blocks]
         content[-1]["cache_control"] = {"type": "ephemeral"}
         return {"role": "user", "content": content}
