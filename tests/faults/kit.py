@@ -128,15 +128,16 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
-def ledger_rows(root: Path) -> list[dict]:
-    """The records as committed now, read without writing (for snapshots just before a kill)."""
+def ledger_rows(root: Path, sql: str = "SELECT record FROM experiments ORDER BY seq") -> list[dict]:
+    """The records as committed now (or the JSON column `sql` selects), read without writing (for
+    snapshots just before a kill)."""
     db = root / ".sealab" / "ledger.db"
     if not db.exists():
         return []
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
         try:
-            return [json.loads(r[0]) for r in con.execute("SELECT record FROM experiments ORDER BY seq")]
+            return [json.loads(r[0]) for r in con.execute(sql)]
         finally:
             con.close()
     except sqlite3.Error:

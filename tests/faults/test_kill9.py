@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 
 import pytest
@@ -30,15 +28,7 @@ POINTS = [
 
 def prepared(root) -> list[dict]:
     """The pipelined loop's `prepared` events (proposals asked ahead), read without writing."""
-    db = root / ".sealab" / "ledger.db"
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        try:
-            return [json.loads(r[0]) for r in con.execute("SELECT record FROM events WHERE kind = 'prepared' ORDER BY seq")]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return []
+    return ledger_rows(root, "SELECT record FROM events WHERE kind = 'prepared' ORDER BY seq")
 
 
 @pytest.mark.parametrize("name,point,min_delta", POINTS, ids=[p[0] for p in POINTS])
