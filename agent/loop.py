@@ -78,12 +78,10 @@ class Loop:
         stopped.check_spec(ctx.policy, spec)
         ahead: pipeline.Ahead | None = None
 
-        def first_ahead() -> None:  # pipelined: the first proposal is prepared while the last baseline runs
+        def first_ahead() -> None:
             nonlocal ahead
-            if self.pipeline and self.workers == 1 and pipeline.more(state, experiments, first=True) \
-                    and state.ahead is None and pipeline.find(ctx, state, state.prepared + 1) is None:
-                # (one a killed run prepared is taken up instead: never asked twice)
-                ahead = pipeline.Ahead(ctx, state, spec, None)
+            if self.pipeline and self.workers == 1:
+                ahead = pipeline.first(ctx, state, spec, experiments)
 
         gate.baselines(ctx, state, first_ahead)
         steps.rerun_lost(ctx, state)
@@ -98,7 +96,7 @@ class Loop:
             if self.workers > 1:
                 rounds.round_(ctx, state, spec, rounds.size(self.workers, experiments, state))
             elif self.pipeline:
-                ahead = pipeline.step(ctx, state, spec, more=pipeline.more(state, experiments), ahead=ahead)
+                ahead = pipeline.step(ctx, state, spec, prepare_next=pipeline.more(state, experiments), ahead=ahead)
             else:
                 steps.step(ctx, state, spec)
 

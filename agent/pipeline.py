@@ -77,6 +77,7 @@ class Ahead:
 
     def __init__(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any] | None) -> None:
         self.n = state.prepared + 1
+        self.event: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="sealab-ahead", daemon=True,
                                         args=(ctx, RunState(**asdict(state)), spec, running))
@@ -85,13 +86,13 @@ class Ahead:
     def _work(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any] | None) -> None:
         ws, ledger = Workspace(ctx.ws.root), Ledger(ctx.ws.ledger_path)
         try:
-            prepare(replace(ctx, ws=ws, ledger=ledger), state, spec, [running] if running else [], self.n)
+            self.event = prepare(replace(ctx, ws=ws, ledger=ledger), state, spec, [running] if running else [], self.n)
         except BaseException as exc:  # re-raised in the loop's thread by `take`
             self.error = exc
         finally:
             ledger.close()
 
-    def take(self, ctx: Context, state: RunState) -> Prepared | None:
+    def take(self, ctx: Context) -> Prepared | None:
         """Wait for the preparation; what it prepared (None: nothing).
 
         Raises:
@@ -101,13 +102,13 @@ class Ahead:
             self._thread.join(0.2)
         if self.error is not None:
             raise self.error
-        return find(ctx, state, self.n)
+        return None if self.event is None else Prepared.of_event(ctx, self.event)
 
 
-def prepare(ctx: Context, state: RunState, spec: RunSpec, running: list[dict[str, Any]], n: int) -> None:
+def prepare(ctx: Context, state: RunState, spec: RunSpec, running: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """Ask for a proposal from `state.best_commit` (the `running` experiments shown as siblings), commit
-    it (git objects only) and, if the policy allows it, seal its image and load it; then write the
-    `prepared` event numbered `n`.
+    it (git objects only), write the `prepared` event numbered `n` and, if the policy allows the
+    proposal, seal its image and load it. Returns the event.
 
     Raises:
         ModelUnavailable: the model API failed (no event is written).
@@ -118,15 +119,17 @@ def prepare(ctx: Context, state: RunState, spec: RunSpec, running: list[dict[str
     try:
         proposal = ctx.proposer.propose(shown)
     except ProposalFailed as exc:
-        ctx.ledger.add_event(state.tag, EVENT, {**base_event, "failed": exc.reason, "usage": asdict(exc.usage)})
-        return
+        event = {**base_event, "failed": exc.reason, "usage": asdict(exc.usage)}
+        ctx.ledger.add_event(state.tag, EVENT, event)
+        return event
     commit = committed.commit(ctx.repo, parent, proposal)
-    ctx.ledger.add_event(state.tag, EVENT, {  # first: a kill from here on loses nothing
-        **base_event, "commit": commit, "paths": sorted(proposal.files), "description": proposal.description,
-        "proposer": proposal.proposer, "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest})
+    event = {**base_event, "commit": commit, "paths": sorted(proposal.files), "description": proposal.description,
+             "proposer": proposal.proposer, "usage": asdict(proposal.usage), "prompt_digest": proposal.prompt_digest}
+    ctx.ledger.add_event(state.tag, EVENT, event)  # first: a kill from here on loses nothing
     changes, judged = proposing.verdict(ctx, parent, proposal, spec)
     if changes and judged.action == "allow":
         warm(ctx, commit)
+    return event
 
 
 def warm(ctx: Context, commit: str) -> None:
@@ -160,9 +163,17 @@ def more(state: RunState, experiments: int | None, *, first: bool = False) -> bo
     return experiments is None or state.experiments + (0 if first else 1) < experiments
 
 
-def step(ctx: Context, state: RunState, spec: RunSpec, *, more: bool, ahead: Ahead | None) -> Ahead | None:
+def first(ctx: Context, state: RunState, spec: RunSpec, experiments: int | None) -> Ahead | None:
+    """Prepare the first proposal while the last baseline runs, when there is to be one and nothing is
+    waiting already (one kept at a stop, or one a killed run prepared: taken up instead, never asked twice)."""
+    if not more(state, experiments, first=True) or state.ahead is not None or find(ctx, state, state.prepared + 1):
+        return None
+    return Ahead(ctx, state, spec, None)
+
+
+def step(ctx: Context, state: RunState, spec: RunSpec, *, prepare_next: bool, ahead: Ahead | None) -> Ahead | None:
     """One pipelined step: take the proposal prepared ahead (or ask for one now), run it, and while it
-    runs prepare the next (when `more` experiments may follow). Returns that preparation."""
+    runs prepare the next (when `prepare_next`: more experiments may follow). Returns that preparation."""
     guard(ctx, state, "before proposal")
     waited = time.monotonic()
     prepared = take(ctx, state, spec, ahead)
@@ -177,7 +188,7 @@ def step(ctx: Context, state: RunState, spec: RunSpec, *, more: bool, ahead: Ahe
     ctx.save(state)  # before the branch moves, so that --resume knows this commit
     branch.take(ctx, state, commit)
     branch.move(ctx, state, state.best_commit, commit, "before run")
-    following = Ahead(ctx, state, spec, {"commit": commit, "description": proposal.description}) if more else None
+    following = Ahead(ctx, state, spec, {"commit": commit, "description": proposal.description}) if prepare_next else None
     record = attempts.experiment(ctx, state, None, proposal)
     ran = time.monotonic()
     guard(ctx, state, "after run")
@@ -198,10 +209,9 @@ def take(ctx: Context, state: RunState, spec: RunSpec, ahead: Ahead | None) -> P
     if state.ahead is not None:
         return Prepared.of_event(ctx, state.ahead)
     try:
-        prepared = ahead.take(ctx, state) if ahead is not None else find(ctx, state, state.prepared + 1)
+        prepared = ahead.take(ctx) if ahead is not None else find(ctx, state, state.prepared + 1)
         if prepared is None:
-            prepare(ctx, state, spec, [], state.prepared + 1)
-            prepared = find(ctx, state, state.prepared + 1)
+            prepared = Prepared.of_event(ctx, prepare(ctx, state, spec, [], state.prepared + 1))
     except ModelUnavailable as exc:
         proposing.unavailable(ctx, state, exc)
     if prepared is not None:

@@ -395,9 +395,9 @@ class Ledger:
                             (run_tag, kind, json.dumps(record), now()))
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        rows = self._query("SELECT run_tag, kind, record, created_at FROM events ORDER BY seq").fetchall()
-        return [{"run_tag": t, "kind": k, "created_at": c, **json.loads(r)} for t, k, r, c in rows
-                if kind is None or k == kind]
+        where, params = ("", ()) if kind is None else (" WHERE kind = ?", (kind,))
+        rows = self._query(f"SELECT run_tag, kind, record, created_at FROM events{where} ORDER BY seq", params).fetchall()
+        return [{"run_tag": t, "kind": k, "created_at": c, **json.loads(r)} for t, k, r, c in rows]
 
     def _query(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
         try:
