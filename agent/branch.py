@@ -1,6 +1,6 @@
 """The run's branch `sealab/<tag>` and its discarded commits: every move a compare-and-swap through
-agent/gitops.py, the work tree taken along without overwriting anything, and the checks that the branch
-is where this run left it."""
+agent/gitops.py, the work tree taken along without overwriting anything (unless the run is detached:
+then no work tree is touched), and the checks that the branch is where this run left it."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def tip(ctx: Context, state: RunState) -> str | None:
 def create(ctx: Context, state: RunState, commit: str) -> None:
     """Make the branch at `commit` (it must not exist) and check it out."""
     gitops.cas(ctx.repo, ref(state), commit, gitops.ZERO)
-    gitops.restore(ctx.repo, state.branch, commit)
+    restore(ctx, state, commit)
 
 
 def resumable_tip(ctx: Context, state: RunState) -> str:
@@ -69,13 +69,17 @@ def take(ctx: Context, state: RunState, commit: str) -> bool:
 def move(ctx: Context, state: RunState, old: str, new: str, where: str) -> None:
     """Take the work tree from `old` to `new` without overwriting anything: if git refuses, what is
     in the way is reported as drift against `old` before the tree is forced to `new`."""
+    if ctx.detached:
+        return
     if not gitops.move(ctx.repo, state.branch, old, new):
         if not guard(ctx, state, where, tip=old, restore_to=new):
             gitops.restore(ctx.repo, state.branch, new)
 
 
 def restore(ctx: Context, state: RunState, commit: str) -> None:
-    """Check out the branch (at `commit`) with index and work tree equal to it."""
+    """Check out the branch (at `commit`) with index and work tree equal to it (a detached run: nothing)."""
+    if ctx.detached:
+        return
     gitops.restore(ctx.repo, state.branch, commit)
 
 
@@ -87,5 +91,5 @@ def discard(ctx: Context, state: RunState, commit: str, experiment_id: str) -> N
     if tip(ctx, state) == commit:
         gitops.cas(ctx.repo, ref(state), state.best_commit, commit)
         move(ctx, state, commit, state.best_commit, "after run")
-    elif not on_branch(ctx, state):
+    elif not ctx.detached and not on_branch(ctx, state):
         restore(ctx, state, state.best_commit)

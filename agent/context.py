@@ -1,6 +1,6 @@
 """What every step of a research run reaches: the workspace (and its git handle), the engine and the
 backend, the ledger, the policy, the proposer, where progress lines go, and whether a round is being
-stopped. The Loop façade builds one for each of its calls (start, resume, run), so a field changed on
+stopped, and whether the run keeps off the work tree. The Loop façade builds one for each of its calls (start, resume, run), so a field changed on
 the Loop is seen from its next call on."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class Context:
     backend: Backend | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     cycle_start: float | None = None  # when the loop's current time account began (agent/cycle.py)
+    detached: bool = False  # the run keeps off the work tree (sealab mcp): its branch moves by ref CAS only,
+    #                         nothing is checked out, and there is no drift guard (runs read git objects)
 
     @property
     def repo(self) -> git_source.Repository:

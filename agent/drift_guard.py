@@ -24,7 +24,10 @@ def guard(ctx: Context, state: RunState, where: str, tip: str | None = None, res
 
     The tree is diffed again just before the (forced) restore, and anything new is reported too,
     so a change made while the first report was written is not erased unseen. Returns whether
-    there was drift (and so whether the tree was restored, to `restore_to` or `tip`)."""
+    there was drift (and so whether the tree was restored, to `restore_to` or `tip`). A detached run
+    (`ctx.detached`) has no work tree of its own: nothing to guard, False."""
+    if ctx.detached:
+        return False
     tip = tip or (state.pending["commit"] if state.pending else state.best_commit)
     reported: set[tuple[str, tuple[str, ...]]] = set()
     for _ in range(3):

@@ -42,7 +42,6 @@ from executor.image.seal import check_tree_size, seal
 from executor.ledger import Ledger
 from executor.run import check_base_fits, current_base
 from executor.types import RunSpec
-from executor.workspace import Workspace
 
 EVENT = "prepared"
 
@@ -84,7 +83,7 @@ class Ahead:
         self._thread.start()
 
     def _work(self, ctx: Context, state: RunState, spec: RunSpec, running: dict[str, Any] | None) -> None:
-        ws, ledger = Workspace(ctx.ws.root), Ledger(ctx.ws.ledger_path)
+        ws, ledger = ctx.ws.again(), Ledger(ctx.ws.ledger_path)
         try:
             self.event = prepare(replace(ctx, ws=ws, ledger=ledger), state, spec, [running] if running else [], self.n)
         except BaseException as exc:  # re-raised in the loop's thread by `take`

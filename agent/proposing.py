@@ -74,13 +74,19 @@ def verdict(ctx: Context, best: str, proposal: Proposal, spec: RunSpec) -> tuple
 
 def allowed(ctx: Context, state: RunState, proposal: Proposal, spec: RunSpec) -> bool:
     """The policy's gate: a proposal that changes nothing, or that the policy rejects or parks, is recorded."""
+    return screen(ctx, state, proposal, spec) is None
+
+
+def screen(ctx: Context, state: RunState, proposal: Proposal, spec: RunSpec) -> tuple[str, str, str] | None:
+    """The policy's gate, as `allowed`; what stopped the proposal: (`rejected` or `parked`, rule, reason),
+    recorded; None: it may run."""
     changes, judged = verdict(ctx, state.best_commit, proposal, spec)
     if changes and judged.action == "allow":
-        return True
+        return None
     kind = "rejected" if not changes or judged.action == "reject" else "parked"
     rule, why = (judged.rule, judged.reason) if changes else ("empty", "the proposal changes nothing")
     refuse(ctx, state, proposal, kind, rule, why, committed.patch(changes))
-    return False
+    return kind, rule, why
 
 
 def refuse(ctx: Context, state: RunState, proposal: Proposal, kind: str, rule: str, why: str, patch: str,

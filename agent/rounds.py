@@ -18,7 +18,6 @@ from executor import git_source
 from executor.ledger import Ledger
 from executor.record import ExperimentRecord
 from executor.types import RunSpec
-from executor.workspace import Workspace
 
 
 def size(workers: int, experiments: int | None, state: RunState) -> int:
@@ -101,7 +100,7 @@ def run_round(ctx: Context, state: RunState, entries: list[dict[str, Any]],
     def work(i: int) -> None:
         ledger = Ledger(ctx.ws.ledger_path)
         try:
-            record = attempts.run_commit(ctx, state, Workspace(ctx.ws.root), ledger, entries[i]["commit"],
+            record = attempts.run_commit(ctx, state, ctx.ws.again(), ledger, entries[i]["commit"],
                                          lambda eid: note(i, eid, ledger), attempts.labels(state, None, proposals[i]),
                                          editable=True)
             results[i] = attempts.annotate(ledger, record, state, None, proposals[i])

@@ -8,7 +8,9 @@ import time
 from agent import attempts, branch, committed, cycle, decisions, proposing
 from agent.context import Context
 from agent.drift_guard import guard
+from agent.proposal import Proposal
 from agent.run_state import RunState
+from executor.record import ExperimentRecord
 from executor.types import RunSpec
 
 
@@ -19,6 +21,12 @@ def step(ctx: Context, state: RunState, spec: RunSpec) -> None:
     proposal_s = time.monotonic() - asked
     if proposal is None:
         return
+    try_(ctx, state, proposal, proposal_s=proposal_s)
+
+
+def try_(ctx: Context, state: RunState, proposal: Proposal, *, proposal_s: float) -> ExperimentRecord:
+    """A gated proposal as an experiment: committed on the best commit, the branch moved onto it (CAS),
+    run sealed and decided. Returns its record as decided."""
     guard(ctx, state, "before commit")  # every reset of the work tree is preceded by a drift check
     commit = committed.commit(ctx.repo, state.best_commit, proposal)
     state.pending = {"commit": commit, "experiment": None}
@@ -31,6 +39,7 @@ def step(ctx: Context, state: RunState, spec: RunSpec) -> None:
     best = state.best_commit
     decisions.decide(ctx, state, record)
     cycle.note(ctx, record, proposal_s=proposal_s, ran=ran, pipelined=False, proposed_on=best, best=best)
+    return ctx.ledger.experiment(record.id) or record
 
 
 def rerun_lost(ctx: Context, state: RunState) -> None:

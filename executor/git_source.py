@@ -48,8 +48,22 @@ class Repository:
         """The repository's common git directory (`.git`; the main one for a linked work tree)."""
         return Path(self._repo.common_dir)
 
+    @property
+    def linked(self) -> bool:
+        """Whether this is a linked work tree (`git worktree add`) of a repository."""
+        return Path(self._repo.git_dir).resolve() != Path(self._repo.common_dir).resolve()
+
     def __repr__(self) -> str:
         return f"Repository({self._repo.git_dir!s})"
+
+
+def main_work_tree(repo: Repository) -> Path | None:
+    """The main work tree of the repository: `repo.root` itself unless `repo` is a linked work tree, whose
+    main one holds the common `.git` (None: that is a bare repository, with no main work tree)."""
+    if not repo.linked:
+        return repo.root
+    common = repo.git_dir.resolve()
+    return common.parent if common.name == ".git" else None
 
 
 INLINE_MAX = 8 << 20  # blobs up to this size are read with the tree; larger ones are streamed when used

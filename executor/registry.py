@@ -9,7 +9,6 @@ moved in the registry changes nothing: tags are only a vehicle for the push.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from executor.docker_engine import Engine
 from executor.errors import IdentityMismatch, SealabError, WorkspaceError

@@ -1,5 +1,9 @@
 """A research workspace: a git work tree with sealab.toml at its top and the `.sealab/` state directory.
 
+A linked work tree of the repository (`git worktree add`, how parallel agents are usually set up) is
+the same workspace: `root` is the main work tree, whose `.sealab/` (ledger, base, runs, logs) every
+linked one shares, and `tree` the linked one, whose HEAD and files its commands read.
+
 The executor opens a workspace and reads its git through `Workspace.git`, a `git_source.Repository`
 handle: it never writes git. Making a workspace (`sealab init`, `sealab init --adopt`) commits and
 moves HEAD, so agent/create.py does it through agent/gitops.py; what is not git stays here, and so
@@ -26,26 +30,47 @@ STATE_COMMENT = "sealab state: ledger, logs, outputs"
 
 @dataclass(frozen=True)
 class Workspace:
-    root: Path
+    root: Path  # the main work tree: `.sealab/` is here, and the paths records name are relative to it
+    tree: Path | None = None  # a linked work tree of the same repository, where the command runs
 
     @classmethod
     def open(cls, path: Path) -> Workspace:
-        """The workspace containing `path`.
+        """The workspace containing `path` (in a linked work tree: the main work tree's, shared).
 
         Raises:
             WorkspaceError: not a git repository, or no sealab.toml at its top.
         """
-        root = git_source.open_repo(path).root
-        if root is None:
+        repo = git_source.open_repo(path)
+        top = repo.root
+        if top is None:
             raise WorkspaceError(f"{path} is a bare git repository; a workspace needs a work tree")
-        if not (root / config.CONFIG_NAME).is_file():
-            raise WorkspaceError(f"{root} has no {config.CONFIG_NAME}: not a sealab workspace (run `sealab init DIR`)")
-        return cls(root)
+        if not (top / config.CONFIG_NAME).is_file():
+            raise WorkspaceError(f"{top} has no {config.CONFIG_NAME}: not a sealab workspace (run `sealab init DIR`)")
+        main = git_source.main_work_tree(repo)
+        if main is None:
+            raise WorkspaceError(f"{top} is a linked work tree of a bare repository ({repo.git_dir}): sealab keeps "
+                                 "its state in the main work tree; run it from a clone with a work tree")
+        if main.resolve() == top.resolve():
+            return cls(top)
+        if not (main / STATE_DIR).is_dir():
+            raise WorkspaceError(f"{top} is a linked work tree of {main}, which has no {STATE_DIR}/: run "
+                                 f"`sealab init` or `sealab init --adopt` there first")
+        return cls(main, top)
+
+    @property
+    def here(self) -> Path:
+        """The work tree this workspace was opened in (the linked one, else the main one)."""
+        return self.tree or self.root
+
+    def again(self) -> Workspace:
+        """The same workspace with its own git handle (for another thread)."""
+        return Workspace(self.root, self.tree)
 
     @cached_property
     def git(self) -> git_source.Repository:
-        """The workspace's repository, opened once per Workspace (a worker thread makes its own Workspace)."""
-        return git_source.open_repo(self.root)
+        """The repository as seen from `here` (its HEAD), opened once per Workspace (a worker thread makes
+        its own: `again`)."""
+        return git_source.open_repo(self.here)
 
     @property
     def state(self) -> Path:
@@ -65,7 +90,8 @@ class Workspace:
 
     def config(self) -> config.Config:
         """The working tree's sealab.toml (runs use the committed one, see run.execute)."""
-        return config.load(self.root / config.CONFIG_NAME)
+        return config.load(self.here / config.CONFIG_NAME)
+
 
 
 def scaffold(path: Path) -> None:
