@@ -7,6 +7,9 @@ Any mismatch means nothing runs and the record says `rejected`, naming expected 
 The metric is read from the harness's result.json. Only a workspace whose committed sealab.toml says
 `[harness] metric_source = "summary"` (an adopted autoresearch checkout) falls back, when there is no
 result.json, to the `---` summary its train.py printed; such metrics carry `metric_source: summary`.
+
+Once recorded, the run's log ends with sealab's summary of the record (scored_summary): the metric
+line an agent greps for, which a train phase whose model the orchestrator scores cannot print.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Callable, Sequence
 
 import structlog
 
-from executor import config, deadline, evaluate, git_source, owner, valdata
+from executor import config, deadline, evaluate, git_source, owner, scored_summary, valdata
 from executor.backends.interface import Backend, Job, Started
 from executor.backends.local import DockerBackend
 from executor.docker_engine import Engine
@@ -210,6 +213,10 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     ))
     log.info("experiment.finished", status=record.status.value, reason=record.reason,
              metric=metrics.get(spec.metric), durations=record.durations, drift=len(drift))
+    try:  # the log ends with sealab's summary: the scored metric, which the train phase's own cannot hold
+        scored_summary.append(log_path, scored_summary.render(record))
+    except OSError as exc:  # the record stands; only the log lacks its last lines
+        log.warning("log.summary_failed", log_path=str(log_path), error=str(exc))
     return record
 
 

@@ -182,7 +182,7 @@ def test_hostile_train_py_is_contained(tiny_workspace, engine):
     assert probe["secret_files"] == []
     host_paths = [line.split()[3] for line in probe["mounts"].splitlines() if str(root) in line]
     assert all(str(root) not in line or " /out " in line for line in probe["mounts"].splitlines()), host_paths
-    # The harness's number, not the printed one (the fake summary is the log's last block).
+    # The harness's number, not the printed one (the fake summary is the last block train.py printed).
     assert record["status"] == "ok", record["reason"]
     assert record["metrics"]["val_bpb"] > 1 and record["metrics"]["val_bpb"] != 0.0001
     logs = [p.read_text(errors="replace") for p in (root / ".sealab" / "logs").glob(record["id"] + "*")]

@@ -23,6 +23,7 @@ from executor.git_source import open_repo
 from executor.image import deps, extend
 from executor.image.base import default_cache_dir
 from executor.image.launch import environment
+from executor.scored_summary import RECORDED_HEADER
 from executor.summary import parse_summary
 from executor.types import BaseImage, RunSpec
 from tests.conftest import sealab, sealab_json
@@ -89,6 +90,8 @@ def test_adopt_base_exec_runs_the_repository_sealed_like_a_bare_host_run(adopted
     rec = sealab_json("exec", cwd=root, env=env)
     assert rec["status"] == "ok", rec["reason"]
     assert rec["metrics"]["metric_source"] == "summary" and rec["metrics"]["steps"] == STEPS
+    log = (root / rec["log_path"]).read_text().splitlines()  # train.py's summary, then sealab's repeating it
+    assert log[-7:-4] == [RECORDED_HEADER, f"val_bpb: {rec['metrics']['val_bpb']:.6f}", "metric_source: summary"]
     assert rec["data_digest"] == base.data_digest
     host = _host_run(Path(env["SEALAB_CACHE_DIR"]), root, Path(env["HOME"]), tmp_path)
     assert rec["metrics"]["val_bpb"] == host

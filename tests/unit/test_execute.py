@@ -176,3 +176,41 @@ def test_a_gpu_run_on_a_cpu_torch_base_is_warned_about(setup):
     with capture_logs() as logs:
         execute(ws, commit("\nX = 2\n"), engine, ledger, backend=backend)
     assert not [e for e in logs if e["event"] == "cpu_torch"]
+
+
+def test_the_log_ends_with_sealabs_summary_of_the_record(setup):
+    """After the record is finished, the run's log ends with sealab's block: the scored metric for an `ok`
+    run, the status and reason for a crash, and, for a run rejected before anything started, a log made
+    to hold it."""
+    from executor.scored_summary import render
+
+    ws, ledger, engine, backend, commit = setup
+    ok = execute(ws, commit("\nSCALE = 2.0\n"), engine, ledger, backend=backend)
+    log = (ws.root / ok.log_path).read_text()
+    assert log.startswith("step 1\n") and log.endswith(render(ok))
+    assert [line for line in log.splitlines() if line.startswith("val_bpb:")] == [f"val_bpb: {ok.value:.6f}"]
+    backend.outcome = lambda source: Run(exit_code=1, output=b"step 1\nValueError: bad shape")
+    crashed = execute(ws, commit("\nSCALE = 3.0\n"), engine, ledger, backend=backend)
+    log = (ws.root / crashed.log_path).read_text()
+    assert log.endswith("ValueError: bad shape\n" + render(crashed)) and "\nstatus: crash\n" in log
+    assert "val_bpb:" not in log
+    rejected = execute(ws, commit("print('hi')\n", path="other.py"), engine, ledger, backend=backend,
+                       editable=["train.py"])
+    assert (ws.root / rejected.log_path).read_text() == render(rejected)
+
+
+def test_a_log_that_cannot_be_written_loses_no_record(setup, monkeypatch):
+    """An OSError appending sealab's summary is a warning: the record is finished and returned."""
+    from structlog.testing import capture_logs
+
+    from executor import scored_summary
+
+    def broken(path, block):
+        raise OSError(28, "No space left on device")
+
+    ws, ledger, engine, backend, commit = setup
+    monkeypatch.setattr(scored_summary, "append", broken)
+    with capture_logs() as logs:
+        record = execute(ws, commit("\nSCALE = 2.0\n"), engine, ledger, backend=backend)
+    assert record.status.value == "ok" and ledger.get(record.id)["status"] == "ok"
+    assert [e["error"] for e in logs if e["event"] == "log.summary_failed"] == ["[Errno 28] No space left on device"]

@@ -503,7 +503,10 @@ def test_train_phase_saves_the_model_and_does_not_evaluate(train_phase, no_val_d
     assert set(r) == RESULT_KEYS | {"model_file"} and r["model_file"] == "model.pt"
     assert r["val_bpb"] is None and isinstance(r["steps"], int) and r["num_params"] > 10_000
     assert r["data_digest"] == "sha256:" + hashlib.sha256((no_val_dir / "manifest.json").read_bytes()).hexdigest()
-    assert summary(train_phase.proc.stdout)["val_bpb"] == "n/a" and "FAIL" not in train_phase.proc.stdout
+    s = summary(train_phase.proc.stdout)
+    assert list(s) == ["scored_by", *SUMMARY_KEYS[1:]] and "FAIL" not in train_phase.proc.stdout
+    assert s["scored_by"].startswith("sealab, after this phase")  # no `val_bpb:` line: sealab's ends the log
+    assert not [line for line in train_phase.proc.stdout.splitlines() if line.startswith("val_bpb")]
     assert sum(p.numel() for p in load_trained(train_phase).parameters()) == r["num_params"]
 
 
