@@ -20,7 +20,7 @@ def start(ctx: Context, tag: str) -> RunState:
     """Create branch sealab/<tag> at the current commit (never moving any other branch)."""
     if ctx.ledger.run_state(tag) is not None:
         raise RunRefused(f"a run tagged {tag!r} exists; use --resume or another --tag")
-    if git_source.is_dirty(ctx.repo):
+    if not ctx.detached and git_source.is_dirty(ctx.repo):  # (a detached run never uses the work tree)
         raise RunRefused("the working tree has uncommitted changes; commit or stash them before `sealab run`")
     head = git_source.head_commit(ctx.repo)
     if head is None:

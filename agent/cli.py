@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -553,6 +554,30 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
     click.echo(f"run {state.tag}: {state.experiments} experiment(s), best {state.best_value:.6f} at "
                f"{state.best_commit[:12]} on branch {state.branch}; stopped: {state.stop_reason}")
     click.echo(f"run {state.tag}: {Duty.of(ledger.experiments(state.tag)).line()}")
+
+
+@main.command("mcp")
+@click.option("-C", "--workspace", "here", type=click.Path(path_type=Path), default=None,
+              help="Workspace directory (default: the current directory, or the group's -C).")
+@click.option("--tag", default=None, help="The research run the agent drives (default: mcp-<work tree directory>; "
+                                          "started on first use at HEAD, continued after).")
+@click.option("--http", "http", is_flag=True, help="Serve streamable HTTP on 127.0.0.1 instead of stdio.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True, help="Port for --http.")
+@click.pass_context
+def mcp_cmd(ctx: click.Context, here: Path | None, tag: str | None, http: bool, port: int) -> None:
+    """Serve the research loop's tools to a coding agent over MCP (no shell needed)."""
+    from agent.mcp_server import serve
+    from agent.session import Session, default_tag
+
+    if here is not None:
+        ctx.obj = here
+    ws, _ledger, _ = _open(ctx, engine=False)
+    _ledger.close()
+    tag = tag or default_tag(ws)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", tag) or ".." in tag or tag.endswith((".lock", ".")):
+        raise click.BadParameter(f"{tag!r} cannot name a branch; use letters, digits, '.', '_' and '-'",
+                                 param_hint="--tag")
+    serve(Session(ws, tag), http=http, port=port, announce=lambda line: click.echo(line, err=True))
 
 
 @main.command()
