@@ -14,7 +14,8 @@ from pathlib import Path
 from agent import gitops
 from executor import config
 from executor.survey import Survey, render_toml, survey
-from executor.workspace import (SCAFFOLD_FILES, STATE_COMMENT, STATE_EXCLUDE, Workspace, check_adoptable, make_state,
+from executor.workspace import (SCAFFOLD_EXTRA, SCAFFOLD_FILES, STATE_COMMENT, STATE_EXCLUDE, Workspace,
+                                check_adoptable, make_state,
                                 scaffold)
 
 INIT_MESSAGE = "sealab: initial workspace"
@@ -31,7 +32,7 @@ def init(path: Path) -> Workspace:
     scaffold(path)
     repo = gitops.init_repo(path)
     gitops.exclude(repo, STATE_EXCLUDE, STATE_COMMENT)
-    gitops.commit_paths(repo, [*SCAFFOLD_FILES, config.CONFIG_NAME], INIT_MESSAGE)
+    gitops.commit_paths(repo, [*SCAFFOLD_FILES, *SCAFFOLD_EXTRA, config.CONFIG_NAME], INIT_MESSAGE)
     return Workspace(path)
 
 

@@ -40,9 +40,10 @@ from executor.errors import SealabError
 from executor.ledger import Ledger
 from executor.record import ExperimentRecord
 from executor.types import Status
-from executor.workspace import Workspace
+from executor.workspace import SCAFFOLD, SCAFFOLD_EXTRA, Workspace
 from policies import load_policy, should_stop
 
+MCP_PROGRAM = SCAFFOLD_EXTRA[0]  # program-mcp.md
 MAX_LOG_LINES = 2000
 MAX_LOG_CHARS = 64_000
 
@@ -236,6 +237,22 @@ class Session:
                                "client's experiment was kept) and your change conflicts with it; read train.py "
                                "again and redo the edit (edit_train_py with discard: true drops the draft)")
         return replace(proposal, files={p: committed.read(ctx.repo, merged, p) or "" for p in files}), drafted
+
+    def program(self) -> str:
+        """The research program for an agent on these tools: the best commit's program-mcp.md, else the
+        one sealab ships followed by the repository's own program.md (an adopted checkout's, written for
+        a shell: the tools stand in for its commands)."""
+        repo, best = self._workspace().git, self.best()
+        own = committed.read(repo, best, MCP_PROGRAM)
+        if own is not None:
+            return own
+        text = (SCAFFOLD / MCP_PROGRAM).read_text()
+        theirs = committed.read(repo, best, "program.md")
+        if theirs:
+            text += ("\n\n## The repository's own program.md\n\nIt was written for an agent with a shell. Where it "
+                     "says to edit, commit, run or read logs, use the tools above instead; its research goal and "
+                     "rules stand.\n\n" + theirs)
+        return text
 
     def results(self) -> str:
         """The run's results table (autoresearch's results.tsv columns, then provenance)."""

@@ -23,6 +23,7 @@ from executor.errors import WorkspaceError
 
 SCAFFOLD = Path(__file__).with_name("scaffold")
 SCAFFOLD_FILES = ("train.py", "prepare.py", "program.md")
+SCAFFOLD_EXTRA = ("program-mcp.md",)  # program.md for an agent on `sealab mcp`'s tools (no shell); not adopted
 STATE_DIR = ".sealab"
 STATE_EXCLUDE = f"/{STATE_DIR}/"  # the info/exclude line that keeps the state out of git
 STATE_COMMENT = "sealab state: ledger, logs, outputs"
@@ -104,7 +105,7 @@ def scaffold(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise WorkspaceError(f"{path} already exists and is not empty; choose a new directory")
     path.mkdir(parents=True, exist_ok=True)
-    for name in SCAFFOLD_FILES:
+    for name in (*SCAFFOLD_FILES, *SCAFFOLD_EXTRA):
         shutil.copyfile(SCAFFOLD / name, path / name)
     (path / config.CONFIG_NAME).write_text(config.DEFAULT_TOML)
     make_state(path)

@@ -63,6 +63,19 @@ def image_train(engine, image_id: str) -> str:
     return read_file(engine.api, image_id, "/workspace/train.py").decode()
 
 
+def outward_address() -> str | None:
+    """This machine's address on its default route (None: it has none but loopback)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the route
+            address = udp.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
 class Linter(threading.Thread):
     """Rewrites train.py in the work tree every 50 ms (the incident: SCALAR_LR 0.5 -> 0.3), as a formatter
     on save would; remembers what it wrote last."""
@@ -288,3 +301,59 @@ def test_a_linked_work_tree_shares_the_workspace(tmp_path, base_image):
     state, train = anyio.run(status)
     assert state["run"] == "mcp-agent-2" and state["workspace"] == str(root) and state["work_tree"] == str(linked)
     assert train == TINY_TRAIN
+
+
+def test_streamable_http_serves_each_client_its_own_draft_and_stops_on_sigterm(tmp_path):
+    """`sealab mcp --http`: 127.0.0.1 only; two SDK clients over streamable HTTP, each with its own draft."""
+    import signal
+    import socket
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    from agent.create import init
+
+    root = init(tmp_path / "ws").root
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([SEALAB, "mcp", "--http", "--port", str(port)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/mcp"
+
+    @asynccontextmanager
+    async def http_client():
+        async with streamable_http_client(url) as (read, write, *_):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                yield session
+
+    async def two():
+        async with http_client() as a, http_client() as b:
+            await ok(a, "edit_train_py", {"old": "SCALAR_LR = 0.5", "new": "SCALAR_LR = 0.4"})
+            mine, theirs = await ok(a, "read_file", {"path": "train.py"}), await ok(b, "read_file", {"path": "train.py"})
+            prompt = await a.get_prompt("program")
+            return mine, theirs, json.loads(await ok(b, "status")), prompt
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+                time.sleep(0.2)
+        mine, theirs, state, prompt = anyio.run(two)
+        assert "SCALAR_LR = 0.4" in mine and "SCALAR_LR = 0.5" in theirs
+        assert state["draft"]["changed"] is False and state["run"] == "mcp-ws"
+        assert "no shell" in prompt.messages[0].content.text
+        address = outward_address()
+        if address is not None:  # loopback only: this machine's other address is refused
+            with pytest.raises(OSError):
+                socket.create_connection((address, port), timeout=2).close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        proc.wait(timeout=20)
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in proc.stderr.read()

@@ -7,14 +7,14 @@ from agent.create import init
 from executor import config
 from executor.errors import WorkspaceError
 from executor.git_source import open_repo, resolve
-from executor.workspace import SCAFFOLD_FILES, Workspace, scaffold
+from executor.workspace import SCAFFOLD_EXTRA, SCAFFOLD_FILES, Workspace, scaffold
 
 
 def test_init_scaffolds_a_committed_workspace(tmp_path):
     """init makes a git repository whose first commit holds the research files, with state excluded."""
     ws = init(tmp_path / "ws")
     facts = resolve(ws.git, "HEAD")
-    assert sorted(f.path for f in facts.files) == sorted([*SCAFFOLD_FILES, "sealab.toml"])
+    assert sorted(f.path for f in facts.files) == sorted([*SCAFFOLD_FILES, *SCAFFOLD_EXTRA, "sealab.toml"])
     assert facts.parent is None and facts.subject == "sealab: initial workspace"
     assert "/.sealab/" in (tmp_path / "ws" / ".git" / "info" / "exclude").read_text()
     assert (ws.state / "logs").is_dir() and (ws.state / "outputs").is_dir()
@@ -43,7 +43,7 @@ def test_scaffold_writes_files_and_no_git(tmp_path):
     """scaffold (the executor's part of init) lays out the research files, sealab.toml and .sealab/ and
     leaves git to the agent side: no repository is made."""
     scaffold(tmp_path / "ws")
-    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == sorted([*SCAFFOLD_FILES, "sealab.toml", ".sealab"])
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == sorted([*SCAFFOLD_FILES, *SCAFFOLD_EXTRA, "sealab.toml", ".sealab"])
     assert not (tmp_path / "ws" / ".git").exists()
 
 
