@@ -129,9 +129,10 @@ class Session:
             done = anchored.draft.edit({"old": old, "new": new, "content": content, "path": TRAIN})
         except DraftError as exc:
             raise SessionError(str(exc)) from None
-        changed = committed.patch({p: (anchored.draft.original.get(p), c) for p, c in anchored.draft.changed().items()})
-        lines = sum(1 for line in changed.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---"))
-        return f"{done}: the draft now differs from the best commit {anchored.base[:12]} by {lines} line(s)"
+        patch = committed.patch({p: (anchored.draft.original.get(p), c) for p, c in anchored.draft.changed().items()})
+        body = [line for line in patch.splitlines() if line[:3] not in ("+++", "---")]
+        added, removed = sum(line[:1] == "+" for line in body), sum(line[:1] == "-" for line in body)
+        return f"{done}: the draft differs from the best commit {anchored.base[:12]} by +{added} -{removed} lines"
 
     def discard_draft(self, key: Any) -> None:
         self._drafts.pop(key, None)
@@ -196,8 +197,8 @@ class Session:
                          f"{state.best_commit[:12]} run {ctx.policy.acceptance.noise_runs} time(s), and its "
                          "noise floor")
                 gate.baselines(ctx, state)
-            progress(f"running: {description} (sealed from a commit on {state.best_commit[:12]}, "
-                     f"budget {spec.budget_s:g} s)")
+            budget = f"{spec.steps} steps" if spec.steps else f"{spec.budget_s:g} s of training"
+            progress(f"running: {description} (sealed from a commit on {state.best_commit[:12]}, budget {budget})")
             ctx.cycle_start = self._last_end if self._last_end is not None else asked
             started = time.monotonic()
             record = steps.try_(ctx, state, proposal, proposal_s=max(0.0, asked - ctx.cycle_start))
@@ -268,7 +269,7 @@ class Session:
         out: dict[str, Any] = {
             "run": self.tag, "branch": f"sealab/{self.tag}", "workspace": str(self.ws.root),
             "work_tree": str(self.ws.here), "metric": spec.metric, "direction": spec.direction,
-            "budget_s": spec.budget_s, "best_commit": best, "started": state is not None,
+            "budget_s": spec.budget_s, "steps": spec.steps, "best_commit": best, "started": state is not None,
             "running": self.running,
             "draft": {"changed": bool(anchored and anchored.draft.changed()),
                       "base": anchored.base if anchored else best},
