@@ -8,11 +8,9 @@ base unavailable · 4 identity mismatch or rejected · 5 ledger problem · 70 in
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agent.trace import keep_trace
 from executor import logs
 from executor import record as recorded
 from executor.errors import ConfigError, EngineUnavailable, SealabError
@@ -68,26 +67,8 @@ class SealabGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug of ours: say so in one line, keep the trace in a file
-            click.echo(f"sealab: internal error: {type(exc).__name__}: {exc} ({_keep_trace()})", err=True)
+            click.echo(f"sealab: internal error: {type(exc).__name__}: {exc} ({keep_trace()})", err=True)
             ctx.exit(70)
-
-
-def _keep_trace() -> str:
-    """Write the current exception's trace to ~/.cache/sealab/last-error.txt (or, if that cannot be
-    written, a temporary file); says where, or that it could not be kept."""
-    import tempfile
-
-    trace = traceback.format_exc()
-    places = (Path.home() / ".cache" / "sealab" / "last-error.txt",
-              Path(tempfile.gettempdir()) / f"sealab-last-error-{os.getuid()}.txt")
-    for crash in places:
-        try:
-            crash.parent.mkdir(parents=True, exist_ok=True)
-            crash.write_text(trace)
-            return f"trace in {crash}"
-        except OSError:
-            continue
-    return "the trace could not be written: ~/.cache and the temporary directory are not writable"
 
 
 def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
@@ -571,8 +552,8 @@ def mcp_cmd(ctx: click.Context, here: Path | None, tag: str | None, http: bool, 
 
     if here is not None:
         ctx.obj = here
-    ws, _ledger, _ = _open(ctx, engine=False)
-    _ledger.close()
+    ws, ledger, _ = _open(ctx, required_engine=False)  # (the engine, where it answers: a killed server's leftovers go)
+    ledger.close()
     tag = tag or default_tag(ws)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", tag) or ".." in tag or tag.endswith((".lock", ".")):
         raise click.BadParameter(f"{tag!r} cannot name a branch; use letters, digits, '.', '_' and '-'",

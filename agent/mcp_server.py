@@ -28,6 +28,7 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from agent.session import Session, SessionError
+from agent.trace import keep_trace
 
 INSTRUCTIONS = """\
 sealab runs ML experiments sealed: each one is a git commit baked into a read-only container image, \
@@ -139,6 +140,12 @@ async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
     except SessionError as exc:
         raise ToolError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line for the agent, the trace in a file
+        raise _internal(exc) from None
+
+
+def _internal(exc: Exception) -> ToolError:
+    return ToolError(f"internal error in sealab: {type(exc).__name__}: {exc} ({keep_trace()})")
 
 
 def build(session: Session) -> MCPServer:
@@ -181,6 +188,8 @@ def build(session: Session) -> MCPServer:
             record = await _blocking(ctx, session.run_experiment, _key(ctx), description)
         except SessionError as exc:
             raise ToolError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - see _call
+            raise _internal(exc) from None
         return json.dumps(record, indent=2)
 
     @server.tool(description="The run's results table, tab-separated: commit, metric, memory_gb, status, "

@@ -89,6 +89,11 @@ class Session:
             self._local.ledger = Ledger(self.ws.ledger_path)
         return self._local.ledger
 
+    def _engine(self) -> Engine:
+        if getattr(self._local, "engine", None) is None:
+            self._local.engine = self.connect()
+        return self._local.engine
+
     def _state(self) -> RunState | None:
         return run_state.load(self._ledger(), self.tag)
 
@@ -176,7 +181,7 @@ class Session:
              progress: Callable[[str], None]) -> dict[str, Any]:
         ws, ledger = self._workspace(), self._ledger()
         try:
-            ctx = Context(ws, self.connect(), ledger, load_policy(ws.config().policy), None,
+            ctx = Context(ws, self._engine(), ledger, load_policy(ws.config().policy), None,
                           on_event=lambda line, state: progress(line), detached=True)
             state = self._open_run(ctx)
             spec = committed.spec(ctx.repo, state.best_commit)
@@ -186,6 +191,7 @@ class Session:
             if limit:
                 raise SessionError(f"run {self.tag} has reached the policy's limit: {limit}; start another run "
                                    "(`sealab mcp --tag NEW`)")
+            snapshot = anchored.draft.changed()
             proposal, drafted = self._proposal(ctx, state, anchored, description)
             onto = state.best_commit
             refused = proposing.screen(ctx, state, proposal, spec)  # before the baseline: a refusal costs no run
@@ -210,7 +216,8 @@ class Session:
             self._last_end = time.monotonic()
         except (LoopStopped, SealabError) as exc:
             raise SessionError(one_line(str(exc), 500)) from None
-        self._drafts.pop(key, None)  # the next draft starts from the (new) best commit
+        if self._drafts.get(key) is anchored and anchored.draft.changed() == snapshot:
+            self._drafts.pop(key)  # the next draft starts from the (new) best commit; one edited during the run stays
         return summary(record, state)
 
     def _open_run(self, ctx: Context) -> RunState:

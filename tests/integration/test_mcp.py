@@ -357,3 +357,68 @@ def test_streamable_http_serves_each_client_its_own_draft_and_stops_on_sigterm(t
         proc.wait(timeout=20)
     assert time.monotonic() - started < 10
     assert "Traceback" not in proc.stderr.read()
+
+
+def _server_pid(root: Path, tag: str) -> int:
+    """The pid of the `sealab mcp --tag TAG` process serving `root`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"mcp" in argv and tag.encode() in argv and cwd == str(root):
+            return int(entry.name)
+    raise AssertionError(f"no sealab mcp --tag {tag} process in {root}")
+
+
+def test_a_server_killed_mid_experiment_loses_nothing_and_the_next_one_goes_on(tmp_path, base_image, engine):
+    """kill -9 of the server while an experiment trains: the next server marks it `interrupted`, removes its
+    container, keeps its commit under refs/sealab/discarded/, moves the branch back, and runs the next one."""
+    import signal
+
+    from executor.docker_engine import LABEL_EXPERIMENT
+
+    root = fast_workspace(tmp_path, base_image, steps=4, noise_runs=1)
+    repo = git.Repo(root)
+
+    async def killed():
+        async with client(root, "--tag", "k") as s:
+            await ok(s, "edit_train_py", {"old": "LR = 0.5 ", "new": "LR = 20.0 "})
+            await ok(s, "run_experiment", {"description": "kept before the kill"})
+            await ok(s, "edit_train_py", {"old": "def train(h):\n",
+                                          "new": "def train(h):\n    import time\n    time.sleep(60)\n"})
+            pid = _server_pid(root, "k")
+
+            async def on_progress(value, total, message):
+                if message and message.startswith("running") and value > 3:
+                    os.kill(pid, signal.SIGKILL)
+
+            await s.call_tool("run_experiment", {"description": "killed while it trains"},
+                              progress_callback=on_progress)
+
+    try:
+        anyio.run(killed)
+    except BaseException:  # noqa: BLE001 - the transport ends with the server's death, one way or another
+        pass
+    records = [r for r in sealab_json("status", cwd=root) if r.get("run_tag") == "k"]
+    lost = records[-1]
+    assert lost["description"] == "killed while it trains"
+
+    async def again():
+        async with client(root, "--tag", "k") as s:
+            await ok(s, "edit_train_py", {"old": "MARK = 0 ", "new": "MARK = 1 "})
+            return json.loads(await ok(s, "run_experiment", {"description": "after the kill"}))
+
+    after = anyio.run(again)
+    records = {r["id"]: r for r in sealab_json("status", cwd=root) if r.get("run_tag") == "k"}
+    assert records[lost["id"]]["status"] == "interrupted"
+    assert repo.git.rev_parse(f"refs/sealab/discarded/{lost['id']}") == lost["commit"]
+    kept = [r for r in records.values() if r.get("decision") == "keep"]
+    assert [r["description"] for r in kept] == ["kept before the kill"]
+    assert after["status"] == "ok" and repo.commit(after["commit"]).parents[0].hexsha == kept[0]["commit"]
+    assert repo.git.rev_parse("sealab/k") == after["best_commit"] == kept[0]["commit"]  # MARK changes nothing
+    assert engine.api.containers(all=True, filters={"label": f"{LABEL_EXPERIMENT}={lost['id']}"}) == []
+    assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []
