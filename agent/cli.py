@@ -387,12 +387,17 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
 @main.command()
 @click.argument("experiment")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), help="Write the statement to FILE.")
+@click.option("--sign", "signed", is_flag=True, help="Print a DSSE envelope of the statement, signed with your key.")
+@click.option("--key", "key", type=click.Path(path_type=Path), default=None,
+              help="The private key for --sign (default: signing-key.pem of `sealab keygen`).")
 @click.pass_context
-def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None:
-    """Print the in-toto / SLSA provenance statement of EXPERIMENT (or write it to -o FILE)."""
+def provenance(ctx: click.Context, experiment: str, output: Path | None, signed: bool, key: Path | None) -> None:
+    """Print the in-toto / SLSA provenance statement of EXPERIMENT (or write it to -o FILE); --sign: in a
+    DSSE envelope signed with the key of `sealab keygen`."""
     import policies
     from executor.errors import WorkspaceError
-    from executor.provenance import latest_link, statement
+    from executor.provenance import latest_link, statement, statement_bytes
+    from executor.signing import PRIVATE_NAME, PUBLIC_NAME, key_dir, sign
 
     ws, ledger, _ = _open(ctx, engine=False)
     record = ledger.experiment(experiment)
@@ -405,11 +410,40 @@ def provenance(ctx: click.Context, experiment: str, output: Path | None) -> None
         digest = None
     stmt = statement(record, base=found.to_dict() if found else None, policy_digest=digest,
                      chain_hash=latest_link(ledger, record.id))
-    text = json.dumps(stmt, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if signed:
+        private = key or key_dir() / PRIVATE_NAME
+        envelope = sign(statement_bytes(stmt), private, private.with_name(PUBLIC_NAME),
+                        workspaces=(ws.root, ws.here))
+        text = json.dumps(envelope, indent=2, sort_keys=True) + "\n"
+    else:
+        text = json.dumps(stmt, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
+              help="Where to write the key pair (default: ~/.config/sealab, or $SEALAB_KEY_DIR).")
+@click.option("--force", is_flag=True, help="Replace a key pair that is there.")
+@click.pass_context
+def keygen(ctx: click.Context, directory: Path | None, force: bool) -> None:
+    """Make the Ed25519 key pair that signs provenance (`sealab provenance --sign`); it lives outside any workspace."""
+    from executor.errors import SealabError
+    from executor.signing import key_dir, keygen as make_keys
+    from executor.workspace import Workspace
+
+    try:
+        here = Workspace.open(ctx.obj)
+        workspaces: tuple[Path, ...] = (here.root, here.here)
+    except SealabError:
+        workspaces = ()
+    pair = make_keys(directory or key_dir(), force=force, workspaces=workspaces)
+    click.echo(f"private key {pair.private} (mode 0600: keep it here, never commit it)")
+    click.echo(f"public key  {pair.public} (give it to whoever verifies: `sealab verify --provenance FILE --key "
+               f"{pair.public}`)")
+    click.echo(f"keyid {pair.keyid}")
 
 
 @main.command()
@@ -465,13 +499,24 @@ def import_cmd(ctx: click.Context, archive: Path) -> None:
 @main.command()
 @click.argument("experiment", required=False)
 @click.option("--all", "check_all", is_flag=True, help="Verify every record.")
+@click.option("--provenance", "envelope", type=click.Path(path_type=Path), default=None,
+              help="Verify a signed provenance envelope (`sealab provenance --sign`) instead.")
+@click.option("--key", "key", type=click.Path(path_type=Path), default=None,
+              help="The public key for --provenance (default: signing-key.pub.json of `sealab keygen`).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json: bool) -> None:
-    """Re-derive recorded image IDs from git and the base; exit non-zero on any mismatch."""
+def verify(ctx: click.Context, experiment: str | None, check_all: bool, envelope: Path | None, key: Path | None,
+           as_json: bool) -> None:
+    """Re-derive recorded image IDs from git and the base; exit non-zero on any mismatch. --provenance FILE:
+    check a signed provenance envelope's signature, and its statement against the record."""
     from executor.errors import WorkspaceError
     from executor.verify import verify as verify_records
 
+    if envelope is not None:
+        if experiment or check_all:
+            raise click.UsageError("--provenance FILE verifies an envelope: give no experiment ID or --all with it")
+        _verify_envelope(ctx, envelope, key, as_json)
+        return
     if bool(experiment) == check_all:
         raise click.UsageError("give an experiment ID or --all")
     ws, ledger, eng = _open(ctx, required_engine=False)
@@ -491,6 +536,53 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, as_json:
             click.echo(f"MISMATCH {m['id']}{row} {m['field']}: expected {m['expected']}, found {m['actual']}")
         click.echo(f"checked {report['checked']} record(s), {len(report['mismatches'])} mismatch(es)")
     ctx.exit(1 if report["mismatches"] else 0)
+
+
+def _verify_envelope(ctx: click.Context, path: Path, key: Path | None, as_json: bool) -> None:
+    """The envelope's signature by the public key, then its statement against the workspace's record (when the
+    workspace has it): the subject image and the build definition must be the record's."""
+    from executor.errors import SealabError
+    from executor.provenance import statement
+    from executor.signing import PUBLIC_NAME, SigningError, key_dir, verify as verify_signature
+
+    public = key or key_dir() / PUBLIC_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SigningError(f"no envelope at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise SigningError(f"{path} is not a JSON envelope: {exc}") from None
+    stmt, keyid = verify_signature(data, public)
+    eid = ((stmt.get("predicate") or {}).get("runDetails") or {}).get("metadata", {}).get("invocationId")
+    mismatches: list[dict[str, Any]] = []
+    note = "no workspace here to compare the statement with"
+    try:
+        _, ledger, _ = _open(ctx, engine=False)
+    except SealabError:
+        ledger = None
+    if ledger is not None:
+        record = ledger.experiment(str(eid)) if eid else None
+        if record is None:
+            note = f"the workspace has no experiment {eid}: only the signature was checked"
+        else:
+            now = statement(record)
+            for field in ("subject",):
+                if stmt.get(field) != now.get(field):
+                    mismatches.append({"field": field, "expected": now.get(field), "actual": stmt.get(field)})
+            signed_def, record_def = (stmt["predicate"]["buildDefinition"], now["predicate"]["buildDefinition"])
+            for field in ("externalParameters", "internalParameters"):
+                if signed_def.get(field) != record_def.get(field):
+                    mismatches.append({"field": field, "expected": record_def.get(field), "actual": signed_def.get(field)})
+            note = f"the statement matches experiment {eid}" if not mismatches else f"the statement differs from experiment {eid}"
+    report = {"signed_by": keyid, "experiment": eid, "mismatches": mismatches, "note": note}
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(f"signature OK: signed by {keyid[:16]}… ({public})")
+        for m in mismatches:
+            click.echo(f"MISMATCH {eid} {m['field']}: expected {m['expected']}, found {m['actual']}")
+        click.echo(note)
+    ctx.exit(1 if mismatches else 0)
 
 
 @main.command("run")
