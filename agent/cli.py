@@ -358,11 +358,13 @@ def parted_line(rerun: str, phase: str, step: int | None) -> str:
 
 @main.command()
 @click.argument("ref", metavar="EXPERIMENT|IMAGE")
-@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="How many reruns.")
-@click.option("--tolerance", type=click.FloatRange(min=0), help="Allowed difference (default: the run's noise floor).")
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="How many reruns (default: 1 for a step budget, 2 for a clock budget).")
+@click.option("--tolerance", type=click.FloatRange(min=0),
+              help="Allowed difference (default: the run's noise floor; a clock budget: 3σ of the measured noise).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, as_json: bool) -> None:
+def reproduce(ctx: click.Context, ref: str, runs: int | None, tolerance: float | None, as_json: bool) -> None:
     """Re-run a recorded experiment from its sealed identity: exact, within-noise or diverged."""
     from executor.reproduce import reproduce as run_reproduce
 
@@ -373,8 +375,11 @@ def reproduce(ctx: click.Context, ref: str, runs: int, tolerance: float | None, 
     else:
         spec = "r" if report["verdict"] == "diverged" else ".6f"  # all digits where they differ
         shown = ", ".join("-" if v is None else format(v, spec) for v in report["values"])
+        bound = "none measured" if report["tolerance"] is None else f"{report['tolerance']:g}"
         click.echo(f"{report['verdict']}: experiment {report['experiment']} recorded {report['metric']} "
-                   f"{format(report['recorded'], spec)}, reran {shown} (tolerance {report['tolerance']:g})")
+                   f"{format(report['recorded'], spec)}, reran {shown} (tolerance {bound})")
+        if report.get("reason"):
+            click.echo(f"why: {report['reason']}")
         if report["note"]:
             click.echo(f"note: {report['note']}")
         steps = report.get("parted_at_step") or [None] * len(report["reruns"])

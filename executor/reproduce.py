@@ -4,6 +4,16 @@ Verdicts: `exact` (every rerun gives the recorded number to the last bit: a step
 `within-noise` (every rerun is within the tolerance), `diverged`. A rerun happens only after the
 record's identity checks out against git, the base and the engine; otherwise it is refused.
 
+A clock-budgeted record (`train_seconds`, no `steps`) trains as many steps as the machine manages in the
+budget, so its metric varies from run to run even with identical code and data: reproduce reruns it twice
+by default, reports the steps and tokens of every run, and judges the mean of the reruns against a noise
+floor it measured (`judge_clock`): σ, the larger of the run's own baseline runs' spread and the reruns'
+spread; the verdict is `diverged` only when |mean − recorded| exceeds Z_CLOCK·σ·√(1 + 1/k). When the
+reruns trained a markedly different number of steps and the metric differs beyond that noise, the
+verdict is `other-speed` (the image is the same, verified; the machine trains at another speed), and
+with one rerun and no baseline there is no noise floor: `inconclusive`. Replaying the recorded step count
+is not offered: it changes the run spec, so it seals another image and is another experiment.
+
 What `exact` covers: the same sealed image on the same CPU (model and x86-64 level, as each run's harness
 recorded them in `cpu`). Float kernels take other code paths on another CPU (AVX-512 or AMX against AVX2,
 other blockings), so a rerun there is not expected to give the same bits: it is judged within noise,
@@ -13,6 +23,8 @@ cross-CPU tolerance is CROSS_CPU_RTOL of the recorded value.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,6 +77,65 @@ def judge(recorded: float, values: Sequence[float | None], tolerance: float, rec
     else:
         verdict = "diverged"
     return {"verdict": verdict, "tolerance": tolerance, "note": note}
+
+
+Z_CLOCK = 3.0  # a clock-budgeted rerun's mean is explained by noise within 3 σ·√(1 + 1/k) of the recorded value
+SPEED_RATIO = 1.2  # reruns that trained more than 1.2× (or under 1/1.2×) the recorded steps ran at another speed
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def _steps_text(steps: float | None, tokens: float | None) -> str:
+    parts = [f"{steps:g} steps" if steps is not None else None, f"{tokens / 1e6:.3g} M tokens" if tokens else None]
+    return ", ".join(p for p in parts if p) or "steps not recorded"
+
+
+def judge_clock(recorded: float, values: Sequence[float | None], *, baseline: Sequence[float],
+                baseline_of: str | None, recorded_steps: float | None, recorded_tokens: float | None,
+                rerun_steps: Sequence[float | None], rerun_tokens: Sequence[float | None],
+                tolerance: float | None = None) -> dict[str, Any]:
+    """The verdict on reruns of a clock-budgeted record: `within-noise`, `diverged`, `other-speed` or
+    `inconclusive`, the `tolerance` used (None: none could be measured) and a `reason` naming every
+    number it used (values, steps and tokens of both, σ and where it came from, the bound)."""
+    done = [v for v in values if v is not None]
+    runs = f"reruns {', '.join('-' if v is None else f'{v:.6g}' for v in values)} " \
+           f"({'; '.join(_steps_text(s, t) for s, t in zip(rerun_steps, rerun_tokens))})"
+    told = f"recorded {recorded:.6g} ({_steps_text(recorded_steps, recorded_tokens)}); {runs}"
+    if len(done) < len(values):
+        return {"verdict": "diverged", "tolerance": tolerance, "note": None,
+                "reason": f"{told}: a rerun gave no metric"}
+    k, mean = len(done), statistics.fmean(done)
+    gap = abs(mean - recorded)
+    sigmas = {f"{len(baseline)} baseline runs{f' of run {baseline_of}' if baseline_of else ''}": _sd(baseline),
+              f"{k} reruns": _sd(done)}
+    known = {where: sd for where, sd in sigmas.items() if sd is not None}
+    if tolerance is not None:
+        bound, how = tolerance, f"the tolerance given, {tolerance:g}"
+    elif known:
+        where, sigma = max(known.items(), key=lambda item: item[1])
+        bound = Z_CLOCK * sigma * math.sqrt(1 + 1 / k)
+        how = (f"{Z_CLOCK:g}·σ·√(1+1/{k}) = {bound:.4g}, σ {sigma:.4g} from the {where}"
+               + "".join(f" (the {w}: {sd:.4g})" for w, sd in known.items() if w != where))
+    else:
+        return {"verdict": "inconclusive", "tolerance": None, "note": None,
+                "reason": f"{told}: a clock budget gives another metric on every run, and with one rerun and no "
+                          "baseline runs there is no noise floor to judge against; rerun with --runs 2 or more"}
+    if gap <= bound:
+        return {"verdict": "within-noise", "tolerance": bound, "note": None,
+                "reason": f"{told}: |mean − recorded| = {gap:.4g} ≤ {how}"}
+    stepped = [s for s in rerun_steps if s is not None]
+    if recorded_steps and stepped:
+        ratio = statistics.fmean(stepped) / recorded_steps
+        if ratio > SPEED_RATIO or ratio < 1 / SPEED_RATIO:
+            return {"verdict": "other-speed", "tolerance": bound, "note": None,
+                    "reason": f"{told}: |mean − recorded| = {gap:.4g} > {how}, but the reruns trained {ratio:.2f}× the "
+                              "recorded steps in the same budget: the image is the same (verified), the machine "
+                              "trains at another speed, so the metrics are not comparable"}
+    return {"verdict": "diverged", "tolerance": bound, "note": None,
+            "reason": f"{told}: |mean − recorded| = {gap:.4g} > {how}, at a comparable step count: more than "
+                      "the measured noise explains"}
 
 
 PHASE_KEYS = (("train", "eval_model"), ("eval", "eval_logits"))  # what each phase made, as its digest
@@ -121,9 +192,10 @@ def find_record(ledger: Ledger, ref: str) -> ExperimentRecord:
     return ExperimentRecord.from_dict(found)
 
 
-def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: int = 1,
+def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: int | None = None,
               tolerance: float | None = None) -> dict[str, Any]:
-    """Re-run the experiment `ref` `runs` times and judge the numbers against its record.
+    """Re-run the experiment `ref` `runs` times (default: 1 for a step budget, 2 for a clock budget) and judge
+    the numbers against its record.
 
     Raises:
         WorkspaceError: unknown experiment, or one without a metric.
@@ -147,9 +219,9 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
         raise IdentityMismatch("data digest of the base image", str(original.data_digest), base.data_digest)
     if base.image_id != original.base_image_id:
         raise IdentityMismatch("base image", str(original.base_image_id), base.image_id)
-    if tolerance is None:
-        state = ledger.run_state(original.run_tag) if original.run_tag else None
-        tolerance = (state or {}).get("threshold") or 0.0
+    clock = not (original.run_spec or {}).get("steps")
+    state = (ledger.run_state(original.run_tag) if original.run_tag else None) or {}
+    runs = runs or (2 if clock else 1)
     reruns = []
     for _ in range(runs):
         rerun = ledger.record_rerun(execute(ws, original.commit, engine, ledger).id, original.id)
@@ -157,11 +229,24 @@ def reproduce(ws: Workspace, engine: Engine, ledger: Ledger, ref: str, *, runs: 
             raise IdentityMismatch("rerun image", str(original.image_id), str(rerun.image_id))
         reruns.append(rerun)
     values = [number((r.metrics or {}).get(metric)) if r.status == Status.OK else None for r in reruns]
-    judged = judge(recorded, values, tolerance, original.cpu, [r.cpu for r in reruns])
-    parted = [diverged_in(original.metrics or {}, r.metrics or {}, metric) for r in reruns]
-    steps = [parted_at_step(original.metrics or {}, r.metrics or {}) if phase == "train" else None
+    got = original.metrics or {}
+    if clock:
+        judged = judge_clock(recorded, values, baseline=[float(v) for v in state.get("baseline") or []],
+                             baseline_of=original.run_tag, recorded_steps=number(got.get("steps")),
+                             recorded_tokens=number(got.get("tokens")), tolerance=tolerance,
+                             rerun_steps=[number((r.metrics or {}).get("steps")) for r in reruns],
+                             rerun_tokens=[number((r.metrics or {}).get("tokens")) for r in reruns])
+    else:
+        judged = judge(recorded, values, tolerance if tolerance is not None else state.get("threshold") or 0.0,
+                       original.cpu, [r.cpu for r in reruns])
+    parted = [diverged_in(got, r.metrics or {}, metric) for r in reruns]
+    steps = [parted_at_step(got, r.metrics or {}) if phase == "train" else None
              for r, phase in zip(reruns, parted)]
     return {"experiment": original.id, "image_id": original.image_id, "metric": metric, "recorded": recorded,
-            "values": values, "reruns": [r.id for r in reruns], **judged, "diverged_in": parted,
-            "parted_at_step": steps,
+            "values": values, "reruns": [r.id for r in reruns], "budget": "clock" if clock else "steps",
+            "steps": {"recorded": number(got.get("steps")),
+                      "reruns": [number((r.metrics or {}).get("steps")) for r in reruns]},
+            "tokens": {"recorded": number(got.get("tokens")),
+                       "reruns": [number((r.metrics or {}).get("tokens")) for r in reruns]},
+            **judged, "diverged_in": parted, "parted_at_step": steps,
             "cpus": {"recorded": original.cpu, "reruns": [r.cpu for r in reruns]}}

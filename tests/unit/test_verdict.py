@@ -106,3 +106,44 @@ def test_reproduce_says_the_phase_and_the_step_where_a_rerun_parted():
                                              "differs (its training losses agree up to step 3; step 4's differs)")
     assert parted_line("r1", "train", 1).endswith("(its first training loss already differs)")
     assert parted_line("r1", "eval", None) == "rerun r1 parted from the record in the eval phase: the same model.pt gave other logits"
+
+
+def _clock(recorded, values, **kw):
+    from executor.reproduce import judge_clock
+
+    args = {"baseline": [], "baseline_of": "night", "recorded_steps": 100, "recorded_tokens": 2e6,
+            "rerun_steps": [100] * len(values), "rerun_tokens": [2e6] * len(values), **kw}
+    return judge_clock(recorded, values, **args)
+
+
+def test_a_clock_budget_is_judged_against_the_noise_it_measured_and_says_which_numbers():
+    """Within 3σ·√(1+1/k) of the recorded value, σ the larger of the baseline's and the reruns' spread."""
+    judged = _clock(2.4653, [2.45, 2.47], baseline=[2.40, 2.45, 2.50])
+    assert judged["verdict"] == "within-noise"
+    assert judged["tolerance"] == pytest.approx(3 * 0.05 * (1.5 ** 0.5))
+    reason = judged["reason"]
+    assert "recorded 2.4653 (100 steps, 2 M tokens)" in reason and "reruns 2.45, 2.47" in reason
+    assert "σ 0.05 from the 3 baseline runs of run night" in reason and "the 2 reruns: 0.01414" in reason
+    # the reruns' own spread when it is the larger, and when there is no baseline at all
+    assert "from the 2 reruns" in _clock(2.0, [1.9, 2.1], baseline=[2.0, 2.001])["reason"]
+    assert _clock(2.0, [1.9, 2.1])["verdict"] == "within-noise"
+
+
+def test_one_clock_rerun_without_a_baseline_is_inconclusive_not_diverged():
+    """The issue's case: recorded 2.4653, rerun 2.3071, no noise floor: nothing to judge against."""
+    judged = _clock(2.4653, [2.3071])
+    assert judged["verdict"] == "inconclusive" and judged["tolerance"] is None
+    assert "--runs 2" in judged["reason"] and "2.3071" in judged["reason"]
+
+
+def test_another_step_count_beyond_the_noise_is_another_speed_and_the_same_steps_diverge():
+    """3.886 at 58 steps, reruns 3.218 at 143 steps in the same 60 s: not comparable, and said so; at a
+    comparable step count the same gap is `diverged`, with the bound it exceeded."""
+    speed = _clock(3.886, [3.218, 3.22], baseline=[3.80, 3.85, 3.90], recorded_steps=58, rerun_steps=[143, 141])
+    assert speed["verdict"] == "other-speed" and "2.45× the recorded steps" in speed["reason"]
+    assert "58 steps" in speed["reason"] and "143 steps" in speed["reason"]
+    same = _clock(3.886, [3.218, 3.22], baseline=[3.80, 3.85, 3.90])
+    assert same["verdict"] == "diverged" and "more than the measured noise explains" in same["reason"]
+    assert "|mean − recorded| = 0.667 > 3·σ·√(1+1/2)" in same["reason"]
+    assert _clock(3.0, [3.0, None], baseline=[3.0, 3.1])["verdict"] == "diverged"
+    assert _clock(3.0, [3.3], tolerance=0.5)["verdict"] == "within-noise"  # a tolerance given is used as given
