@@ -629,7 +629,8 @@ def run_cmd(ctx: click.Context, experiments: int | None, hours: float | None, pr
         else:
             state = loop.start(tag or default_tag())
         state = loop.run(state, experiments=experiments, hours=hours)
-    click.echo(f"run {state.tag}: {state.experiments} experiment(s), best {state.best_value:.6f} at "
+    confirmed = f" (+{state.confirmations} confirmation runs)" if state.confirmations else ""
+    click.echo(f"run {state.tag}: {state.experiments} experiment(s){confirmed}, best {state.best_value:.6f} at "
                f"{state.best_commit[:12]} on branch {state.branch}; stopped: {state.stop_reason}")
     click.echo(f"run {state.tag}: {Duty.of(ledger.experiments(state.tag)).line()}")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     from agent.context import Context
@@ -113,15 +113,23 @@ class Duty:
 
 
 def note(ctx: Context, record: ExperimentRecord, *, proposal_s: float, ran: float, pipelined: bool,
-         proposed_on: str | None = None, best: str | None = None, rebased_from: str | None = None) -> None:
+         proposed_on: str | None = None, best: str | None = None, rebased_from: str | None = None,
+         confirmations: Sequence[ExperimentRecord] = ()) -> None:
     """Write the experiment's time account onto its record: from the end of the last account (the
     loop's `cycle_start`) to now; `ran` is when its run ended (what came after is its decision). The
-    next account starts now."""
+    replication gate's `confirmations` of it ran during its decision: their training counts as training,
+    their phases as the same idle causes. The next account starts now."""
     end = time.monotonic()
     start = ctx.cycle_start if ctx.cycle_start is not None else end - _num((record.durations or {}).get("total"))
     training = _num((record.metrics or {}).get("training_seconds"))
+    durations = {k: _num(v) for k, v in (record.durations or {}).items()}
+    for run in confirmations:
+        training += _num((run.metrics or {}).get("training_seconds"))
+        for key, value in (run.durations or {}).items():
+            durations[key] = durations.get(key, 0.0) + _num(value)
+    confirm_wall = sum(_num((run.durations or {}).get("total")) for run in confirmations)
     ctx.cycle_start = end
-    ctx.ledger.record_cycle(record.id, account(
-        wall_s=end - start, training_s=training, durations=record.durations or {}, proposal_s=proposal_s,
-        decision_s=end - ran, pipelined=pipelined, proposed_on=proposed_on, best_at_decision=best,
-        rebased_from=rebased_from))
+    ctx.ledger.record_cycle(record.id, {**account(
+        wall_s=end - start, training_s=training, durations=durations, proposal_s=proposal_s,
+        decision_s=max(0.0, end - ran - confirm_wall), pipelined=pipelined, proposed_on=proposed_on,
+        best_at_decision=best, rebased_from=rebased_from), **({"confirmations": len(confirmations)} if confirmations else {})})

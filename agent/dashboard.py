@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import cycle
-from agent.html_report import ReportData, _read_patch, collect, metric_of, pipelined, running_best
+from agent.html_report import ReportData, _read_patch, collect, kept_values, metric_of, pipelined, running_best
 from executor import owner
 from executor import record as recorded
 from executor.errors import SealabError
@@ -108,7 +108,7 @@ class Dashboard:
         current = next((r for r in reversed(ledger.records()) if r["id"] in live), None)
         values = [metric_of(r) for r in data.records]
         decisions = [r.get("decision") for r in data.records]
-        best = running_best(values, decisions)
+        best = running_best(values, decisions, kept_values(data.records))
         moments = [run_updated_at(ledger, data.tag), *(parse_time(r.get("created_at")) for r in data.records[-1:])]
         last_activity = max(filter(None, moments), default=None)
         return {
@@ -124,7 +124,7 @@ class Dashboard:
             "threshold": state.get("threshold"),
             "counts": {
                 "experiments": len(data.records),
-                **{d: decisions.count(d) for d in ("baseline", "keep", "discard")},
+                **{d: decisions.count(d) for d in ("baseline", "keep", "discard", "confirm")},
                 "failed": sum(r.get("status") in _FAILED for r in data.records),
                 **{kind: len(events) for kind, events in data.events.items()},
             },
@@ -183,7 +183,7 @@ class Dashboard:
         for problem in ledger.chain_problems():
             chain.setdefault(problem["id"], []).append(_say(problem))
         values = [metric_of(r) for r in data.records]
-        best = running_best(values, [r.get("decision") for r in data.records])
+        best = running_best(values, [r.get("decision") for r in data.records], kept_values(data.records))
         rows = [self._row(n, r, v, b, ledger, chain.get(r["id"], []))
                 for n, (r, v, b) in enumerate(zip(data.records, values, best), 1)]
         return {"tag": data.tag, "metric": data.metric, "direction": data.direction, "experiments": rows}

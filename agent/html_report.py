@@ -25,19 +25,38 @@ CHART_SIZE_PX = (1200, 500)  # width, height
 _KEPT = ("keep", "baseline")
 
 
-def running_best(values: Sequence[float | None], decisions: Sequence[str | None]) -> list[float | None]:
+def running_best(values: Sequence[float | None], decisions: Sequence[str | None],
+                 kept_at: Sequence[float | None] | None = None) -> list[float | None]:
     """For each experiment, the bar the loop compared against: the mean of the baseline runs until the
-    first kept change, then the last kept value (a keep is better by construction); None before any."""
+    first kept change, then the last kept value (a keep is better by construction; `kept_at`: the value it
+    was kept at, the mean of its confirmation runs where the replication gate ran them); None before any."""
     baseline: list[float] = []
     best: float | None = None
     out: list[float | None] = []
-    for value, decision in zip(values, decisions, strict=True):
+    for i, (value, decision) in enumerate(zip(values, decisions, strict=True)):
         if value is not None and decision == "baseline":
             baseline.append(value)
             best = statistics.fmean(baseline)
         elif value is not None and decision == "keep":
-            best = value
+            best = kept_at[i] if kept_at is not None and kept_at[i] is not None else value
         out.append(best)
+    return out
+
+
+def kept_values(records: Sequence[dict[str, Any]]) -> list[float | None]:
+    """For each record, the value a keep was kept at: the mean of its own and its confirmation runs' metrics
+    (`decision: confirm`, `reproduces` it), or its own; None for the others."""
+    confirms: dict[str, list[float]] = {}
+    for r in records:
+        value = metric_of(r)
+        if r.get("decision") == "confirm" and r.get("reproduces") and value is not None:
+            confirms.setdefault(r["reproduces"], []).append(value)
+    out: list[float | None] = []
+    for r in records:
+        value = metric_of(r)
+        runs = confirms.get(r.get("id"), [])
+        out.append(statistics.fmean([value, *runs]) if r.get("decision") == "keep" and value is not None and runs
+                   else value if r.get("decision") == "keep" else None)
     return out
 
 
@@ -78,7 +97,7 @@ def write_chart(data: ReportData, path: Path) -> Path:
 
     values = [metric_of(r) for r in data.records]
     decisions = [r.get("decision") for r in data.records]
-    best = running_best(values, decisions)
+    best = running_best(values, decisions, kept_values(data.records))
     xs = list(range(1, len(values) + 1))
     fig = Figure(figsize=(CHART_SIZE_PX[0] / 100, CHART_SIZE_PX[1] / 100), dpi=100)
     ax = fig.add_subplot()
@@ -147,7 +166,7 @@ def _summary(data: ReportData, branch: str | None) -> str:
     state = data.state or {}
     values = [metric_of(r) for r in data.records]
     decisions = [r.get("decision") for r in data.records]
-    best = running_best(values, decisions)
+    best = running_best(values, decisions, kept_values(data.records))
     best_value = state.get("best_value", best[-1] if best else None)
     best_commit = state.get("best_commit")
     if best_commit is None:
@@ -156,13 +175,15 @@ def _summary(data: ReportData, branch: str | None) -> str:
     cost = state.get("cost_usd")
     if cost is None:
         cost = sum(((r.get("proposal") or {}).get("usage") or {}).get("cost_usd") or 0 for r in data.records)
-    counts = {d: decisions.count(d) for d in ("baseline", "keep", "discard")}
+    counts = {d: decisions.count(d) for d in ("baseline", "keep", "discard", "confirm")}
     rows = [
         ("tag", e(data.tag or "(no run: all records)")),
         ("branch", f"<code>{e(branch)}</code>" if branch else "—"),
         ("metric", f"{e(data.metric)} ({e(data.direction)})"),
         ("experiments", f"{len(data.records)} run ({counts['baseline']} baseline, {counts['keep']} kept, "
-                        f"{counts['discard']} discarded); {len(data.events['rejected'])} rejected, "
+                        f"{counts['discard']} discarded"
+                        + (f", {counts['confirm']} confirmation runs of the replication gate" if counts['confirm'] else "")
+                        + f"); {len(data.events['rejected'])} rejected, "
                         f"{len(data.events['parked'])} parked, {len(data.events['proposal_failed'])} failed proposals"),
         ("best", f"{e(_fmt(best_value))} at <code>{_short(best_commit)}</code>"),
         ("noise threshold", e(_fmt(state.get("threshold")))),
@@ -209,7 +230,9 @@ def _experiments(data: ReportData) -> str:
     rows = []
     for n, r in enumerate(data.records, 1):
         decision = r.get("decision") or ""
-        cls = decision if decision in ("keep", "discard", "baseline") else ""
+        cls = decision if decision in ("keep", "discard", "baseline", "confirm") else ""
+        if decision == "confirm" and r.get("reproduces"):
+            decision = f"confirm of {r['reproduces']}"  # the replication gate's rerun of that candidate
         status_cls = "" if r.get("status") == "ok" else "bad"
         description = (r.get("proposal") or {}).get("description") or r.get("description")
         rows.append(

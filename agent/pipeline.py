@@ -192,9 +192,9 @@ def step(ctx: Context, state: RunState, spec: RunSpec, *, prepare_next: bool, ah
     ran = time.monotonic()
     guard(ctx, state, "after run")
     best = state.best_commit
-    decisions.decide(ctx, state, record)
+    confirmations = decisions.decide(ctx, state, record)
     cycle.note(ctx, record, proposal_s=proposal_s, ran=ran, pipelined=True, proposed_on=prepared.parent, best=best,
-               rebased_from=rebased_from)
+               rebased_from=rebased_from, confirmations=confirmations)
     return following
 
 

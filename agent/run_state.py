@@ -32,6 +32,7 @@ class RunState:
     round: list[dict[str, Any]] | None = None  # --workers > 1: the round's commits, run side by side
     prepared: int = 0  # the pipelined loop: how many of its `prepared` ledger events were taken up
     ahead: dict[str, Any] | None = None  # the pipelined loop: a prepared proposal taken up but not yet run
+    confirmations: int = 0  # the replication gate's extra runs so far (agent/confirm.py): their cost
 
     def in_flight(self) -> list[str]:
         """The commits made but not yet decided: the pending one, the round's."""

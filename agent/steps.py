@@ -37,8 +37,9 @@ def try_(ctx: Context, state: RunState, proposal: Proposal, *, proposal_s: float
     ran = time.monotonic()
     guard(ctx, state, "after run")
     best = state.best_commit
-    decisions.decide(ctx, state, record)
-    cycle.note(ctx, record, proposal_s=proposal_s, ran=ran, pipelined=False, proposed_on=best, best=best)
+    confirmations = decisions.decide(ctx, state, record)
+    cycle.note(ctx, record, proposal_s=proposal_s, ran=ran, pipelined=False, proposed_on=best, best=best,
+               confirmations=confirmations)
     return ctx.ledger.experiment(record.id) or record
 
 
@@ -51,5 +52,5 @@ def rerun_lost(ctx: Context, state: RunState) -> None:
     ran = time.monotonic()
     guard(ctx, state, "after run")
     best = state.best_commit
-    decisions.decide(ctx, state, record)
-    cycle.note(ctx, record, proposal_s=0.0, ran=ran, pipelined=False, best=best)
+    confirmations = decisions.decide(ctx, state, record)
+    cycle.note(ctx, record, proposal_s=0.0, ran=ran, pipelined=False, best=best, confirmations=confirmations)

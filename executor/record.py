@@ -41,6 +41,7 @@ class Decision(StrEnum):
     BASELINE = "baseline"  # a run of the start commit, measuring the noise
     KEEP = "keep"
     DISCARD = "discard"
+    CONFIRM = "confirm"  # a rerun of a candidate's image before its decision ([acceptance] confirm_runs)
 
 
 def _is_number(value: Any) -> bool:

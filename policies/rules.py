@@ -25,7 +25,7 @@ from pydantic import AfterValidator, Field
 from executor.config import Flag, Int, Number, Table, Text, validate
 from executor.config import parse as parse_config
 from executor.errors import ConfigError, SealabError
-from executor.types import Resources, RunSpec
+from executor.types import RunSpec
 
 POLICY_DIR = Path(__file__).parent
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -121,6 +121,7 @@ class Acceptance(Table):
     min_delta: Number = Field(0.001, ge=0)
     noise_runs: Int = Field(3, gt=0)
     z: Number = Field(2.0, ge=0)
+    confirm_runs: Int = Field(0, ge=0, le=20)  # reruns of a would-be keep before it is kept (agent/confirm.py)
     reason: Reason
 
 

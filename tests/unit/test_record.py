@@ -134,7 +134,7 @@ def test_status_and_decision_are_enums_and_are_written_as_plain_strings():
     assert record.status is Status.OK and record.decision is Decision.KEEP
     out = record.to_dict()
     assert type(out["status"]) is str and type(out["decision"]) is str and out["decision"] == "keep"
-    assert [d.value for d in Decision] == ["baseline", "keep", "discard"]
+    assert [d.value for d in Decision] == ["baseline", "keep", "discard", "confirm"]
     for status in Status:
         assert ExperimentRecord.from_dict({**FIRST, "status": status.value}).status is status
 
