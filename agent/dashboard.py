@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import cycle
-from agent.html_report import ReportData, _read_patch, collect, kept_values, metric_of, pipelined, running_best
+from agent.html_report import (ReportData, _read_patch, collect, heldout_rows, kept_values, metric_of, pipelined,
+                               running_best, held_out_value)
 from executor import owner
 from executor import record as recorded
 from executor.errors import SealabError
@@ -81,6 +82,12 @@ def run_updated_at(ledger: Ledger, tag: str | None) -> datetime | None:
     return parse_time(row[0]) if row else None
 
 
+def _heldout(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The held-out test split's latest row (the latest keep's, else the baseline's) and the first gap."""
+    rows = heldout_rows(records)
+    return {**rows[-1], "first_gap": rows[0]["gap"], "rows": len(rows)} if rows else None
+
+
 @dataclass(frozen=True)
 class Dashboard:
     """Builds the payloads of one workspace; caches what cannot change (git diffs, per-content checks).
@@ -122,6 +129,7 @@ class Dashboard:
             "current": self._current(current, now),
             "best": {"value": state.get("best_value", best[-1] if best else None), "commit": state.get("best_commit")},
             "threshold": state.get("threshold"),
+            "heldout": _heldout(data.records),
             "counts": {
                 "experiments": len(data.records),
                 **{d: decisions.count(d) for d in ("baseline", "keep", "discard", "confirm")},
@@ -194,6 +202,7 @@ class Dashboard:
         return {
             "n": n, "id": r["id"], "status": r.get("status"), "decision": r.get("decision"),
             "decision_reason": r.get("decision_reason"), "reason": r.get("reason"), "value": value, "best": best,
+            "test": held_out_value(r), "reproduces": r.get("reproduces"),
             "commit": r.get("commit"), "parent": r.get("parent"), "image_id": r.get("image_id"),
             "description": description_of(r), "created_at": r.get("created_at"), "durations": recorded.durations(r),
             "drift": len(recorded.drift(r)), "verification": self._verification(r, digest, ledger, chain),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent import branch, committed, confirm, verdicts
+from agent import branch, committed, confirm, held_out, verdicts
 from agent.context import Context
 from agent.run_state import RunState
 from executor.record import Decision, ExperimentRecord
@@ -45,6 +45,8 @@ def decide(ctx: Context, state: RunState, record: ExperimentRecord) -> tuple[Exp
     ctx.save(state)
     ctx.on_event(f"{verdict.decision}: {record.description} → {_shown(record)}"
                  f"{f' (mean {value:.6f})' if runs and value is not None else ''} (best {state.best_value:.6f})", state)
+    if verdict.decision == "keep":
+        held_out.score(ctx, state, record)
     return runs
 
 
@@ -93,6 +95,8 @@ def decide_round(ctx: Context, state: RunState, finished: list[tuple[dict[str, A
     state.round = None
     ctx.save(state)
     ctx.on_event(f"round done (best {state.best_value:.6f})", state)
+    if win is not None:
+        held_out.score(ctx, state, finished[win][1])
 
 
 def _keep(ctx: Context, state: RunState, commit: str, value: float | None) -> None:

@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Callable
 
-from agent import attempts, cycle
+from agent import attempts, cycle, held_out
 from agent.context import Context
 from agent.drift_guard import guard
 from agent.run_state import RunState
@@ -52,6 +52,7 @@ def baselines(ctx: Context, state: RunState, before_last: Callable[[], None] = l
             raise LoopStopped(f"the baseline run {record.id} ended {record.status}: {record.reason}")
         count(ctx, state, value, record.id)
         ctx.on_event(f"baseline {len(state.baseline)}/{ctx.policy.acceptance.noise_runs}: {value:.6f}", state)
+        held_out.score(ctx, state, record)  # (after it is counted: no decision waits for it)
 
 
 def adopt(ctx: Context, state: RunState) -> None:

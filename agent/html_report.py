@@ -60,6 +60,29 @@ def kept_values(records: Sequence[dict[str, Any]]) -> list[float | None]:
     return out
 
 
+def held_out_value(record: Mapping[str, Any]) -> float | None:
+    """The record's score on the held-out test split (executor/heldout.py), or None."""
+    test = record.get("test")
+    value = test.get("val_bpb") if isinstance(test, Mapping) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def heldout_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validation and test side by side, in order: the baseline (means of its runs), then each keep (the
+    value it was kept at), with the gap test − validation."""
+    values = kept_values(records)  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    base_val = [metric_of(r) for r in records if r.get("decision") == "baseline" and held_out_value(r) is not None]
+    base_test = [held_out_value(r) for r in records if r.get("decision") == "baseline" and held_out_value(r) is not None]
+    if base_test:
+        val, test = statistics.fmean(v for v in base_val if v is not None), statistics.fmean(base_test)
+        rows.append({"n": 0, "id": "baseline", "val": val, "test": test, "gap": test - val})
+    for n, (r, kept) in enumerate(zip(records, values), 1):
+        if r.get("decision") == "keep" and held_out_value(r) is not None and kept is not None:
+            rows.append({"n": n, "id": r.get("id"), "val": kept, "test": held_out_value(r), "gap": held_out_value(r) - kept})
+    return rows
+
+
 def metric_of(record: dict[str, Any]) -> float | None:
     """The record's own metric value when it ended ok, else None."""
     if record.get("status") != "ok":
@@ -111,6 +134,10 @@ def write_chart(data: ReportData, path: Path) -> Path:
     if failed:  # no metric: a grey cross at the bottom edge
         ax.scatter(failed, [0.03] * len(failed), marker="x", color="#a0a0a0", s=30, label="crashed / no metric",
                    transform=ax.get_xaxis_transform(), zorder=2, clip_on=False)
+    tested = [(x, t) for x, t in zip(xs, (held_out_value(r) for r in data.records)) if t is not None]
+    if tested:  # the held-out test split of the baseline runs and the keeps: the gap shows overfitting
+        ax.scatter(*zip(*tested), marker="D", facecolors="none", edgecolors="#1f77b4", s=30,
+                   label="held-out test (no decision uses it)", zorder=3)
     steps = [(x, b) for x, b in zip(xs, best) if b is not None]
     if steps:
         sx, sy = zip(*steps)
@@ -224,6 +251,29 @@ def _duty(records: Sequence[Mapping[str, Any]]) -> str:
             f"<table><thead>{head}</thead><tbody>{causes}</tbody></table></div>")
 
 
+def _heldout(data: ReportData) -> str:
+    """The held-out test split: validation and test of the baseline and each keep, and the gap over time."""
+    rows = heldout_rows(data.records)
+    if not rows:
+        scored = [r for r in data.records if metric_of(r) is not None]
+        why = ("this workspace's harness scores itself (an adopted repository): it has no held-out test split"
+               if scored and all((r.get("metrics") or {}).get("metric_source") == "summary" for r in scored)
+               else "no baseline run or keep has been scored on it yet")
+        return f'<section id="heldout"><h2>Held-out test split</h2><p class="empty">{e(why)}</p></section>'
+    body = "".join(
+        f"<tr><td class=num>{r['n'] or ''}</td><td><code>{e(r['id'])}</code></td><td class=num>{r['val']:.6f}</td>"
+        f"<td class=num>{r['test']:.6f}</td><td class=num>{r['gap']:+.6f}</td></tr>" for r in rows)
+    first, last = rows[0]["gap"], rows[-1]["gap"]
+    trend = (f"The gap went from {first:+.6f} to {last:+.6f}: the kept changes gained "
+             f"{abs(rows[0]['val'] - rows[-1]['val']):.6f} on the validation windows and "
+             f"{abs(rows[0]['test'] - rows[-1]['test']):.6f} on the test windows, which no decision used.")
+    return ('<section id="heldout"><h2>Held-out test split</h2><p>The orchestrator scores the baseline and '
+            'every kept commit on test windows that no decision uses; a gap that widens over the run means the '
+            f'loop is fitting the validation split itself.</p><p>{e(trend)}</p><table><thead><tr><th>#</th>'
+            '<th>kept</th><th>validation</th><th>test</th><th>gap (test − val)</th></tr></thead>'
+            f'<tbody>{body}</tbody></table></section>')
+
+
 def _experiments(data: ReportData) -> str:
     if not data.records:
         return '<section id="experiments"><h2>Experiments</h2><p class="empty">none</p></section>'
@@ -239,9 +289,10 @@ def _experiments(data: ReportData) -> str:
             f"<tr><td class=num>{n}</td><td><code>{e(r.get('id'))}</code></td>"
             f'<td class="{status_cls}">{e(r.get("status"))}</td>'
             f'<td class="{cls}" title="{e(r.get("decision_reason"))}">{e(decision)}</td>'
-            f"<td class=num>{e(_fmt(metric_of(r)))}</td><td><code>{_short(r.get('commit'))}</code></td>"
+            f"<td class=num>{e(_fmt(metric_of(r)))}</td><td class=num>{e(_fmt(held_out_value(r)))}</td>"
+            f"<td><code>{_short(r.get('commit'))}</code></td>"
             f"<td><code>{_short(r.get('image_id'), 19)}</code></td><td>{e(description)}</td></tr>")
-    head = ("<tr><th>#</th><th>id</th><th>status</th><th>decision</th><th>metric</th><th>commit</th>"
+    head = ("<tr><th>#</th><th>id</th><th>status</th><th>decision</th><th>metric</th><th>held-out test</th><th>commit</th>"
             "<th>image ID</th><th>description</th></tr>")
     return (f'<section id="experiments"><h2>Experiments</h2><table><thead>{head}</thead>'
             f"<tbody>{''.join(rows)}</tbody></table></section>")
@@ -326,7 +377,7 @@ def render_html(data: ReportData, repo: Repository | None = None, root: Path | N
         _summary(data, branch),
         f'<section id="chart"><h2>Progress</h2><img src="{CHART_NAME}" alt="{e(data.metric)} per experiment" '
         f'width="{CHART_SIZE_PX[0]}" height="{CHART_SIZE_PX[1]}"></section>',
-        _experiments(data), _kept(data, repo), _drift(data, root), _review(data), _failures(data),
+        _experiments(data), _heldout(data), _kept(data, repo), _drift(data, root), _review(data), _failures(data),
         "</body></html>", ""])
 
 

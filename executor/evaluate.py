@@ -122,6 +122,19 @@ class Score:
         }
 
 
+TEST_BYTES = 2 * EVAL_BYTES  # the held-out test split: its windows (EVAL_BYTES of targets) and its probes' bytes
+
+
+def split_test(val: bytes) -> tuple[bytes, bytes | None]:
+    """(the part of the validation split every decision is scored on, the held-out test part: its last
+    TEST_BYTES); no test part (None) when the split cannot spare them and still hold the validation
+    windows and their probes (executor/heldout.py)."""
+    need = EVAL_BYTES // EVAL_SEQ_LEN * (EVAL_SEQ_LEN + 1) + EVAL_SEQ_LEN
+    if len(val) < need + TEST_BYTES:
+        return val, None
+    return val[:-TEST_BYTES], val[-TEST_BYTES:]
+
+
 def build(val: bytes, seed: int, *, eval_bytes: int = EVAL_BYTES, seq_len: int = EVAL_SEQ_LEN,
           probes: int = PROBES) -> EvalSet:
     """The evaluation windows of `val` (the bytes of val.bin), with `probes` probes placed by `seed`.

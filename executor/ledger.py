@@ -254,6 +254,10 @@ class Ledger:
         changes = {"decision": decision.value, "decision_reason": str(why)}
         return ExperimentRecord.from_dict(self._merge(experiment_id, changes))
 
+    def record_test(self, experiment_id: str, test: dict[str, Any]) -> ExperimentRecord:
+        """Its model's score on the held-out test split (executor/heldout.py): never used for a decision."""
+        return ExperimentRecord.from_dict(self._merge(experiment_id, {"test": dict(test)}))
+
     def record_cycle(self, experiment_id: str, cycle: dict[str, Any]) -> ExperimentRecord:
         """The loop's account of the experiment's wall time (training, idle by cause; agent/cycle.py)."""
         return ExperimentRecord.from_dict(self._merge(experiment_id, {"cycle": dict(cycle)}))

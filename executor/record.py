@@ -66,7 +66,7 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]] | None] = {
     "metrics": _TABLE, "peak_memory_mb": _NUMBER, "exit_code": _INTEGER, "durations": _TABLE, "drift": _DRIFT,
     "log_path": _TEXT, "created_at": _TEXT, "record_version": None, "backend": _TEXT, "placement": _TEXT,
     "finished_at": _TEXT, "cpu": _TABLE, "run_tag": _TEXT, "decision": None, "decision_reason": _TEXT,
-    "proposal": _TABLE, "registry_digest": _TEXT, "reproduces": _TEXT, "cycle": _TABLE,
+    "proposal": _TABLE, "registry_digest": _TEXT, "reproduces": _TEXT, "cycle": _TABLE, "test": _TABLE,
 }
 REQUIRED = ("id", "commit", "status")  # every record sealab ever wrote has them
 
@@ -145,6 +145,7 @@ class ExperimentRecord:
     registry_digest: str | None = None
     reproduces: str | None = None
     cycle: dict[str, Any] | None = None  # the loop's account of its wall time: training, idle by cause (agent/cycle.py)
+    test: dict[str, Any] | None = None  # its model scored on the held-out test split (executor/heldout.py)
     unknown: dict[str, Any] = field(default_factory=dict)
     keys: tuple[str, ...] = ()
 
@@ -223,7 +224,7 @@ class ExperimentRecord:
 RUN_KEYS = frozenset(("status", "reason", "image_id", "metrics", "backend", "placement", "finished_at", "drift",
                       "peak_memory_mb", "exit_code", "durations", "cpu"))  # what Finish writes
 ANNOTATIONS = frozenset(("run_tag", "decision", "decision_reason", "proposal", "registry_digest", "reproduces",
-                         "cycle"))
+                         "cycle", "test"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,25 +257,31 @@ class EvalPhase:
 
 
 def eval_phase(ws: Workspace, eid: str, sealed: Sealed, spec: RunSpec, base: BaseImage, engine: Engine,
-               out_dir: Path, *, ahead: bool = False) -> EvalPhase | Outcome:
+               out_dir: Path, *, ahead: bool = False, part: str = "val") -> EvalPhase | Outcome:
     """The eval phase's windows, written for its /in, and its job; a `rejected` Outcome when the
     validation split cannot be trusted. `ahead`: to be started before training, so its directories lie
-    beside the train phase's /out, never inside it (training must not see the windows)."""
+    beside the train phase's /out, never inside it (training must not see the windows). `part`: "val",
+    the windows every decision is scored on, or "test", the held-out split's (executor/heldout.py)."""
     try:
         val = valdata.load_val(engine, base.image_id, base.data_digest)
     except (IdentityMismatch, BaseImageError) as exc:
         return Outcome(Status.REJECTED, f"the validation split cannot be trusted: {exc}")
-    evalset = evaluate.build(val, spec.seed)
+    decisions, test = evaluate.split_test(val)
+    if part == "test" and test is None:
+        return Outcome(Status.REJECTED, "the validation split is too short to hold a held-out test split")
+    evalset = evaluate.build(test if part == "test" else decisions, spec.seed)
     if ahead:
         in_dir, eval_out = out_dir.parent / f"{eid}.eval-in", out_dir.parent / f"{eid}.eval-out"
     else:
-        in_dir, eval_out = out_dir / "eval-in", out_dir / "eval-out"
+        name = "eval" if part == "val" else "test"
+        in_dir, eval_out = out_dir / f"{name}-in", out_dir / f"{name}-out"
     in_dir.mkdir(parents=True, exist_ok=True)
     evaluate.write(evalset, in_dir)
-    job = Job(eid, "eval", sealed, spec, eval_out, command=EVAL_COMMAND + (("--wait",) if ahead else ()),
+    phase = "eval" if part == "val" else "test"
+    job = Job(eid, phase, sealed, spec, eval_out, command=EVAL_COMMAND + (("--wait",) if ahead else ()),
               in_dir=in_dir, deadline_s=spec.grace_s, out_cap_mb=(evalset.logits_bytes >> 20) + 16,
               env={"SEALAB_EXPERIMENT": eid, "OMP_NUM_THREADS": str(max(1, int(spec.resources.cpus)))},
-              log_path=ws.logs / f"{eid}.eval.log")
+              log_path=ws.logs / f"{eid}.{phase}.log")
     return EvalPhase(evalset, in_dir, job)
 
 

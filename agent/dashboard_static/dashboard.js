@@ -72,6 +72,7 @@ function drawState(s) {
     ["ledger chain", s.chain.problems ? s.chain.problems + " problem(s): run `sealab verify --all`" : "intact"],
     ["last activity", s.run.last_activity || "—"],
     ...dutyRows(s.duty, s.counts.experiments),
+    ...heldoutRows(s.heldout),
   ];
   const list = byId("state-list");
   list.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", null, k), el("dd", {key: k}, v)]));
@@ -82,6 +83,14 @@ function drawState(s) {
     byId("current-description").textContent = (current.description || "") + " @ " + short(current.commit);
   }
   tick();
+}
+
+// The held-out test split: the latest keep's (or the baseline's) validation and test, and the gap.
+function heldoutRows(h) {
+  if (!h) return [];
+  return [["held-out test", "validation " + fmt(h.val) + ", test " + fmt(h.test) + ", gap " +
+    (h.gap >= 0 ? "+" : "") + Number(h.gap).toFixed(6) + " (" + (h.id === "baseline" ? "baseline" : "latest keep " + h.id) +
+    "; first " + (h.first_gap >= 0 ? "+" : "") + Number(h.first_gap).toFixed(6) + ")"]];
 }
 
 // The duty cycle (training / wall seconds) and the idle seconds per experiment by cause: nothing when no
@@ -143,7 +152,7 @@ function drawChart(data) {
   const W = 1000, H = 360, L = 70, R = 20, T = 20, B = 40;
   const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img"});
   root.append(svg("title", null, data.metric + " per experiment"));
-  const ys = rows.flatMap((r) => [r.value, r.best]).filter((v) => typeof v === "number");
+  const ys = rows.flatMap((r) => [r.value, r.best, r.test]).filter((v) => typeof v === "number");
   if (!rows.length || !ys.length) {
     root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, "no metric yet"));
     box.replaceChildren(root);
@@ -170,6 +179,13 @@ function drawChart(data) {
     step.push((step.length ? "L" : "M") + x(r.n - 0.5) + " " + y(r.best), "L" + x(r.n + 0.5) + " " + y(r.best));
   });
   if (step.length) root.append(svg("path", {class: "best", d: step.join(" ")}, null));
+  rows.forEach((r) => {  // the held-out test split's score, where the orchestrator made one: a hollow diamond
+    if (typeof r.test !== "number") return;
+    const d = 5, cx = x(r.n), cy = y(r.test);
+    const mark = svg("path", {class: "pt-test", d: `M${cx} ${cy - d}L${cx + d} ${cy}L${cx} ${cy + d}L${cx - d} ${cy}Z`});
+    mark.append(svg("title", null, "#" + r.n + " " + r.id + ": held-out test " + fmt(r.test)));
+    root.append(mark);
+  });
   rows.forEach((r) => {
     const label = "#" + r.n + " " + r.id + ": " + fmt(r.value) + " " + (r.decision || r.status);
     if (typeof r.value === "number") {

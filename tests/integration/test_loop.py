@@ -86,6 +86,16 @@ def test_offline_run_keeps_discards_and_preserves(make_workspace):
     assert [r.get("decision") for r in records[:2]] == ["baseline", "baseline"]
     assert len(records) == 4 and all(r.get("decision") in ("keep", "discard") for r in records[2:])
     assert "best" in proc.stdout and "sealab/t1" in proc.stdout
+    # the held-out test split: the baseline runs and the keeps are scored on it by the real eval phase, the
+    # discards not; a number of the same scale as val_bpb, on other windows
+    for r in records:
+        test = r.get("test")
+        if r["decision"] in ("baseline", "keep"):
+            assert isinstance(test["val_bpb"], float) and abs(test["val_bpb"] - r["metrics"]["val_bpb"]) < 1.0, test
+            assert test["eval_causal"] is True and test["eval_windows"] != r["metrics"]["eval_windows"]
+            assert (root / ".sealab" / "logs" / f"{r['id']}.test.log").is_file()
+        else:
+            assert test is None
 
 
 def test_linter_during_run_never_reaches_a_commit(make_workspace, engine):

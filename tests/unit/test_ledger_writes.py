@@ -63,7 +63,7 @@ def test_a_decision_is_one_the_loop_makes(tmp_path):
     """A decision that is not baseline, keep or discard is refused, and nothing is written."""
     ledger = finished(tmp_path)
     before = ledger.get("e1")
-    with pytest.raises(RecordError, match="decision: expected one of baseline, keep, discard, got 'ok'"):
+    with pytest.raises(RecordError, match="decision: expected one of baseline, keep, discard, confirm, got 'ok'"):
         ledger.record_decision("e1", "ok", "why not")  # type: ignore[arg-type]
     assert ledger.get("e1") == before
     with pytest.raises(LedgerError, match="no experiment nope"):
