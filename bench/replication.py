@@ -3,8 +3,9 @@ how many of each run's keeps hold up when the kept commit and the commit it beat
 
 For each arm (`confirm_runs` 0, and `--confirm` N), the real CLI runs `sealab run --experiments E --proposer
 offline --seed S` in a fresh workspace (`sealab init`, the scaffold's train.py on a short clock budget, so
-that run-to-run noise is real; the default policy's acceptance, 3 baseline runs and z = 2, with
-`confirm_runs` set) on the one offline base. Both arms get the same seed, so the offline proposer starts
+that run-to-run noise is real; the default policy's acceptance, 3 baseline runs, with
+`confirm_runs` set, and `--z` 0 by default: a keep needs only to beat the best by min_delta, as plain
+autoresearch keeps any improvement) on the one offline base. Both arms get the same seed, so the offline proposer starts
 from the same proposals. Then every kept change is checked: its commit and the best commit it was judged
 against (its parent) are each run `--checks` more times, alternately (`sealab exec COMMIT`), and the keep
 *held* if the mean of the kept commit's checks beats the mean of its parent's by more than the run's
@@ -49,11 +50,12 @@ def sealab(*args: str, cwd: Path, timeout: float = 7200) -> subprocess.Completed
     return subprocess.run([*SEALAB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def workspace(parent: Path, name: str, base: Any, budget: float, confirm: int) -> Path:
+def workspace(parent: Path, name: str, base: Any, budget: float, confirm: int, z: float) -> Path:
     policy = parent / f"{name}-policy.toml"
     shipped = Path(policies.policy_path("default")).read_text()
     text = re.sub(r"(?m)^confirm_runs = 0 ", f"confirm_runs = {confirm} ", shipped, count=1)
-    assert f"confirm_runs = {confirm} " in text
+    text = re.sub(r"(?m)^z = [0-9.]+ ", f"z = {z:g} ", text, count=1)
+    assert f"confirm_runs = {confirm} " in text and f"z = {z:g} " in text
     policy.write_text(text)
     ws = init(parent / name)
     ledger = Ledger(ws.ledger_path)
@@ -86,8 +88,8 @@ def check(root: Path, kept: dict, parent: str, threshold: float, checks: int) ->
 
 
 def arm(parent: Path, base: Any, *, confirm: int, experiments: int, budget: float, seed: int,
-        checks: int) -> dict[str, Any]:
-    root = workspace(parent, f"confirm{confirm}", base, budget, confirm)
+        checks: int, z: float) -> dict[str, Any]:
+    root = workspace(parent, f"confirm{confirm}", base, budget, confirm, z)
     started = time.monotonic()
     proc = sealab("run", "--experiments", str(experiments), "--proposer", "offline", "--seed", str(seed),
                   "--tag", "bench", cwd=root)
@@ -119,6 +121,9 @@ def main() -> None:
     parser.add_argument("--confirm", type=int, default=2, help="confirm_runs of the gated arm")
     parser.add_argument("--checks", type=int, default=2, help="reruns of each kept commit and of its parent")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--z", type=float, default=0.0,
+                        help="the acceptance's z (default 0: keep what beats the best by min_delta, as plain "
+                             "autoresearch keeps any improvement; the default policy's 2 makes keeps rare)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -126,13 +131,14 @@ def main() -> None:
                       engine_client=Engine.connect())
     with tempfile.TemporaryDirectory(prefix="sealab-bench-replication-") as tmp:
         arms = [arm(Path(tmp), base, confirm=c, experiments=args.experiments, budget=args.budget, seed=args.seed,
-                    checks=args.checks) for c in (0, args.confirm)]
+                    checks=args.checks, z=args.z) for c in (0, args.confirm)]
     if args.json:
         print(json.dumps({"machine": machine(), "args": vars(args), "arms": arms}, indent=2))
         return
     print(f"Machine: {machine()}. {args.experiments} experiments per run after 3 baseline runs, the offline "
-          f"proposer (seed {args.seed}), a {args.budget:g} s clock budget; each keep checked by {args.checks} "
-          "more runs of it and of the commit it beat, alternately.\n")
+          f"proposer (seed {args.seed}), a {args.budget:g} s clock budget, acceptance z = {args.z:g} "
+          f"(threshold max(min_delta, z·σ)); each keep checked by {args.checks} more runs of it and of the commit "
+          "it beat, alternately.\n")
     print("| confirm_runs | experiments | confirmation runs | keeps | keeps that held | threshold | wall s |")
     print("|---|---|---|---|---|---|---|")
     for a in arms:
