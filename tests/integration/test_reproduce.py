@@ -120,3 +120,23 @@ def test_unknown_or_failed_experiment(make_workspace):
     for ref, fragment in (("nope", "no experiment or image"), (crashed["id"], "no metric to reproduce")):
         proc = sealab("reproduce", ref, cwd=root)
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_clock_budget_is_rerun_twice_and_judged_on_the_noise_it_measured(make_workspace):
+    """A clock-budgeted record (2 s of training): reproduce reruns it twice by default, reports the steps and
+    tokens of every run, and its verdict's reason names the numbers it used, σ from the reruns included."""
+    root = make_workspace()
+    record = sealab_json("exec", cwd=root)
+    assert record["status"] == "ok" and not record["run_spec"].get("steps")
+    proc = sealab("reproduce", record["id"], "--json", cwd=root)
+    report = json.loads(proc.stdout)
+    assert report["budget"] == "clock" and len(report["reruns"]) == 2 and len(report["values"]) == 2
+    assert report["steps"]["recorded"] == record["metrics"]["steps"] and len(report["steps"]["reruns"]) == 2
+    assert report["tokens"]["recorded"] == record["metrics"]["tokens"]
+    assert report["verdict"] in ("within-noise", "other-speed", "diverged"), report
+    assert proc.returncode == (1 if report["verdict"] == "diverged" else 0)
+    reason = report["reason"]
+    assert f"recorded {record['metrics']['val_bpb']:.6g} ({record['metrics']['steps']:g} steps" in reason
+    assert "from the 2 reruns" in reason and "|mean − recorded|" in reason
+    shown = sealab("reproduce", record["id"], "--runs", "1", cwd=root)  # one rerun, no baseline: no noise floor
+    assert shown.returncode == 0 and shown.stdout.startswith("inconclusive:") and "why: " in shown.stdout
