@@ -422,3 +422,30 @@ def test_a_server_killed_mid_experiment_loses_nothing_and_the_next_one_goes_on(t
     assert repo.git.rev_parse("sealab/k") == after["best_commit"] == kept[0]["commit"]  # MARK changes nothing
     assert engine.api.containers(all=True, filters={"label": f"{LABEL_EXPERIMENT}={lost['id']}"}) == []
     assert sealab_json("verify", "--all", cwd=root)["mismatches"] == []
+
+
+def test_with_the_replication_gate_a_keep_is_confirmed_from_its_image_and_scored_on_the_test_split(
+        tmp_path, base_image, engine):
+    """[acceptance] confirm_runs = 1 through sealab mcp: the better learning rate is rerun once from the same
+    image before it is kept (a linked `confirm` record), then scored on the held-out test split."""
+    root = fast_workspace(tmp_path, base_image, steps=4, noise_runs=1)
+    policy = tmp_path / "ws-policy.toml"
+    policy.write_text(policy.read_text().replace("[acceptance]\n", "[acceptance]\nconfirm_runs = 1\n", 1))
+
+    async def one():
+        async with client(root, "--tag", "g") as s:
+            await ok(s, "edit_train_py", {"old": "LR = 0.5 ", "new": "LR = 20.0 "})
+            return json.loads(await ok(s, "run_experiment", {"description": "LR 0.5 -> 20"}))
+
+    kept = anyio.run(one)
+    records = {r["id"]: r for r in sealab_json("status", cwd=root) if r.get("run_tag") == "g"}
+    confirms = [r for r in records.values() if r.get("decision") == "confirm"]
+    assert kept["decision"] == "keep" and len(confirms) == 1, kept
+    assert confirms[0]["reproduces"] == kept["experiment_id"] and confirms[0]["image_id"] == kept["image_id"]
+    reason = records[kept["experiment_id"]]["decision_reason"]
+    assert reason.startswith("confirmed: 1 confirmation run(s)") and confirms[0]["id"] in reason
+    assert kept["best"] == (kept["metric"] + confirms[0]["metrics"]["val_bpb"]) / 2  # kept at the mean
+    test = records[kept["experiment_id"]]["test"]
+    assert isinstance(test["val_bpb"], float) and test["eval_windows"] != records[kept["experiment_id"]]["metrics"]["eval_windows"]
+    state = [r for r in records.values() if r.get("decision") == "baseline"]
+    assert len(state) == 1 and state[0]["test"]["val_bpb"] is not None
