@@ -285,6 +285,7 @@ class Session:
             out.update(best=state.best_value, threshold=state.threshold, baseline=state.baseline,
                        experiments=state.experiments, since_improvement=state.since_improvement,
                        consecutive_crashes=state.consecutive_crashes, start_commit=state.start_commit,
+                       confirmations=state.confirmations,
                        pending=(state.pending or {}).get("commit"))
         else:
             out["note"] = ("no experiment yet: the first run_experiment measures the baseline of this commit "
