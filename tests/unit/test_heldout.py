@@ -72,3 +72,15 @@ def test_a_self_scoring_harness_has_no_test_split_and_says_so(tmp_path):
     assert heldout.score(None, adopted, None, None) is None  # nothing is run, nothing recorded
     base, _ = fake_base()
     assert base.data_digest.startswith("sha256:")
+
+
+def test_the_report_says_when_a_self_scoring_harness_has_no_test_split():
+    from agent.html_report import ReportData, _heldout as section
+
+    adopted = [{"id": "0123456789", "status": "ok", "decision": d, "metrics": {"val_bpb": 2.0, "metric_source": "summary"}}
+               for d in ("baseline", "keep")]
+    events = {k: [] for k in ("rejected", "parked", "proposal_failed", "drift", "retry")}
+    page = section(ReportData("t", None, adopted, events, "val_bpb", "minimize"))
+    assert "scores itself" in page and "no held-out test split" in page
+    page = section(ReportData("t", None, [{**adopted[0], "metrics": {"val_bpb": 2.0}}], events, "val_bpb", "minimize"))
+    assert "has been scored on it yet" in page
