@@ -39,6 +39,16 @@ async def client(root: Path, *args: str, errlog=None):
                 yield session
 
 
+def one_experiment(root: Path, tag: str, change: tuple[str, str], description: str) -> dict:
+    """One client session on run `tag`: one edit, one experiment; its record as run_experiment returns it."""
+    async def session():
+        async with client(root, "--tag", tag) as s:
+            await ok(s, "edit_train_py", {"old": change[0], "new": change[1]})
+            return json.loads(await ok(s, "run_experiment", {"description": description}))
+
+    return anyio.run(session)
+
+
 def text(result) -> str:
     return "".join(c.text for c in result.content if getattr(c, "type", "") == "text")
 
@@ -407,12 +417,7 @@ def test_a_server_killed_mid_experiment_loses_nothing_and_the_next_one_goes_on(t
     lost = records[-1]
     assert lost["description"] == "killed while it trains"
 
-    async def again():
-        async with client(root, "--tag", "k") as s:
-            await ok(s, "edit_train_py", {"old": "MARK = 0 ", "new": "MARK = 1 "})
-            return json.loads(await ok(s, "run_experiment", {"description": "after the kill"}))
-
-    after = anyio.run(again)
+    after = one_experiment(root, "k", ("MARK = 0 ", "MARK = 1 "), "after the kill")
     records = {r["id"]: r for r in sealab_json("status", cwd=root) if r.get("run_tag") == "k"}
     assert records[lost["id"]]["status"] == "interrupted"
     assert repo.git.rev_parse(f"refs/sealab/discarded/{lost['id']}") == lost["commit"]
@@ -432,12 +437,7 @@ def test_with_the_replication_gate_a_keep_is_confirmed_from_its_image_and_scored
     policy = tmp_path / "ws-policy.toml"
     policy.write_text(policy.read_text().replace("[acceptance]\n", "[acceptance]\nconfirm_runs = 1\n", 1))
 
-    async def one():
-        async with client(root, "--tag", "g") as s:
-            await ok(s, "edit_train_py", {"old": "LR = 0.5 ", "new": "LR = 20.0 "})
-            return json.loads(await ok(s, "run_experiment", {"description": "LR 0.5 -> 20"}))
-
-    kept = anyio.run(one)
+    kept = one_experiment(root, "g", ("LR = 0.5 ", "LR = 20.0 "), "LR 0.5 -> 20")
     records = {r["id"]: r for r in sealab_json("status", cwd=root) if r.get("run_tag") == "g"}
     confirms = [r for r in records.values() if r.get("decision") == "confirm"]
     assert kept["decision"] == "keep" and len(confirms) == 1, kept
