@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sqlite3
-import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -110,23 +109,22 @@ class Ledger:
     """The experiment store of one workspace."""
 
     identity: tuple[int, int] | None = None
-    _held: weakref.finalize | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # the file's (device, inode) while this Ledger uses it; the descriptor held keeps the inode from
-        # being reused by a new file while the old one is gone
-        self.identity, self._held = None, None
+        # the file's (device, inode) while this Ledger uses it. The SQLite connection's own descriptor keeps
+        # the inode from being reused by a new file while the old one is gone. No other descriptor of the
+        # file is ever opened here: closing one would drop every POSIX lock this process holds on it, its
+        # other connections' included, and another process would then take itself for the last user of
+        # the WAL and remove it under them (SQLite's "disk I/O error").
+        self.identity = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")  # (the file is open from here on)
             if str(path) != ":memory:":
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                self._held = weakref.finalize(self, os.close, fd)  # closed by close(), or when collected
-                held = os.fstat(fd)
-                self.identity = (held.st_dev, held.st_ino)
                 self._where = Path(os.path.abspath(path))  # (a later chdir must not look like a moved ledger)
-            self.db.execute("PRAGMA journal_mode=WAL")
+                self.identity = file_identity(self._where)
             self.db.execute("PRAGMA synchronous=FULL")
             with self._tx():  # IMMEDIATE: two first commands cannot both create the schema
                 version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -151,8 +149,6 @@ class Ledger:
 
     def close(self) -> None:
         self.db.close()
-        if self._held is not None:
-            self._held()  # (once: a finalizer runs at most once)
 
     def _tx(self):
         return _Transaction(self.db, self.path, self._check_identity)
@@ -166,7 +162,7 @@ class Ledger:
             LedgerGone: the file is gone or is another file.
         """
         if self.identity is None or file_identity(self._where) == self.identity:
-            return  # (the descriptor held keeps the old inode's number from going to a new file)
+            return  # (the connection's descriptor keeps the old inode's number from going to a new file)
         rescued = self._rescue()
         found = "is gone" if not self.path.exists() else "was replaced by another file"
         raise LedgerGone(f"{self.path} {found} while sealab was using it (the state directory .sealab/ removed or "

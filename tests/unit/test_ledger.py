@@ -1,6 +1,7 @@
 """The SQLite ledger: records, bases, schema version, and durability of committed records."""
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,24 @@ def test_a_ledger_left_to_the_collector_gives_its_descriptors_back(tmp_path):
         Ledger(tmp_path / "l.db")
     gc.collect()
     assert open_fds() - before < 5
+
+
+def test_closing_one_ledger_keeps_the_locks_of_the_others_in_the_process(tmp_path):
+    """Two Ledgers of one file in this process, one closed; another process then opens and closes the file.
+    It must not take itself for the WAL's last user and remove it under the open one (SQLite's "disk I/O
+    error", which killed a loop whose background thread closed its own Ledger)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    first, second = Ledger(path), Ledger(path)
+    first.save_run("t", {"tag": "t"})
+    second.close()
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; from executor.ledger import Ledger; "
+            "l = Ledger(Path(sys.argv[1])); l.run_state('t'); l.close()")
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).resolve().parents[2])], check=True)
+    first.save_run("t", {"tag": "t", "again": True})
+    assert first.run_state("t") == {"tag": "t", "again": True}
+    assert (tmp_path / "ledger.db-wal").exists()  # still this process's, in use
+    first.close()
