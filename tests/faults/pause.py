@@ -9,7 +9,7 @@ The points wrap real functions and change nothing else:
 |-------------|--------------------------------------------------------------------------------------|
 | `begun`     | the record was just inserted as `running` (`Ledger.begin`), nothing sealed or loaded  |
 | `seal`      | the image is sealed, about to be loaded into the engine (`Engine.load_written`)       |
-| `container` | the training container was just started and runs (`Engine.start`; eval phases skipped) |
+| `container` | the training container was just started and runs (`Engine.start`; the eval and held-out test phases skipped) |
 | `finished`  | the executor finished the record (`Ledger.finish`, with durations), nothing labelled yet |
 | `annotated` | the record carries the run's tag, no decision yet (`Ledger.label`)                    |
 | `cas`       | a ref has just moved by compare-and-swap, the run state not yet saved (`gitops.cas`)   |
@@ -48,7 +48,7 @@ def _pause_hook():
 
 
 def _phase(engine, container: str) -> str | None:
-    """The `sealab.phase` label of a container (`train`, `eval`; None before phases existed)."""
+    """The `sealab.phase` label of a container (`train`, `eval`, `test`; None before phases existed)."""
     return (engine.api.inspect_container(container)["Config"].get("Labels") or {}).get("sealab.phase")
 
 
@@ -77,7 +77,7 @@ def install() -> None:
 
     Ledger.begin = after(Ledger.begin, "begun")
     Engine.load_written = before(Engine.load_written, "seal")
-    Engine.start = after(Engine.start, "container", lambda a, kw: _phase(*a[:2]) != "eval")
+    Engine.start = after(Engine.start, "container", lambda a, kw: _phase(*a[:2]) in ("train", None))
     Ledger.finish = after(Ledger.finish, "finished", lambda a, kw: (a[2] if len(a) > 2 else kw["outcome"]).durations
                           is not None)  # a run's end (not a recovery's)
     Ledger.label = after(Ledger.label, "annotated")
