@@ -89,7 +89,3 @@ def _record(ledger: Ledger, record: ExperimentRecord, test: dict[str, Any]) -> d
     ledger.record_test(record.id, test)
     return test
 
-
-def gap(val: float | None, test: float | None) -> float | None:
-    """test − val: how much worse the held-out split scores than the one the decisions were made on."""
-    return None if val is None or test is None else test - val
