@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,7 +23,7 @@ from executor.errors import LedgerError, LedgerGone, RecordError
 from executor.record import Decision, ExperimentRecord, Finish, RunLabels, one_of
 from executor.types import BaseImage, Status, canonical_json, sha256_hex
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RECORD_KEYS = (
     "id", "commit", "parent", "tree", "description", "image_id", "base_image_id", "data_digest",
     "run_spec", "status", "reason", "metrics", "peak_memory_mb", "exit_code", "durations", "drift",
@@ -66,6 +67,28 @@ CREATE TABLE chain (
     hash TEXT NOT NULL
 );
 """,
+    # What readers filter and sort on, as columns derived from the record itself (virtual: they cannot
+    # disagree with it, and a record that is not JSON gives NULL rather than an error) with indexes, and
+    # `changed`: the chain seq of the record's latest write, the cursor of "what changed since".
+    3: """
+ALTER TABLE experiments ADD COLUMN run_tag TEXT
+    GENERATED ALWAYS AS (CASE WHEN json_valid(record) THEN json_extract(record, '$.run_tag') END) VIRTUAL;
+ALTER TABLE experiments ADD COLUMN decision TEXT
+    GENERATED ALWAYS AS (CASE WHEN json_valid(record) THEN json_extract(record, '$.decision') END) VIRTUAL;
+ALTER TABLE experiments ADD COLUMN image_id TEXT
+    GENERATED ALWAYS AS (CASE WHEN json_valid(record) THEN json_extract(record, '$.image_id') END) VIRTUAL;
+ALTER TABLE experiments ADD COLUMN changed INTEGER;
+UPDATE experiments SET changed = (SELECT max(chain.seq) FROM chain WHERE chain.experiment_id = experiments.id);
+CREATE INDEX experiments_by_run ON experiments (run_tag, seq);
+CREATE INDEX experiments_by_status ON experiments (status, seq);
+CREATE INDEX experiments_by_decision ON experiments (decision, seq);
+CREATE INDEX experiments_by_created ON experiments (created_at);
+CREATE INDEX experiments_by_image ON experiments (image_id);
+CREATE INDEX experiments_by_change ON experiments (changed);
+CREATE INDEX chain_by_experiment ON chain (experiment_id, seq);
+CREATE INDEX events_by_kind ON events (kind, run_tag, seq);
+CREATE INDEX runs_by_update ON runs (updated_at)
+""",
 }
 # What may be added to a record from outside the run is ANNOTATIONS (executor.record), through label,
 # record_decision, record_push and record_rerun; the rest (metrics, identity, status, timings, the CPU)
@@ -105,6 +128,54 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+PAGE_ROWS = 256  # rows fetched from SQLite at a time by the streaming reads
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which records a read selects; every field narrows it (None: no condition). Each condition is on an
+    indexed column (see the schema's migration 3), so a read costs what it returns, not the ledger's size.
+
+    `after` / `before`: rows (seq) after / before a cursor row, for pages; `since`: created at or after an
+    ISO-8601 time; `changed_after`: written after a `Ledger.cursor()`. `limit`: the first `limit` records
+    selected; `last`: the last `last` records selected. Records always come in the order they were begun.
+    """
+
+    run_tag: str | None = None
+    status: str | None = None
+    decision: str | None = None
+    image_prefix: str | None = None
+    after: int | None = None
+    before: int | None = None
+    since: str | None = None
+    changed_after: int | None = None
+    limit: int | None = None
+    last: int | None = None
+
+    def sql(self, columns: str, *, ordered: bool = True) -> tuple[str, tuple[Any, ...]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("run_tag = ?", self.run_tag), ("status = ?", self.status),
+                              ("decision = ?", self.decision), ("seq > ?", self.after), ("seq < ?", self.before),
+                              ("created_at >= ?", self.since), ("changed > ?", self.changed_after)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if self.image_prefix is not None:
+            clauses.append("image_id >= ? AND image_id < ?")  # a prefix as a range: the index serves it
+            params += [self.image_prefix, self.image_prefix + "\uffff"]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if not ordered:
+            return f"SELECT {columns} FROM experiments{where}", tuple(params)
+        if self.last is not None:  # the last N, read from the end of the index, then put in order
+            inner = f"SELECT {columns} FROM experiments{where} ORDER BY seq DESC LIMIT {int(self.last)}"
+            return f"SELECT * FROM ({inner}) ORDER BY seq" + self._limit(), tuple(params)
+        return f"SELECT {columns} FROM experiments{where} ORDER BY seq{self._limit()}", tuple(params)
+
+    def _limit(self) -> str:
+        return f" LIMIT {int(self.limit)}" if self.limit is not None else ""
+
+
 class Ledger:
     """The experiment store of one workspace."""
 
@@ -135,7 +206,7 @@ class Ledger:
                     self._script(_MIGRATIONS[version])
                     if version == 2:  # chain the records written before the chain existed, in order
                         for eid, text in self.db.execute("SELECT id, record FROM experiments ORDER BY seq").fetchall():
-                            self._link(eid, json.loads(text))
+                            self._link(eid, json.loads(text), mark=False)  # (`changed` comes next)
                     version += 1
                     self.db.execute(f"PRAGMA user_version={version}")
             if version > SCHEMA_VERSION:
@@ -152,6 +223,13 @@ class Ledger:
 
     def _tx(self):
         return _Transaction(self.db, self.path, self._check_identity)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many writes as one transaction (an import, a benchmark's ledger): each write inside commits
+        nothing; all of them commit at the end, or none on an error."""
+        with self._tx():
+            yield
 
     def _check_identity(self) -> None:
         """Before and after each write: the ledger file must still be the one opened. A ledger (or its
@@ -291,12 +369,15 @@ class Ledger:
             self._link(experiment_id, record)
         return record
 
-    def _link(self, experiment_id: str, record: dict[str, Any]) -> None:
-        """Append the chain link of a record's new content (inside the caller's transaction)."""
+    def _link(self, experiment_id: str, record: dict[str, Any], *, mark: bool = True) -> None:
+        """Append the chain link of a record's new content (inside the caller's transaction), and make its
+        seq the record's `changed` cursor."""
         row = self.db.execute("SELECT hash FROM chain ORDER BY seq DESC LIMIT 1").fetchone()
         prev, digest = row[0] if row else GENESIS, record_digest(record)
-        self.db.execute("INSERT INTO chain (experiment_id, record_sha256, prev, hash) VALUES (?, ?, ?, ?)",
-                        (experiment_id, digest, prev, link_hash(prev, experiment_id, digest)))
+        cursor = self.db.execute("INSERT INTO chain (experiment_id, record_sha256, prev, hash) VALUES (?, ?, ?, ?)",
+                                 (experiment_id, digest, prev, link_hash(prev, experiment_id, digest)))
+        if mark:
+            self.db.execute("UPDATE experiments SET changed = ? WHERE id = ?", (cursor.lastrowid, experiment_id))
 
     def chain_problems(self) -> list[dict[str, Any]]:
         """Every way the records disagree with their hash chain: `{"id", "row", "field", "expected", "actual"}`.
@@ -339,9 +420,49 @@ class Ledger:
         return problems
 
     # -- experiments: reads ---------------------------------------------------------------------------
-    def records(self) -> list[dict[str, Any]]:
-        """Every record as stored, whatever its shape (the tolerant readers' view; see executor.record)."""
-        return [json.loads(r[0]) for r in self._query("SELECT record FROM experiments ORDER BY seq")]
+    def records(self, run_tag: str | None = None) -> list[dict[str, Any]]:
+        """Every record as stored (or those of the run `run_tag`), whatever its shape (the tolerant readers'
+        view; see executor.record), in the order they were begun."""
+        return [record for _, record in self.select(Query(run_tag=run_tag) if run_tag is not None else Query())]
+
+    def select(self, query: Query | None = None, *, raw: bool = False) -> Iterator[tuple[int, Any]]:
+        """`(seq, record)` of the records `query` selects, as stored, read in pages (constant memory however
+        many there are). `raw`: the record as its stored JSON text, undecoded (to pass it on as it is)."""
+        sql, params = (query or Query()).sql("seq, record")
+        rows = self._query(sql, params)
+        while True:
+            page = rows.fetchmany(PAGE_ROWS)
+            if not page:
+                return
+            for seq, text in page:
+                yield seq, (text if raw else json.loads(text))
+
+    def count(self, query: Query | None = None) -> int:
+        """How many records `query` selects (its limit aside)."""
+        sql, params = replace(query or Query(), limit=None, last=None).sql("count(*)", ordered=False)
+        return self._query(sql, params).fetchone()[0]
+
+    def tally(self, column: str, query: Query | None = None) -> dict[str | None, int]:
+        """How many records `query` selects, by the value of `column` (status, decision or run_tag)."""
+        if column not in ("status", "decision", "run_tag"):
+            raise ValueError(f"cannot tally by {column!r}")
+        sql, params = replace(query or Query(), limit=None, last=None).sql(f"{column}, count(*)", ordered=False)
+        return dict(self._query(f"{sql} GROUP BY {column}", params).fetchall())
+
+    def cursor(self) -> int:
+        """Where the ledger's writes are now: a later `Query(changed_after=cursor)` selects what was written
+        (begun, finished, annotated) after this moment."""
+        row = self._query("SELECT max(seq) FROM chain").fetchone()
+        return row[0] or 0
+
+    def seq_of(self, experiment_id: str) -> int | None:
+        """The row of the record `experiment_id` (its place in the order records were begun), or None."""
+        row = self._query("SELECT seq FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+        return row[0] if row else None
+
+    def run_tags(self) -> list[str]:
+        """The research runs, the latest saved first."""
+        return [r[0] for r in self._query("SELECT tag FROM runs ORDER BY updated_at DESC, tag")]
 
     def get(self, experiment_id: str) -> dict[str, Any] | None:
         """The record whose id is `experiment_id`, or starts with it when that is unambiguous."""
@@ -368,7 +489,7 @@ class Ledger:
         Raises:
             RecordError: one of them is not a record (see ExperimentRecord.from_dict).
         """
-        return [ExperimentRecord.from_dict(r) for r in self.records() if run_tag is None or r.get("run_tag") == run_tag]
+        return [ExperimentRecord.from_dict(r) for r in self.records(run_tag)]
 
     def running(self) -> list[tuple[str, str]]:
         """(id, owner) of every record still marked running."""
@@ -394,8 +515,11 @@ class Ledger:
             self.db.execute("INSERT INTO events (run_tag, kind, record, created_at) VALUES (?, ?, ?, ?)",
                             (run_tag, kind, json.dumps(record), now()))
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        where, params = ("", ()) if kind is None else (" WHERE kind = ?", (kind,))
+    def events(self, kind: str | None = None, run_tag: str | None = None) -> list[dict[str, Any]]:
+        """The events (of one `kind`, of one run), in the order they happened."""
+        clauses = [(c, p) for c, p in (("kind = ?", kind), ("run_tag = ?", run_tag)) if p is not None]
+        where = " WHERE " + " AND ".join(c for c, _ in clauses) if clauses else ""
+        params = tuple(p for _, p in clauses)
         rows = self._query(f"SELECT run_tag, kind, record, created_at FROM events{where} ORDER BY seq", params).fetchall()
         return [{"run_tag": t, "kind": k, "created_at": c, **json.loads(r)} for t, k, r, c in rows]
 
@@ -437,16 +561,20 @@ class _Transaction:
 
     def __init__(self, db: sqlite3.Connection, path: Path, check: Callable[[], None] = lambda: None) -> None:
         self.db, self.path, self.check = db, path, check
+        self.outer: bool | None = None
 
     def __enter__(self) -> None:
+        self.outer = not self.db.in_transaction
         try:
-            if not self.db.in_transaction:
+            if self.outer:
                 self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: {exc}{_space_hint(self.path)}") from exc
         self.check()
 
     def __exit__(self, kind, exc, tb) -> None:
+        if self.outer is False:  # inside another transaction (Ledger.batch): that one commits or rolls back
+            return
         if kind is None:
             if self.db.in_transaction:
                 self.check()
