@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,11 @@ class SealabGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("sealab: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `sealab status --json | head`: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second error at exit's flush)
+            ctx.exit(141)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # a bug of ours: say so in one line, keep the trace in a file
@@ -273,36 +279,116 @@ def _print_record(rec: recorded.ExperimentRecord) -> None:
             err.print(f"[yellow]drift (not run): {escape(entry['path'])}: {escape(change)}[/]")
 
 
+def _open_to_read(ctx: click.Context):
+    """`_open` for a command that only reads the ledger: the engine and the executor (most of a command's
+    start-up time and memory) are loaded only when a record left running by a dead process is to be
+    recovered; the stray containers of finished records are left to the next command that runs something."""
+    from executor import owner
+    from executor.ledger import Ledger
+    from executor.workspace import Workspace
+
+    ws = Workspace.open(ctx.obj)
+    ledger = Ledger(ws.ledger_path)
+    if all(owner.alive(holder) for _, holder in ledger.running()):
+        logs.configure(ws.logs / "sealab.jsonl")
+        return ws, ledger, None
+    ledger.close()
+    return _open(ctx, required_engine=False)
+
+
+STATUS_ROWS = 50  # the table's default: the last 50 records of the latest run
+
+
+def _since(ledger: Any, ref: str) -> dict[str, Any]:
+    """`--since`: after an experiment (a cursor) or from a moment on, as Query fields."""
+    from datetime import datetime, timezone
+
+    found = ledger.get(ref)
+    if found is not None:
+        return {"after": ledger.seq_of(found["id"])}
+    try:
+        moment = datetime.fromisoformat(ref)
+    except ValueError:
+        raise click.BadParameter(f"no experiment {ref!r} in the ledger, and not an ISO-8601 time "
+                                 "(e.g. 2026-12-01 or 2026-12-01T06:00Z)", param_hint="--since") from None
+    moment = moment.replace(tzinfo=moment.tzinfo or timezone.utc).astimezone(timezone.utc)
+    return {"since": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print all records as a JSON array.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the records as a JSON array, streamed: every record unless --tag, --since or --limit narrow it.")
+@click.option("--tag", help="Only the records of the run TAG (the table's default: the latest run).")
+@click.option("--all", "every", is_flag=True, help="The records of every run (the default with --json).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help=f"Only the last N records selected (the table's default: {STATUS_ROWS}; 0: no limit).")
+@click.option("--since", "since", metavar="ID|TIME",
+              help="Only the records begun after experiment ID, or created at or after TIME (ISO-8601, UTC by default).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """List the experiment records of this workspace."""
-    ws, ledger, _ = _open(ctx, required_engine=False)
-    records = ledger.records()
+def status(ctx: click.Context, as_json: bool, tag: str | None, every: bool, limit: int | None,
+           since: str | None) -> None:
+    """List the experiment records of this workspace: the latest run's last 50 by default."""
+    from executor.ledger import Query
+
+    if tag is not None and every:
+        raise click.UsageError("give --tag TAG or --all, not both")
+    ws, ledger, _ = _open_to_read(ctx)
+    if tag is not None and ledger.run_state(tag) is None and ledger.count(Query(run_tag=tag, limit=1)) == 0:
+        raise click.BadParameter(f"no run tagged {tag!r} in the ledger (`sealab status --all` lists every record)",
+                                 param_hint="--tag")
+    if tag is None and not every and not as_json:
+        tag = ledger.latest_run_tag()
+    if limit is None and not as_json:
+        limit = STATUS_ROWS
+    query = Query(run_tag=tag, last=limit or None, **(_since(ledger, since) if since else {}))
     if as_json:
-        _emit_json(records)
+        _stream_json(text for _, text in ledger.select(query, raw=True))
         return
+    shown = ledger.count(replace(query, last=None)) if limit else None
+    records = [record for _, record in ledger.select(query)]
     table = Table("id", "status", "commit", "metric", "image", "seal s", "run s", "drift", "description")
     for rec in records:
         metric = recorded.run_spec(rec).get("metric", "val_bpb")
         value = recorded.metrics(rec).get(metric)
         d = recorded.durations(rec)
         seal_s, run_s = (recorded.number(d.get(k)) or 0 for k in ("seal", "run"))
-        table.add_row(rec["id"], rec["status"], rec["commit"][:12], f"{value:.6f}" if isinstance(value, float) else "-",
+        table.add_row(str(rec.get("id")), str(rec.get("status")), str(rec.get("commit") or "-")[:12], f"{value:.6f}" if isinstance(value, float) else "-",
                       str(rec.get("image_id") or "-")[7:19], f"{seal_s:.3f}", f"{run_s:.1f}",
                       str(len(recorded.drift(rec))), rec.get("description") or "")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    what = f"run {tag}" if tag else "the ledger"
+    if shown is not None and shown > len(records):
+        every_run = "" if tag is None else f", --all every run's ({ledger.count()} records)"
+        err.print(f"{what}: the last {len(records)} of {shown} record(s) selected; --limit 0 shows them all"
+                  f"{every_run}, --json streams them", markup=False)
+    elif tag is not None and ledger.count() > ledger.count(Query(run_tag=tag)):
+        err.print(f"{what}: {len(records)} record(s); --all shows every run's ({ledger.count()} records)", markup=False)
+
+
+def _stream_json(texts: Any) -> None:
+    """A JSON array of the records' stored texts, written as they are read (constant memory)."""
+    out = sys.stdout
+    first = True
+    out.write("[")
+    for text in texts:
+        out.write("\n" if first else ",\n")
+        out.write(text)
+        first = False
+    out.write("]\n" if first else "\n]\n")
+    out.flush()
 
 
 @main.command()
 @click.pass_context
 def results(ctx: click.Context) -> None:
     """Print an autoresearch-compatible results.tsv (plus provenance columns) on stdout."""
-    from agent.report import results_tsv
+    from agent.report import results_lines
 
-    _, ledger, _ = _open(ctx, engine=False)
-    click.echo(results_tsv(ledger.records()), nl=False)
+    _, ledger, _ = _open_to_read(ctx)
+    out = sys.stdout
+    for line in results_lines(record for _, record in ledger.select()):
+        out.write(line + "\n")
+    out.flush()
 
 
 @main.command()

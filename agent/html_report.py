@@ -104,9 +104,8 @@ def collect(ledger: Ledger, tag: str | None = None) -> ReportData:
     """Read one run's records and events (default: the latest run; all records when there is none)."""
     tag = tag or ledger.latest_run_tag()
     state = ledger.run_state(tag) if tag else None
-    records = [r for r in ledger.records() if tag is None or r.get("run_tag") == tag]
-    events = {kind: [e for e in ledger.events(kind) if tag is None or e.get("run_tag") == tag]
-              for kind in ("drift", "rejected", "parked", "proposal_failed")}
+    records = ledger.records(tag)  # (an indexed read of the run's own records)
+    events = {kind: ledger.events(kind, run_tag=tag) for kind in ("drift", "rejected", "parked", "proposal_failed")}
     spec = next((recorded.run_spec(r) for r in records if recorded.run_spec(r)), {})
     return ReportData(tag, state, records, events, spec.get("metric", "val_bpb"), spec.get("direction", "minimize"))
 

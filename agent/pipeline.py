@@ -149,8 +149,8 @@ def warm(ctx: Context, commit: str) -> None:
 
 def find(ctx: Context, state: RunState, n: int) -> Prepared | None:
     """This run's `prepared` event numbered `n` (None: none was written)."""
-    for event in reversed(ctx.ledger.events(EVENT)):
-        if event.get("n") == n and event.get("run_tag") == state.tag:
+    for event in reversed(ctx.ledger.events(EVENT, run_tag=state.tag)):
+        if event.get("n") == n:
             return Prepared.of_event(ctx, event)
     return None
 

@@ -46,6 +46,9 @@ def measured(spec: RunSpec, run_times: Iterable[float]) -> Deadline:
                                     f"evaluation the earlier runs needed, + {SLACK_S:g} s)")
 
 
+RECENT_RUNS = 1000  # how many of the latest ok records the deadline learns from (a ledger holds years of them)
+
+
 def earlier_run_times(records: Iterable[Mapping[str, Any]], spec: RunSpec) -> list[float]:
     """The container wall times of the stored `ok` records (as the ledger holds them) run with the same
     command and budget."""

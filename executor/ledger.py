@@ -165,9 +165,11 @@ class Query:
             clauses.append("image_id >= ? AND image_id < ?")  # a prefix as a range: the index serves it
             params += [self.image_prefix, self.image_prefix + "\uffff"]
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if self.changed_after is not None:  # a poll: few rows changed, whatever the planner guesses from a range
+            where = " INDEXED BY experiments_by_change" + where
         if not ordered:
             return f"SELECT {columns} FROM experiments{where}", tuple(params)
-        if self.last is not None:  # the last N, read from the end of the index, then put in order
+        if self.last is not None:  # the last N, read from the end, then put in order
             inner = f"SELECT {columns} FROM experiments{where} ORDER BY seq DESC LIMIT {int(self.last)}"
             return f"SELECT * FROM ({inner}) ORDER BY seq" + self._limit(), tuple(params)
         return f"SELECT {columns} FROM experiments{where} ORDER BY seq{self._limit()}", tuple(params)
@@ -448,6 +450,13 @@ class Ledger:
             raise ValueError(f"cannot tally by {column!r}")
         sql, params = replace(query or Query(), limit=None, last=None).sql(f"{column}, count(*)", ordered=False)
         return dict(self._query(f"{sql} GROUP BY {column}", params).fetchall())
+
+    def pushed_as(self, registry_digest: str) -> dict[str, Any] | None:
+        """The latest record `sealab push` put at `registry_digest` (`HOST[:PORT]/REPO@sha256:…`), or None."""
+        row = self._query("SELECT record FROM experiments WHERE json_valid(record) AND "
+                          "json_extract(record, '$.registry_digest') = ? ORDER BY seq DESC LIMIT 1",
+                          (registry_digest,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def cursor(self) -> int:
         """Where the ledger's writes are now: a later `Query(changed_after=cursor)` selects what was written

@@ -30,7 +30,7 @@ from typing import Any
 
 from executor.docker_engine import Engine
 from executor.errors import IdentityMismatch, WorkspaceError
-from executor.ledger import Ledger
+from executor.ledger import Ledger, Query
 from executor.record import ExperimentRecord, number
 from executor.registry import ensure_by_digest
 from executor.run import current_base, execute
@@ -178,15 +178,14 @@ def find_record(ledger: Ledger, ref: str) -> ExperimentRecord:
         RecordError: the record found does not decode.
     """
     if "@sha256:" in ref:  # a pushed image, by its registry digest (see executor.registry)
-        matches = [r for r in ledger.records() if r.get("registry_digest") == ref]  # as stored: any shape
-        if not matches:
+        found = ledger.pushed_as(ref)  # as stored: any shape
+        if found is None:
             raise WorkspaceError(f"no experiment pushed as {ref} in {ledger.path}")
-        return ExperimentRecord.from_dict(matches[-1])
+        return ExperimentRecord.from_dict(found)
     found = ledger.get(ref)
     if found is None:
         image = ref if ref.startswith("sha256:") else f"sha256:{ref}"
-        matches = [r for r in ledger.records() if str(r.get("image_id") or "").startswith(image)]
-        found = matches[-1] if matches else None
+        found = next((r for _, r in ledger.select(Query(image_prefix=image, last=1))), None)
     if found is None:
         raise WorkspaceError(f"no experiment or image {ref} in {ledger.path}")
     return ExperimentRecord.from_dict(found)

@@ -32,7 +32,7 @@ from executor.backends.local import DockerBackend
 from executor.docker_engine import Engine
 from executor.drift import describe, summarize
 from executor.errors import BaseImageError, EngineUnavailable, IdentityMismatch, LedgerError, SealabError
-from executor.ledger import Ledger, now
+from executor.ledger import Ledger, Query, now
 from executor.record import ExperimentRecord, Finish, Results, RunLabels
 from executor.image import deps
 from executor.image.launch import RUN_FILE as LAUNCH_FILE
@@ -120,7 +120,8 @@ def execute(ws: Workspace, ref: str, engine: Engine, ledger: Ledger,
     if on_record is not None:
         on_record(eid)
     durations: dict[str, float] = {}
-    limit = deadline.measured(spec, deadline.earlier_run_times(ledger.records(), spec)) \
+    limit = deadline.measured(spec, deadline.earlier_run_times(
+        (r for _, r in ledger.select(Query(status=Status.OK.value, last=deadline.RECENT_RUNS))), spec)) \
         if settings.measured_grace else None
     image_id: str | None = None
     result: dict | None = None
