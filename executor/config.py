@@ -19,7 +19,7 @@ from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, 
 from executor.errors import ConfigError, SealabError, WorkspaceError
 from executor.types import BACKENDS, Resources, RunSpec
 
-CONFIG_NAME = "sealab.toml"
+from executor.types import CONFIG_NAME  # noqa: E402 (defined there, with no imports, for Workspace.open)
 
 
 @dataclass(frozen=True, slots=True)

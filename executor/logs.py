@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 
 class JsonLinesFile:
     """A processor that appends each event as one JSON line to a file, then passes it on."""
@@ -31,6 +29,8 @@ class JsonLinesFile:
 def _quiet_unless_tty(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """Off a terminal, stderr only gets warnings, errors and progress events; the file gets everything."""
     if not sys.stderr.isatty() and method not in ("warning", "error", "critical") and not event.get("progress"):
+        import structlog
+
         raise structlog.DropEvent
     event.pop("progress", None)
     return event
@@ -50,12 +50,16 @@ class _Stderr:
 def renderer() -> Any:
     """The one renderer of every line on stderr: structlog's console lines on a terminal, logfmt
     (`timestamp=… level=… event=…`, one line per event) for pipes and log collectors."""
+    import structlog
+
     if sys.stderr.isatty():
         return structlog.dev.ConsoleRenderer(colors=True)
     return structlog.processors.LogfmtRenderer(key_order=["timestamp", "level", "event"], drop_missing=True)
 
 
 def configure(log_file: Path | None) -> None:
+    import structlog  # (here, not at the top: a command that logs nothing does not pay for it)
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -32,6 +32,7 @@ class Status(StrEnum):
     INFRA_ERROR = "infra_error"
 
 
+CONFIG_NAME = "sealab.toml"  # a workspace's settings file, at the top of its work tree (executor.config reads it)
 DEFAULT_OUT_MB = 256  # the /out cap when sealab.toml sets no [resources] out_mb
 DEFAULT_LOG_MB = 64  # the cap on a run's stored output when sealab.toml sets no [resources] log_mb
 DEFAULT_TREE_MB = 512  # the cap on a commit's files when sealab.toml sets no [resources] tree_mb

@@ -17,9 +17,14 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from executor import config, git_source
+from executor import git_source
 from executor.errors import WorkspaceError
+from executor.types import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from executor import config
 
 SCAFFOLD = Path(__file__).with_name("scaffold")
 SCAFFOLD_FILES = ("train.py", "prepare.py", "program.md")
@@ -45,8 +50,8 @@ class Workspace:
         top = repo.root
         if top is None:
             raise WorkspaceError(f"{path} is a bare git repository; a workspace needs a work tree")
-        if not (top / config.CONFIG_NAME).is_file():
-            raise WorkspaceError(f"{top} has no {config.CONFIG_NAME}: not a sealab workspace (run `sealab init DIR`)")
+        if not (top / CONFIG_NAME).is_file():
+            raise WorkspaceError(f"{top} has no {CONFIG_NAME}: not a sealab workspace (run `sealab init DIR`)")
         main = git_source.main_work_tree(repo)
         if main is None:
             raise WorkspaceError(f"{top} is a linked work tree of a bare repository ({repo.git_dir}): sealab keeps "
@@ -91,7 +96,9 @@ class Workspace:
 
     def config(self) -> config.Config:
         """The working tree's sealab.toml (runs use the committed one, see run.execute)."""
-        return config.load(self.here / config.CONFIG_NAME)
+        from executor import config  # (pydantic's models: loaded by the commands that read the settings)
+
+        return config.load(self.here / CONFIG_NAME)
 
 
 
@@ -107,7 +114,9 @@ def scaffold(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for name in (*SCAFFOLD_FILES, *SCAFFOLD_EXTRA):
         shutil.copyfile(SCAFFOLD / name, path / name)
-    (path / config.CONFIG_NAME).write_text(config.DEFAULT_TOML)
+    from executor import config
+
+    (path / CONFIG_NAME).write_text(config.DEFAULT_TOML)
     make_state(path)
 
 
@@ -149,8 +158,8 @@ def check_adoptable(path: Path) -> Adoptable:
         raise WorkspaceError(f"{path} lacks {ADOPT_REQUIRED}: not an autoresearch-like checkout (adopt needs "
                              f"{ADOPT_REQUIRED}, which the run's command runs; prepare.py and program.md are optional)")
     files = tuple(name for name in SCAFFOLD_FILES if (path / name).is_file())
-    if (path / config.CONFIG_NAME).exists():
-        raise WorkspaceError(f"{path} already has {config.CONFIG_NAME}: it is already a sealab workspace")
+    if (path / CONFIG_NAME).exists():
+        raise WorkspaceError(f"{path} already has {CONFIG_NAME}: it is already a sealab workspace")
     repo = git_source.find_repo(path)
     if repo is None:
         return Adoptable(None, None, files)
