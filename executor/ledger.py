@@ -439,6 +439,34 @@ class Ledger:
             for seq, text in page:
                 yield seq, (text if raw else json.loads(text))
 
+    def pick(self, paths: dict[str, str], query: Query | None = None, *,
+             texts: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """For each record `query` selects, `{key: the value at the JSON path paths[key]}` (e.g. `"$.status"`,
+        `'$.metrics."val_bpb"'`): what `json.loads(record)` holds there (None where nothing is), read by
+        SQLite's JSON functions in one pass without decoding the rest of the record (for a report over many
+        records). `texts`: more keys whose value comes as its JSON text (`"null"` where nothing is), e.g. to
+        decode an object once for the many records that hold the same.
+
+        Raises:
+            LedgerError: a stored record is not JSON.
+        """
+        keys, text_keys = list(paths), list(texts or {})
+        extract = ", ".join(["'$.id'"] + ["?"] * len(keys))  # (two paths at least: the values come as one array)
+        columns = ", ".join([f"id, CASE WHEN json_valid(record) THEN json_extract(record, {extract}) END"]
+                            + ["CASE WHEN json_valid(record) THEN json_quote(json_extract(record, ?)) END"] * len(text_keys))
+        sql, params = (query or Query()).sql(columns)
+        rows = self._query(sql, tuple(paths.values()) + tuple((texts or {}).values()) + params)
+        while True:
+            page = rows.fetchmany(PAGE_ROWS)
+            if not page:
+                return
+            for row in page:
+                if row[1] is None:
+                    raise LedgerError(f"{self.path}: the record {row[0]} is not JSON (`sealab verify --all` reports it)")
+                out = dict(zip(keys, json.loads(row[1])[1:]))
+                out.update(zip(text_keys, row[2:]))
+                yield out
+
     def count(self, query: Query | None = None) -> int:
         """How many records `query` selects (its limit aside)."""
         sql, params = replace(query or Query(), limit=None, last=None).sql("count(*)", ordered=False)

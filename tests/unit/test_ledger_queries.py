@@ -242,3 +242,19 @@ def test_every_combination_of_status_filters_runs(workspace):
         args = [*(["--tag", tag] if tag else []), *(["--since", since] if since else []),
                 *(["--limit", limit] if limit else [])]
         assert sealab(workspace, "status", "--json", *args).exit_code == 0, args
+
+
+def test_picked_fields_give_the_results_a_full_load_gives(ledger):
+    """`sealab results` reads only its columns' values (Ledger.pick): the same TSV as decoding every record,
+    odd records (a number for a status, no commit) included; and what pick gives is what json.loads holds."""
+    from agent.report import RESULTS_TEXTS, results_fields, results_lines, results_tsv, slim
+
+    ledger.finish("e0010", Finish(Status.OK, results=Results(metrics={"val_bpb": True, "other": [1]}, drift=[])))
+    picked = "\n".join(results_lines(slim(ledger.pick(results_fields(), texts=RESULTS_TEXTS)))) + "\n"
+    assert picked == results_tsv(ledger.records())
+    for (_, record), values in zip(ledger.select(), ledger.pick({"status": "$.status", "m": "$.metrics",
+                                                                  "nothing": "$.nowhere", "d": "$.decision"},
+                                                                 texts={"spec": "$.run_spec"})):
+        assert {**values, "spec": json.loads(values["spec"])} == {
+            "status": record.get("status"), "m": record.get("metrics"), "nothing": None, "d": record.get("decision"),
+            "spec": record.get("run_spec")}
