@@ -394,7 +394,7 @@ class Ledger:
             problems.append({"id": eid, "row": row, "field": field, "expected": expected, "actual": actual})
 
         latest: dict[str, str] = {}
-        first_seen: list[str] = []
+        first_seen: dict[str, None] = {}  # the ids in the order the chain first saw them (a dict: in, in O(1))
         prev = GENESIS
         for seq, eid, digest, link_prev, link in self._query(
                 "SELECT seq, experiment_id, record_sha256, prev, hash FROM chain ORDER BY seq"):
@@ -402,15 +402,14 @@ class Ledger:
                 report(eid, seq, "chain link", link_hash(prev, eid, digest), link)
             prev = link
             latest[eid] = digest
-            if eid not in first_seen:
-                first_seen.append(eid)
-        rows = self._query("SELECT seq, id, record FROM experiments ORDER BY seq").fetchall()
-        for seq, eid, text in rows:
+            first_seen.setdefault(eid)
+        present: dict[str, None] = {}  # the ids in the table's order
+        for seq, eid, text in self._query("SELECT seq, id, record FROM experiments ORDER BY seq"):  # (streamed)
+            present[eid] = None
             if eid not in latest:
                 report(eid, seq, "record", "a record written by sealab", "a record the chain has never seen")
             elif record_digest(json.loads(text)) != latest[eid]:
                 report(eid, seq, "record", latest[eid], record_digest(json.loads(text)))
-        present = [eid for _, eid, _ in rows]
         for eid in first_seen:
             if eid not in present:
                 report(eid, None, "record", "present", "deleted")
