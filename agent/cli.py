@@ -290,8 +290,7 @@ def _open_to_read(ctx: click.Context):
     ws = Workspace.open(ctx.obj)
     ledger = Ledger(ws.ledger_path)
     if all(owner.alive(holder) for _, holder in ledger.running()):
-        logs.configure(ws.logs / "sealab.jsonl")
-        return ws, ledger, None
+        return ws, ledger, None  # (it logs nothing: structlog is not even loaded)
     ledger.close()
     return _open(ctx, required_engine=False)
 
@@ -382,11 +381,11 @@ def _stream_json(texts: Any) -> None:
 @click.pass_context
 def results(ctx: click.Context) -> None:
     """Print an autoresearch-compatible results.tsv (plus provenance columns) on stdout."""
-    from agent.report import results_lines
+    from agent.report import RESULTS_TEXTS, results_fields, results_lines, slim
 
     _, ledger, _ = _open_to_read(ctx)
     out = sys.stdout
-    for line in results_lines(record for _, record in ledger.select()):
+    for line in results_lines(slim(ledger.pick(results_fields(), texts=RESULTS_TEXTS))):
         out.write(line + "\n")
     out.flush()
 
@@ -420,6 +419,10 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     from executor.workspace import Workspace
 
     ws = Workspace.open(ctx.obj)  # no ledger writes, no recovery: the page only reads
+    if ws.ledger_path.exists():  # but an older sealab's ledger gets this one's schema (indexes) first, as any command does
+        from executor.ledger import Ledger
+
+        Ledger(ws.ledger_path).close()
     serve_dashboard(ws.root, ws.ledger_path, host, port, announce=lambda line: click.echo(line, err=True))
 
 
@@ -589,19 +592,29 @@ def import_cmd(ctx: click.Context, archive: Path) -> None:
 
 @main.command()
 @click.argument("experiment", required=False)
-@click.option("--all", "check_all", is_flag=True, help="Verify every record.")
+@click.option("--all", "check_all", is_flag=True,
+              help="Verify every record and the hash chain: incremental, through the verification cache and the "
+                   "chain checkpoint (.sealab/cache/).")
+@click.option("--full", is_flag=True,
+              help="With --all: re-derive every identity and walk the whole chain, ignoring the cache and the "
+                   "checkpoint; then refresh both (the checkpoint only when the chain is clean).")
 @click.option("--provenance", "envelope", type=click.Path(path_type=Path), default=None,
               help="Verify a signed provenance envelope (`sealab provenance --sign`) instead.")
 @click.option("--key", "key", type=click.Path(path_type=Path), default=None,
               help="The public key for --provenance (default: signing-key.pub.json of `sealab keygen`).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def verify(ctx: click.Context, experiment: str | None, check_all: bool, envelope: Path | None, key: Path | None,
-           as_json: bool) -> None:
+def verify(ctx: click.Context, experiment: str | None, check_all: bool, full: bool, envelope: Path | None,
+           key: Path | None, as_json: bool) -> None:
     """Re-derive recorded image IDs from git and the base; exit non-zero on any mismatch. --provenance FILE:
-    check a signed provenance envelope's signature, and its statement against the record."""
+    check a signed provenance envelope's signature, and its statement against the record.
+
+    `--all` re-derives each distinct (commit, base, run spec) once and keeps what it proved in
+    .sealab/cache/, keyed by the digests of every input (a changed input is derived again), and checks the
+    hash chain from the last checkpoint it signed (key: checkpoint.key beside the signing key, outside the
+    workspace); `--all --full` does everything again."""
     from executor.errors import WorkspaceError
-    from executor.verify import verify as verify_records
+    from executor.verify_cache import verify_all, verify_some
 
     if envelope is not None:
         if experiment or check_all:
@@ -610,22 +623,30 @@ def verify(ctx: click.Context, experiment: str | None, check_all: bool, envelope
         return
     if bool(experiment) == check_all:
         raise click.UsageError("give an experiment ID or --all")
+    if full and not check_all:
+        raise click.UsageError("--full goes with --all")
     ws, ledger, eng = _open(ctx, required_engine=False)
     if check_all:
-        records = ledger.records()
+        report = verify_all(ws.git, ledger, eng, ws.state, full=full, workspaces=(ws.root,))
     else:
         found = ledger.get(experiment)
         if found is None:
             raise WorkspaceError(f"no experiment {experiment} in {ws.ledger_path}")
-        records = [found]
-    report = verify_records(ws.git, ledger, eng, records, whole_ledger=check_all)
+        report = verify_some(ws.git, ledger, eng, [found], ws.state, workspaces=(ws.root,))
     if as_json:
         _emit_json(report)
     else:
+        for note in report.get("notes", ()):
+            err.print(f"[yellow]{escape(note)}[/]")
         for m in report["mismatches"]:
             row = f" (row {m['row']})" if m.get("row") is not None else ""
             click.echo(f"MISMATCH {m['id']}{row} {m['field']}: expected {m['expected']}, found {m['actual']}")
-        click.echo(f"checked {report['checked']} record(s), {len(report['mismatches'])} mismatch(es)")
+        how = ""
+        if check_all:
+            chain = f"chain from link {report['chain_from']}" if report["chain_from"] else "whole chain walked"
+            how = (f" (re-derived {report['rederived']} identit{'y' if report['rederived'] == 1 else 'ies'}, "
+                   f"{report['cached']} from the cache; {chain}; {report['seconds']:.1f} s)")
+        click.echo(f"checked {report['checked']} record(s){how}, {len(report['mismatches'])} mismatch(es)")
     ctx.exit(1 if report["mismatches"] else 0)
 
 

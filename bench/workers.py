@@ -123,7 +123,7 @@ def main() -> None:
     ratio = two["per_hour"] / one["per_hour"]
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     if args.markdown:
-        print(f"| workers | experiments | seconds | experiments/hour |\n|---|---|---|---|")
+        print("| workers | experiments | seconds | experiments/hour |\n|---|---|---|---|")
         for row in (one, two):
             print(f"| {row['workers']} | {row['experiments']} | {row['seconds']:.1f} | {row['per_hour']:.0f} |")
         print(f"\nthroughput ratio (2 workers / 1): **{ratio:.2f}×** ({machine}; budget {args.budget:g} s)")

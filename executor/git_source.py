@@ -271,3 +271,50 @@ def _sections(diff: str) -> list[str]:
     """A multi-file diff split into one text per file (each starting with `diff --git`)."""
     parts = ("\n" + diff).split("\ndiff --git ")[1:]
     return ["diff --git " + part for part in parts]
+
+
+BATCH_FROM = 16  # more refs than this are resolved by one `git cat-file --batch`, fewer one by one
+
+
+def commit_trees(repo: Repository, refs: Sequence[str]) -> dict[str, tuple[str, str] | None]:
+    """(commit sha, tree sha) of each of `refs` that names a commit, None for one that does not: what
+    `resolve` would find for it, without reading any file. Many refs take one git process (a ledger's
+    worth of commits in well under a second)."""
+    wanted = list(dict.fromkeys(refs))
+    found: dict[str, tuple[str, str] | None] = {}
+    batch = [r for r in wanted if r and r.isprintable() and not any(c.isspace() for c in r)]
+    batched = set(batch)
+    one_by_one = wanted if len(batch) <= BATCH_FROM else [r for r in wanted if r not in batched]
+    for ref in one_by_one:
+        try:
+            commit = repo._repo.commit(ref)
+            found[ref] = (commit.hexsha, commit.tree.hexsha)
+        except (BadName, BadObject, ValueError, git.GitCommandError):
+            found[ref] = None
+    if len(batch) <= BATCH_FROM:
+        return found
+    import tempfile
+
+    with tempfile.TemporaryFile() as stdin:
+        stdin.write("".join(f"{ref}^{{commit}}\n" for ref in batch).encode())
+        stdin.seek(0)
+        try:
+            out = repo._repo.git.cat_file("--batch", istream=stdin, stdout_as_string=False,
+                                          strip_newline_in_stdout=False)
+        except git.GitCommandError as exc:
+            said = " ".join(str(exc.stderr).split())[:200]
+            raise SourceError("cat-file", f"git could not read commits: {said}") from exc
+    pos = 0
+    for ref in batch:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split(b" ")
+        pos = end + 1
+        if len(header) != 3 or not header[2].isdigit():  # "<ref> missing", "<ref> ambiguous"
+            found[ref] = None
+            continue
+        size = int(header[2])
+        body = out[pos:pos + size]
+        pos += size + 1
+        tree = body.split(b"\n", 1)[0][5:].decode() if header[1] == b"commit" and body.startswith(b"tree ") else None
+        found[ref] = (header[0].decode(), tree) if tree else None
+    return found
