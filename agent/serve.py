@@ -8,6 +8,8 @@ unhindered. The page is static; its script polls the JSON API and writes ledger 
 Stopping: each API request reads the ledger and git in a daemon thread of its own, so a slow one (a ledger
 locked by a writer, a large history) never blocks the event loop; SIGTERM or Ctrl-C waits at most
 STOP_GRACE_S for requests in flight, then the process exits without waiting for their threads (they only read).
+The one Dashboard lives as long as the server: it keeps each run's view between polls (a poll costs what
+changed since the last one) and has the ledger's hash chain checked in a child process (never in a poll).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import json
 import math
 import socket
 import threading
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -49,16 +52,82 @@ HEADERS = {
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
           "/static/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
-API = {"/api/state": Dashboard.state, "/api/experiments": Dashboard.experiments, "/api/kept": Dashboard.kept,
-       "/api/drift": Dashboard.drift, "/api/review": Dashboard.review}
-STOP_GRACE_S = 1  # seconds requests in flight get after SIGTERM/Ctrl-C (uvicorn's timeout_graceful_shutdown)
+STOP_GRACE_S = 0.25  # seconds requests in flight get after SIGTERM/Ctrl-C (uvicorn's timeout_graceful_shutdown;
+# a poll answers well within it): with uvicorn's own 0.2 s of ticks and the exit, gone within a second
+
+
+class BadRequest(ValueError):
+    """A query parameter that is not what the route takes (answered 400)."""
+
+
+def whole(params: Mapping[str, str], name: str) -> int | None:
+    """The query parameter `name` as a non-negative integer, None when absent."""
+    text = params.get(name)
+    if text is None or text == "":
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise BadRequest(f"{name} must be a whole number, not {text[:40]!r}")
+    return int(text)
+
+
+def experiments(board: Dashboard, ledger: Any, tag: str | None, params: Mapping[str, str]) -> dict[str, Any]:
+    """`/api/experiments?limit=&before=&since=&chain=`: see Dashboard.experiments."""
+    return board.experiments(ledger, tag, limit=whole(params, "limit"), before=whole(params, "before"),
+                             since=whole(params, "since"), chain=whole(params, "chain"))
+
+
+API: dict[str, Callable[[Dashboard, Any, str | None, Mapping[str, str]], dict[str, Any]]] = {
+    "/api/state": lambda board, ledger, tag, params: board.state(ledger, tag),
+    "/api/experiments": experiments,
+    "/api/kept": lambda board, ledger, tag, params: board.kept(ledger, tag),
+    "/api/drift": lambda board, ledger, tag, params: board.drift(ledger, tag),
+    "/api/review": lambda board, ledger, tag, params: board.review(ledger, tag),
+}
 
 
 class StrictJSON(JSONResponse):
-    """JSON where a non-finite float (a NaN metric, say) is null: the browser's JSON.parse rejects NaN."""
+    """JSON where a non-finite float (a NaN metric, say) is null: the browser's JSON.parse rejects NaN.
+
+    A large value of the top-level object (the experiments' rows, the chart) is encoded once for as long as
+    the same object is answered again: the Dashboard answers an unchanged run with the very objects of its
+    last answer, and never changes an object it has handed out."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        if not isinstance(content, dict):
+            return _dumps(content).encode()
+        return ("{" + ",".join(f"{_dumps(str(k))}:{_encoded(v)}" for k, v in content.items()) + "}").encode()
+
+
+ENCODED_KEPT = 8  # large values whose encoding is kept
+ENCODED_BYTES = 4096  # what counts as large
+_encoded_texts: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # id -> (the value itself, its JSON)
+_encoded_lock = threading.Lock()
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # a NaN or an infinity in it (rare): null in its place, at the cost of a walk
+        return json.dumps(finite(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _encoded(value: Any) -> str:
+    """`_dumps(value)`, remembered for a large list or dict (by identity: the entry holds the value, so its
+    id cannot be reused by another object while the entry lives)."""
+    if not isinstance(value, (list, dict)):
+        return _dumps(value)
+    with _encoded_lock:
+        kept = _encoded_texts.get(id(value))
+        if kept is not None and kept[0] is value:
+            _encoded_texts.move_to_end(id(value))
+            return kept[1]
+    text = _dumps(value)
+    if len(text) >= ENCODED_BYTES:
+        with _encoded_lock:
+            _encoded_texts[id(value)] = (value, text)
+            while len(_encoded_texts) > ENCODED_KEPT:
+                _encoded_texts.popitem(last=False)
+    return text
 
 
 def finite(value: Any) -> Any:
@@ -110,11 +179,15 @@ def create_app(root: Path, *, ledger_path: Path, allowed_hosts: list[str] | None
     def api(build: Callable[..., dict[str, Any]]):
         async def endpoint(request: Request) -> Response:
             tag = request.query_params.get("tag") or None
+            params = dict(request.query_params)
+
             def read() -> dict[str, Any]:
                 with reading(ledger_path) as ledger:
-                    return build(board, ledger, tag)
+                    return build(board, ledger, tag, params)
             try:
                 body = await in_daemon_thread(read)
+            except BadRequest as exc:
+                return StrictJSON({"error": str(exc)}, status_code=400, headers=HEADERS)
             except asyncio.CancelledError:  # the server stopping past STOP_GRACE_S: its answer, not a traceback
                 return StrictJSON({"error": "sealab serve is stopping"}, status_code=503, headers=HEADERS)
             except SealabError as exc:

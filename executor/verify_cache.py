@@ -43,9 +43,10 @@ class VerifyCache:
     """The entries of one cache file, in memory; new ones appended to the file (`flush`). Safe to share
     between threads (the dashboard's requests)."""
 
-    def __init__(self, path: Path, key: bytes, *, read: bool = True) -> None:
-        """`read`: use what the file holds (False: only add to it: `verify --full`)."""
-        self.path, self._key, self._code = path, key, derivation_code()
+    def __init__(self, path: Path, key: bytes, *, read: bool = True, write: bool = True) -> None:
+        """`read`: use what the file holds (False: only add to it: `verify --full`). `write` False: what is
+        added stays in memory, the file is never written (the dashboard, which only reads the workspace)."""
+        self.path, self._key, self._code, self.write = path, key, derivation_code(), write
         self._records: dict[str, tuple[str, int, bool, str, str]] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._pending: list[str] = []
@@ -153,7 +154,8 @@ class VerifyCache:
     def flush(self) -> None:
         """Append the new entries as one signed block (one write: a crash leaves it whole or unread)."""
         with self._lock:
-            if not self._pending:
+            if not self._pending or not self.write:
+                self._pending.clear()
                 return
             lines, self._pending = self._pending, []
             try:
@@ -195,15 +197,15 @@ class VerifyCache:
             self._records, self._identities, self._lines = keep, ids, len(lines)
 
 
-def open_cache(state_dir: Path, *, workspaces: tuple[Path, ...] = (),
-               read: bool = True) -> tuple[VerifyCache | None, str | None]:
+def open_cache(state_dir: Path, *, workspaces: tuple[Path, ...] = (), read: bool = True,
+               write: bool = True) -> tuple[VerifyCache | None, str | None]:
     """The workspace's cache (`state_dir` is its `.sealab/`), or None and why (one line) when there is no
-    key to sign it with."""
+    key to sign it with. `write` False (a reader's): never writes the cache, nor makes a key."""
     try:
-        key = chain_check.load_key(workspaces=workspaces)
+        key = chain_check.load_key(workspaces=workspaces, create=write)
     except SigningError as exc:
         return None, f"{exc}: no verification cache"
-    return VerifyCache(state_dir / CACHE_DIR / CACHE_NAME, key, read=read), None
+    return VerifyCache(state_dir / CACHE_DIR / CACHE_NAME, key, read=read, write=write), None
 
 
 # -- for the dashboard -----------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ function drawState(s) {
       s.counts.parked + " parked, " + s.counts.proposal_failed + " failed proposals"],
     ["drift events", String(s.counts.drift)],
     ["cost so far", "$" + Number(s.cost_usd || 0).toFixed(4)],
-    ["ledger chain", s.chain.problems ? s.chain.problems + " problem(s): run `sealab verify --all`" : "intact"],
+    ["ledger chain", chainText(s.chain)],
     ["last activity", s.run.last_activity || "—"],
     ...dutyRows(s.duty, s.counts.experiments),
     ...heldoutRows(s.heldout),
@@ -83,6 +83,16 @@ function drawState(s) {
     byId("current-description").textContent = (current.description || "") + " @ " + short(current.commit);
   }
   tick();
+}
+
+// The hash chain, as the server's background check last found it.
+function chainText(c) {
+  if (!c || typeof c.problems !== "number") {
+    return c && c.error ? "not checked: " + c.error : c && c.checking ? "checking…" : "not checked yet";
+  }
+  const when = c.checked_at ? " (checked " + new Date(c.checked_at).toLocaleTimeString() +
+    (c.checking ? ", checking again" : "") + ")" : "";
+  return (c.problems ? c.problems + " problem(s): run `sealab verify --all`" : "intact") + when;
 }
 
 // The held-out test split: the latest keep's (or the baseline's) validation and test, and the gap.
@@ -124,11 +134,44 @@ function tick() {
     " training budget (killed at " + seconds(deadline) + ")";
 }
 
-function drawExperiments(data) {
-  const body = byId("experiments-body");
-  body.replaceChildren(...data.experiments.map((r) => {
+// -- the experiments: a window of rows kept here, updated with only what changed --------------------------
+// The first answer is the latest rows (with `cursor`); each poll after asks for the rows written since that
+// cursor and merges them in; "show older" asks for the page before the oldest row shown. An answer with
+// `reset` (rows renumbered, the chain check changed its verdicts) replaces the window.
+const table = {tag: undefined, rows: new Map(), cursor: null, chain: null, first: null, more: false, total: 0};
+
+function applyExperiments(data, replace) {
+  if (replace) {
+    table.rows = new Map();
+    table.first = data.window.first;
+    table.more = !!data.window.more;
+  }
+  table.tag = data.tag;
+  table.cursor = data.cursor;
+  table.chain = data.chain ? data.chain.version : null;
+  table.total = data.total;
+  let changed = replace;
+  for (const r of data.experiments) {
+    if (!replace && table.more && table.first !== null && r.seq < table.first && !table.rows.has(r.seq)) continue;
+    table.rows.set(r.seq, r);
+    changed = true;
+  }
+  if (changed) drawTable();
+  if (data.chart) drawChart(data.chart, data.metric, data.direction);
+}
+
+function applyOlder(data) {
+  for (const r of data.experiments) table.rows.set(r.seq, r);
+  table.first = data.window.first === null ? table.first : data.window.first;
+  table.more = !!data.window.more;
+  drawTable();
+}
+
+function drawTable() {
+  const rows = [...table.rows.values()].sort((a, b) => a.n - b.n);
+  byId("experiments-body").replaceChildren(...rows.map((r) => {
     const v = r.verification;
-    const row = el("tr", {id: r.id},
+    return el("tr", {id: r.id},
       el("td", {class: "num"}, r.n),
       el("td", null, code(r.id)),
       el("td", {class: r.status === "ok" ? "" : "bad", title: r.reason}, r.status),
@@ -140,28 +183,50 @@ function drawExperiments(data) {
       el("td", {class: "num"}, r.drift ? String(r.drift) : ""),
       el("td", {class: "num", title: "training / idle seconds (wall − training)"}, trainIdle(r)),
       el("td", {class: "description"}, r.description || "", r.log_tail ? folded("log tail", pre(r.log_tail)) : null));
-    return row;
   }));
-  byId("experiments-empty").hidden = data.experiments.length > 0;
-  drawChart(data);
+  byId("experiments-empty").hidden = rows.length > 0;
+  byId("experiments-shown").textContent = rows.length < table.total ?
+    "showing the latest " + rows.length + " of " + table.total + " experiments" : "";
+  byId("experiments-older").hidden = !table.more;
 }
 
-function drawChart(data) {
+async function showOlder() {
+  if (table.first === null) return;
+  const button = byId("experiments-older");
+  button.disabled = true;
+  try {
+    applyOlder(JSON.parse(await getText("/api/experiments" + query({before: table.first, limit: 500}))));
+  } catch (error) {
+    byId("error").textContent = "cannot load older experiments: " + error.message;
+    byId("error").hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function num(v) { return typeof v === "number" && isFinite(v); }
+
+// The chart: every experiment up to a few thousand; beyond, every baseline and keep as a point and the
+// others as min/max bars (`buckets`), with the running best as a step line and the held-out test scores.
+function drawChart(chart, metric, direction) {
   const box = byId("chart-box");
-  const rows = data.experiments;
   const W = 1000, H = 360, L = 70, R = 20, T = 20, B = 40;
   const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img"});
-  root.append(svg("title", null, data.metric + " per experiment"));
-  const ys = rows.flatMap((r) => [r.value, r.best, r.test]).filter((v) => typeof v === "number");
-  if (!rows.length || !ys.length) {
+  root.append(svg("title", null, metric + " per experiment"));
+  let lo = Infinity, hi = -Infinity;
+  const see = (v) => { if (num(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); } };
+  for (const p of chart.points) see(p[1]);
+  for (const b of chart.buckets) { see(b[2]); see(b[3]); }
+  for (const b of chart.best) see(b[1]);
+  for (const t of chart.test) see(t[1]);
+  if (!chart.total || lo > hi) {
     root.append(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, "no metric yet"));
     box.replaceChildren(root);
     return;
   }
-  let lo = Math.min(...ys), hi = Math.max(...ys);
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
-  const x = (n) => L + (W - L - R) * (n - 0.5) / rows.length;
+  const x = (n) => L + (W - L - R) * (n - 0.5) / chart.total;
   const y = (v) => T + (H - T - B) * (hi - v) / (hi - lo);
   for (let i = 0; i <= 4; i++) {
     const v = lo + (hi - lo) * i / 4;
@@ -171,37 +236,54 @@ function drawChart(data) {
   root.append(svg("line", {class: "axis", x1: L, x2: L, y1: T, y2: H - B}));
   root.append(svg("line", {class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B}));
   root.append(svg("text", {x: (L + W - R) / 2, y: H - 8, "text-anchor": "middle"},
-    "experiment # — " + data.metric +
-    (data.direction === "minimize" ? " (lower is better)" : " (higher is better)")));
-  const step = [];
-  rows.forEach((r) => {
-    if (typeof r.best !== "number") return;
-    step.push((step.length ? "L" : "M") + x(r.n - 0.5) + " " + y(r.best), "L" + x(r.n + 0.5) + " " + y(r.best));
-  });
-  if (step.length) root.append(svg("path", {class: "best", d: step.join(" ")}, null));
-  rows.forEach((r) => {  // the held-out test split's score, where the orchestrator made one: a hollow diamond
-    if (typeof r.test !== "number") return;
-    const d = 5, cx = x(r.n), cy = y(r.test);
-    const mark = svg("path", {class: "pt-test", d: `M${cx} ${cy - d}L${cx + d} ${cy}L${cx} ${cy + d}L${cx - d} ${cy}Z`});
-    mark.append(svg("title", null, "#" + r.n + " " + r.id + ": held-out test " + fmt(r.test)));
+    "experiment # — " + metric + (direction === "minimize" ? " (lower is better)" : " (higher is better)") +
+    (chart.downsampled ? " — " + chart.total + " experiments; bars: the range of the others" : "")));
+  const cross = (cx, title) => {
+    const cy = H - B - 8;
+    const mark = svg("path", {class: "pt-failed", d: `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`});
+    mark.append(svg("title", null, title));
     root.append(mark);
-  });
-  rows.forEach((r) => {
-    const label = "#" + r.n + " " + r.id + ": " + fmt(r.value) + " " + (r.decision || r.status);
-    if (typeof r.value === "number") {
-      const kind = r.decision === "keep" ? "keep" : r.decision === "baseline" ? "baseline" : "other";
-      const dot = svg("circle", {class: "pt-" + kind, cx: x(r.n), cy: y(r.value), r: kind === "other" ? 4 : 5});
-      dot.append(svg("title", null, label));
-      root.append(dot);
-    } else if (r.status !== "running") {
-      const cx = x(r.n), cy = H - B - 8;
-      const d = `M${cx - 4} ${cy - 4}L${cx + 4} ${cy + 4}M${cx - 4} ${cy + 4}L${cx + 4} ${cy - 4}`;
-      const cross = svg("path", {class: "pt-failed", d: d});
-      cross.append(svg("title", null, label));
-      root.append(cross);
+  };
+  for (const [first, last, low, high, valued, failed] of chart.buckets) {
+    const cx = x((first + last) / 2), span = "#" + first + "–#" + last + ": ";
+    if (valued && num(low) && num(high)) {
+      const bar = svg("line", {class: "pt-range", x1: cx, x2: cx, y1: y(low), y2: y(high) + (high === low ? 1 : 0)});
+      bar.append(svg("title", null, span + valued + " experiment(s), " + fmt(low) + " to " + fmt(high)));
+      root.append(bar);
     }
-  });
+    if (failed) cross(cx, span + failed + " without a metric");
+  }
+  const steps = chart.best.filter((b) => num(b[1]));
+  if (steps.length) {
+    const d = ["M" + x(steps[0][0] - 0.5) + " " + y(steps[0][1])];
+    for (const [n, v] of steps.slice(1)) d.push("H" + x(n - 0.5), "V" + y(v));
+    d.push("H" + x(chart.total + 0.5));
+    root.append(svg("path", {class: "best", d: d.join(" ")}, null));
+  }
+  for (const [n, t, id] of chart.test) {  // the held-out test split's score, where one was made: a hollow diamond
+    if (!num(t)) continue;
+    const d = 5, cx = x(n), cy = y(t);
+    const mark = svg("path", {class: "pt-test", d: `M${cx} ${cy - d}L${cx + d} ${cy}L${cx} ${cy + d}L${cx - d} ${cy}Z`});
+    mark.append(svg("title", null, "#" + n + " " + id + ": held-out test " + fmt(t)));
+    root.append(mark);
+  }
+  for (const [n, value, label, id] of chart.points) {
+    const title = "#" + n + " " + id + ": " + fmt(value) + " " + (label || "");
+    if (num(value)) {
+      const kind = label === "keep" ? "keep" : label === "baseline" ? "baseline" : "other";
+      const dot = svg("circle", {class: "pt-" + kind, cx: x(n), cy: y(value), r: kind === "other" ? 4 : 5});
+      dot.append(svg("title", null, title));
+      root.append(dot);
+    } else {
+      cross(x(n), title);
+    }
+  }
   box.replaceChildren(root);
+}
+
+// "the latest N of M", when a section shows a window of what there is
+function windowNote(shown, total, what) {
+  return typeof total === "number" && total > shown ? [empty("the latest " + shown + " of " + total + " " + what)] : [];
 }
 
 function drawKept(data) {
@@ -209,7 +291,8 @@ function drawKept(data) {
     el("h3", null, k.id + ": " + fmt(k.value) + " — " + (k.description || "")),
     el("p", null, code(short(k.parent)), " → ", code(short(k.commit)), "; " + (k.decision_reason || "")),
     pre(k.diff)));
-  byId("kept-list").replaceChildren(...(items.length ? items : [empty("no kept changes yet")]));
+  byId("kept-list").replaceChildren(...(items.length ? [...windowNote(items.length, data.total, "kept changes"), ...items]
+    : [empty("no kept changes yet")]));
 }
 
 function drawDrift(data) {
@@ -220,7 +303,11 @@ function drawDrift(data) {
       d.patch_path ? code(d.patch_path) : null),
     el("ul", null, ...d.changes.map((c) => el("li", null, c))),
     d.patch ? folded("diff", pre(d.patch)) : null));
-  byId("drift-list").replaceChildren(...(items.length ? items : [empty("no drift")]));
+  const total = data.total || {};
+  const notes = [...windowNote(data.drift.filter((d) => !d.experiment).length, total.events, "drift events"),
+    ...windowNote(new Set(data.drift.filter((d) => d.experiment).map((d) => d.experiment)).size, total.experiments,
+      "experiments with drift")];
+  byId("drift-list").replaceChildren(...(items.length ? [...notes, ...items] : [empty("no drift")]));
 }
 
 function drawReview(data) {
@@ -238,20 +325,51 @@ function drawReview(data) {
   if (failed.length) {
     items.push(el("article", {class: "failures"}, el("h3", null, "failed proposals"), el("ul", null, ...failed)));
   }
-  byId("review-list").replaceChildren(...(items.length ? items : [empty("nothing awaiting review")]));
+  const total = data.total || {};
+  const notes = ["parked", "rejected"].flatMap((kind) =>
+    windowNote(data.review.filter((p) => p.kind === kind).length, total[kind], kind + " proposals"))
+    .concat(windowNote(data.proposal_failed.length, total.proposal_failed, "failed proposals"));
+  byId("review-list").replaceChildren(...(items.length ? [...notes, ...items] : [empty("nothing awaiting review")]));
 }
 
 // -- polling -------------------------------------------------------------------------------------------
-const SECTIONS = [["state", drawState], ["experiments", drawExperiments], ["kept", drawKept],
-                  ["drift", drawDrift], ["review", drawReview]];
+const SECTIONS = [["state", drawState], ["experiments", null], ["kept", drawKept], ["drift", drawDrift],
+                  ["review", drawReview]];
+
+function query(extra) {
+  const q = new URLSearchParams();
+  if (TAG) q.set("tag", TAG);
+  for (const [key, value] of Object.entries(extra || {})) if (value !== null && value !== undefined) q.set(key, value);
+  const text = q.toString();
+  return text ? "?" + text : "";
+}
+
+async function getText(path) {
+  const response = await fetch(path, {cache: "no-store"});
+  const text = await response.text();
+  if (!response.ok) throw new Error(JSON.parse(text).error || response.statusText);
+  return text;
+}
+
+async function refreshExperiments() {
+  const incremental = table.cursor !== null;
+  const data = JSON.parse(await getText("/api/experiments" +
+    query(incremental ? {since: table.cursor, chain: table.chain} : {})));
+  if (incremental && data.tag !== table.tag) {  // the latest run is another one now: start its window afresh
+    table.cursor = null;
+    return refreshExperiments();
+  }
+  applyExperiments(data, !incremental || data.reset);
+}
 
 async function refresh() {
-  const query = TAG ? "?tag=" + encodeURIComponent(TAG) : "";
   try {
     for (const [name, draw] of SECTIONS) {
-      const response = await fetch("/api/" + name + query, {cache: "no-store"});
-      const text = await response.text();
-      if (!response.ok) throw new Error(JSON.parse(text).error || response.statusText);
+      if (name === "experiments") {
+        await refreshExperiments();
+        continue;
+      }
+      const text = await getText("/api/" + name + query());
       if (last[name] !== text) {
         draw(JSON.parse(text));
         last[name] = text;
@@ -268,6 +386,7 @@ async function refresh() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  byId("experiments-older").addEventListener("click", showOlder);
   refresh();
   setInterval(tick, 1000);
 });

@@ -13,8 +13,10 @@ from importlib import resources
 
 import pytest
 
+from agent import dashboard as dash
+from agent import chain_watch, run_view
 from agent.dashboard import Dashboard
-from agent.html_report import collect
+from agent.html_report import collect, heldout_rows, kept_values, metric_of, running_best
 from agent.serve import LOOPBACK_NAMES, StrictJSON, create_app, is_loopback
 from executor.ledger import Ledger, ReadOnlyLedger, reading
 from executor.record import Decision, Finish, Results, RunLabels
@@ -92,7 +94,15 @@ def ws(tmp_path) -> dict:
 
 
 def board(ws: dict, alive=lambda owner: True) -> Dashboard:
-    return Dashboard(root=ws["ws"].root, repo=ws["ws"].git, alive=alive)
+    return Dashboard(root=ws["ws"].root, repo=ws["ws"].git, alive=alive, chain_interval_s=0)
+
+
+def checked(b: Dashboard, path) -> Dashboard:
+    """`b` once its background chain check of the ledger at `path` has run (a poll starts it)."""
+    with reading(path) as ledger:
+        b.state(ledger)
+    b.chain.wait()
+    return b
 
 
 def test_experiments_rows_chart_series_and_verification(ws):
@@ -127,7 +137,7 @@ def test_verification_reports_a_wrong_image_id_and_an_edited_record(ws):
     con.commit()
     con.close()
     with reading(path) as ledger:
-        rows = {r["id"]: r["verification"] for r in board(ws).experiments(ledger)["experiments"]}
+        rows = {r["id"]: r["verification"] for r in checked(board(ws), path).experiments(ledger)["experiments"]}
     assert rows["e0004"]["state"] == "mismatch" and rows["e0004"]["problems"][0].startswith("image_id")
     assert rows["e0003"]["state"] == "mismatch" and rows["e0003"]["problems"][0].startswith("record")
     assert rows["e0006"]["state"] == "pending"
@@ -145,13 +155,13 @@ def test_state_phases_current_experiment_and_cost(ws):
           created_at=stamp(NOW - timedelta(seconds=30)), run_tag="t1")
     ledger.close()
     with reading(path) as ledger:
-        live = board(ws).state(ledger, now=NOW)
+        live = checked(board(ws), path).state(ledger, now=NOW)
         dead = board(ws, alive=lambda owner: False).state(ledger, now=NOW)
     assert live["run"]["phase"] == "running" and live["tag"] == "t1" and live["branch"] == "sealab/t1"
     assert live["current"]["id"] == "e0006" and live["current"]["elapsed_s"] == pytest.approx(30)
     assert live["current"]["budget_s"] == 2.0 and live["current"]["grace_s"] == 40.0
     assert live["best"] == {"value": 0.95, "commit": ws["commits"][1]}
-    assert live["cost_usd"] == 1.75 and live["chain"] == {"problems": 0}
+    assert live["cost_usd"] == 1.75 and live["chain"]["problems"] == 0 and live["chain"]["checked_at"]
     assert live["counts"]["experiments"] == 6 and live["counts"]["keep"] == 1 and live["counts"]["failed"] == 1
     assert live["counts"]["drift"] == 2 and live["counts"]["parked"] == 1 and live["counts"]["rejected"] == 1
     assert dead["run"]["phase"] == "interrupted" and dead["current"] is None
@@ -414,3 +424,327 @@ def test_a_request_read_in_its_daemon_thread_gives_its_result_or_its_error():
         return value
 
     assert asyncio.run(both()) is True
+
+
+# -- at scale: incremental views, windows, downsampling, the chain in the background ---------------------------
+C40 = "c" * 40
+
+
+def write(ledger, eid: str, *, tag: str | None = "t1", status: str = "ok", value: float | None = None,
+          decision: str | None = None, reproduces: str | None = None, test: float | None = None,
+          account: tuple[float, float] | None = None, at: int = 0, finish: bool = True, owner: str = "test") -> None:
+    """One experiment as the loop writes it: begun, finished, tagged, decided, annotated."""
+    begin(ledger, owner, id=eid, commit=C40, run_spec=SPEC, description=f"change {eid}",
+          created_at=stamp(NOW + timedelta(seconds=at)))
+    if not finish:
+        return
+    ledger.finish(eid, Finish(Status(status), None if status == "ok" else "exit code 1",
+                              results=Results(metrics={"val_bpb": value} if value is not None else {}, drift=[])))
+    if tag is not None:
+        ledger.label(eid, RunLabels(tag, proposal={"description": f"proposal {eid}", "usage": {"cost_usd": 0.125}}))
+    if decision is not None:
+        ledger.record_decision(eid, Decision(decision), f"{decision} because")
+    if reproduces is not None:
+        ledger.record_rerun(eid, reproduces)
+    if test is not None:
+        ledger.record_test(eid, {"val_bpb": test})
+    if account is not None:
+        from agent import cycle
+
+        ledger.record_cycle(eid, cycle.account(wall_s=account[0], training_s=account[1], durations={"seal": 0.5},
+                                               proposal_s=2.25, decision_s=0.125, pipelined=True))
+
+
+class Counting:
+    """A ledger that counts what is read through it: record reads and SQL statements."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger, self.reads, self.sql = ledger, 0, []
+        outer = self
+
+        class DB:
+            def execute(self, sql, params=()):
+                outer.sql.append(sql)
+                return ledger.db.execute(sql, params)
+
+            def __getattr__(self, name):
+                return getattr(ledger.db, name)
+
+        self.db = DB()
+
+    def select(self, *args, **kwargs):
+        for item in self.ledger.select(*args, **kwargs):
+            self.reads += 1
+            yield item
+
+    def __getattr__(self, name):
+        if name in ("records", "experiments", "get", "experiment", "chain_problems", "events"):
+            self.reads += 1000  # never in a poll
+        return getattr(self.ledger, name)
+
+
+def steady(payload: dict) -> dict:
+    """A payload without what differs between two dashboards reading the same ledger."""
+    return {k: v for k, v in payload.items() if k not in ("server_time", "chain", "cursor")}
+
+
+def fresh(path, tag=None, **kwargs) -> tuple[dict, dict]:
+    """What a new dashboard computes from the whole ledger: (state, experiments with every row)."""
+    b = Dashboard(chain_interval_s=3600, check_chain=lambda ledger: [], alive=lambda owner: True)
+    with reading(path) as ledger:
+        return b.state(ledger, tag, now=NOW), b.experiments(ledger, tag, limit=dash.PAGE_MAX, **kwargs)
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["full chart", "downsampled chart"])
+def test_incremental_polls_equal_a_fresh_computation(tmp_path, monkeypatch, small):
+    """A dashboard polled after every write (begin, finish, tag, decision, annotations, another run's
+    record, a record still running, one moved to another run) answers what a new dashboard computes from
+    the whole ledger, which is what `sealab report` computes (running best, held-out rows, duty cycle,
+    counts); a client that merges the `since` answers holds the same rows as a full window."""
+    if small:
+        monkeypatch.setattr(run_view, "CHART_FULL", 4)
+        monkeypatch.setattr(run_view, "BUCKET_ROWS", 2)
+        monkeypatch.setattr(run_view, "CHART_BUCKETS", 3)
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    ledger.save_run("t1", {"tag": "t1", "branch": "sealab/t1"})
+    live = Dashboard(chain_interval_s=3600, check_chain=lambda ledger: [], alive=lambda owner: True)
+    client: dict[int, dict] = {}
+    cursor = chain = None
+    steps = [
+        lambda: write(ledger, "e01", value=1.0, decision="baseline", test=1.1, account=(100.0, 80.0), at=1),
+        lambda: write(ledger, "e02", value=0.98, decision="baseline", test=1.05, account=(50.0, 40.0), at=2),
+        lambda: write(ledger, "e03", finish=False, at=3),  # running, not tagged yet
+        lambda: ledger.finish("e03", Finish(Status.OK, results=Results(metrics={"val_bpb": 0.94}, drift=[]))),
+        lambda: ledger.label("e03", RunLabels("t1")),
+        lambda: write(ledger, "x01", tag="other", value=0.5, decision="keep", at=4),  # another run's
+        lambda: write(ledger, "e04", value=0.95, decision="confirm", reproduces="e03", at=5),
+        lambda: ledger.record_decision("e03", Decision.KEEP, "beats the best"),  # the keep, after its confirmation
+        lambda: ledger.record_test("e03", {"val_bpb": 1.0}),
+        lambda: write(ledger, "e05", status="crash", decision="discard", at=6),
+        lambda: write(ledger, "e06", value=0.99, decision="discard", account=(30.0, 12.5), at=7),
+        lambda: ledger.record_decision("e06", Decision.CONFIRM, "reclassified"),  # an annotation of an older row
+        lambda: ledger.record_rerun("e06", "e03"),  # ... which now moves e03's kept value
+        lambda: write(ledger, "e07", value=0.9, decision="keep", test=0.97, at=8),
+        lambda: write(ledger, "e08", finish=False, at=9, owner="host:1:1"),
+        lambda: ledger.record_push("e01", "registry.example/x@sha256:" + "a" * 64),
+        lambda: write(ledger, "e09", value=1.2, decision="discard", at=10),
+        lambda: ledger.label("e09", RunLabels("other")),  # ... and it leaves the run: rows renumbered
+    ]
+    for n, step in enumerate(steps):
+        step()
+        with reading(path) as reader:
+            state = live.state(reader, now=NOW)
+            full = live.experiments(reader, limit=dash.PAGE_MAX)
+            polled = live.experiments(reader, since=cursor, chain=chain) if cursor is not None else full
+        want_state, want = fresh(path)
+        assert steady(state) == steady(want_state), n
+        assert steady(full) == steady(want), n
+        if cursor is None or polled["reset"]:
+            client = {}
+        client.update({r["seq"]: r for r in polled["experiments"]})
+        cursor, chain = polled["cursor"], polled["chain"]["version"]
+        no_best = lambda rows: [{k: v for k, v in r.items() if k != "best"} for r in rows]  # noqa: E731
+        assert no_best(sorted(client.values(), key=lambda r: r["n"])) == no_best(want["experiments"]), n
+        if polled["chart"] is not None:
+            chart = polled["chart"]
+        assert chart == want["chart"], n
+    # ... and what the report computes
+    records = ledger.records("t1")
+    values, decisions = [metric_of(r) for r in records], [r.get("decision") for r in records]
+    rows = want["experiments"]
+    assert [r["id"] for r in rows] == [r["id"] for r in records] + ["e08"]  # the running one last
+    assert [r["best"] for r in rows[:-1]] == running_best(values, decisions, kept_values(records))
+    assert want_state["heldout"] == {**heldout_rows(records)[-1], "first_gap": heldout_rows(records)[0]["gap"],
+                                     "rows": len(heldout_rows(records))}
+    assert want_state["duty"] == dash.duty_of(records) and want_state["duty"]["experiments"] == 3
+    assert want_state["counts"] == {"experiments": 7, "baseline": 2, "keep": 2, "discard": 1, "confirm": 2,
+                                    "failed": 1, "drift": 0, "rejected": 0, "parked": 0, "proposal_failed": 0}
+    assert want_state["cost_usd"] == 0.125 * 6 and want_state["current"]["id"] == "e08"
+    ledger.close()
+
+
+def test_pages_return_every_row_exactly_once(tmp_path):
+    """The latest window, then `before` the oldest row shown, page after page: every row of the run once,
+    in order, numbered from 1; `more` is false on the last page. `since` answers only what was written."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    ledger.save_run("t1", {"tag": "t1"})
+    with ledger.batch():
+        for i in range(1, 260):
+            write(ledger, f"e{i:04d}", value=1.0 + i / 1000, decision="discard", at=i)
+            if i % 50 == 0:
+                write(ledger, f"x{i:04d}", tag="other", value=1.0, at=i)
+    b = Dashboard(check_chain=lambda ledger: [])
+    seen = []
+    with reading(path) as reader:
+        page = b.experiments(reader, limit=37)
+        assert page["total"] == 259 and page["window"]["more"]
+        while True:
+            seen = page["experiments"] + seen
+            if not page["window"]["more"]:
+                break
+            page = b.experiments(reader, limit=37, before=page["window"]["first"])
+            assert page["chart"] is None  # (a page of older rows: the chart came with the latest window)
+        cursor = b.experiments(reader)["cursor"]
+    assert [r["n"] for r in seen] == list(range(1, 260))
+    assert [r["id"] for r in seen] == [f"e{i:04d}" for i in range(1, 260)]
+    assert len({r["seq"] for r in seen}) == 259
+    ledger.record_decision("e0007", Decision.CONFIRM, "again")
+    write(ledger, "e0260", value=0.5, decision="keep", at=300)
+    write(ledger, "x0260", tag="other", value=0.5, at=301)
+    with reading(path) as reader:
+        since = b.experiments(reader, since=cursor)
+        assert not since["reset"]
+        assert [(r["id"], r["n"]) for r in since["experiments"]] == [("e0007", 7), ("e0260", 260)]
+        again = b.experiments(reader, since=since["cursor"])
+    assert again["experiments"] == [] and again["chart"] is None and not again["reset"]
+    ledger.close()
+
+
+def view_of(n: int, keep_every: int = 97, fail_every: int = 13) -> run_view.RunView:
+    """A run's view of `n` records fed directly (no ledger): baselines first, a keep every
+    `keep_every`, a crash every `fail_every`, discards otherwise."""
+    view = run_view.RunView("t1")
+    for i in range(1, n + 1):
+        decision = "baseline" if i <= 3 else "keep" if i % keep_every == 0 else "discard"
+        status = "crash" if decision == "discard" and i % fail_every == 0 else "ok"
+        record = {"id": f"e{i:06d}", "run_tag": "t1", "status": status, "decision": decision, "run_spec": SPEC,
+                  "metrics": {"val_bpb": 1.0 - i / (10 * n) + (i % 7) / 100} if status == "ok" else {}}
+        text = json.dumps(record)
+        view.put(i, text, record)
+    view.cursor = view.changed_at = n
+    return view
+
+
+@pytest.mark.parametrize("n, buckets", [(12_000, None), (3_000, 40)], ids=["as served", "buckets merged"])
+def test_the_chart_downsamples_beyond_a_few_thousand_points_and_keeps_every_keep(monkeypatch, n, buckets):
+    """Beyond CHART_FULL experiments the chart holds every baseline and keep as a point and the others as
+    at most CHART_BUCKETS min/max buckets that cover each of them; the running best is the report's."""
+    if buckets:
+        monkeypatch.setattr(run_view, "CHART_BUCKETS", buckets)
+        monkeypatch.setattr(run_view, "CHART_FULL", 500)
+    small = view_of(run_view.CHART_FULL)
+    assert not small.chart()["downsampled"] and len(small.chart()["points"]) == run_view.CHART_FULL
+    view = view_of(n)
+    chart = view.chart()
+    rows = [view.rows[s] for s in view.seqs]
+    steps = [(n, r.id) for n, r in enumerate(rows, 1) if r.decision in ("keep", "baseline")]
+    assert chart["downsampled"] and chart["total"] == n
+    assert [(p[0], p[3]) for p in chart["points"]] == steps and len(steps) == 3 + n // 97
+    assert len(chart["buckets"]) <= run_view.CHART_BUCKETS and len(chart["buckets"]) > run_view.CHART_BUCKETS // 2
+    assert len(chart["points"]) + len(chart["buckets"]) + len(chart["best"]) <= 2 * len(steps) + run_view.CHART_BUCKETS
+    others = [(n, r) for n, r in enumerate(rows, 1) if r.decision not in ("keep", "baseline")]
+    assert sum(b[4] + b[5] for b in chart["buckets"]) == len(others)
+    for n, row in others[::101]:  # each one inside its bucket's range
+        bucket = next(b for b in chart["buckets"] if b[0] <= n <= b[1])
+        assert row.value is None and bucket[5] or bucket[2] <= row.value <= bucket[3]
+    values = [r.value for r in rows]
+    best = running_best(values, [r.decision for r in rows])
+    changes = [(n, b) for n, b in enumerate(best, 1) if n == 1 or b != best[n - 2]]
+    assert chart["best"] == changes
+    # a change in the middle touches its bucket only, and the chart follows it
+    record = {"id": "e001000", "run_tag": "t1", "status": "ok", "decision": "discard", "run_spec": SPEC,
+              "metrics": {"val_bpb": 7.0}}
+    view.put(1000, json.dumps(record), record)
+    view.changed_at += 1
+    assert sum(b is None for b in view.buckets) == 1
+    assert max(b[3] for b in view.chart()["buckets"]) == 7.0
+
+
+def test_a_poll_after_no_change_reads_no_record(tmp_path):
+    """Once the dashboard has answered, polls of every route read no record while nothing is written;
+    after one write they read that one (and the running ones), not the ledger."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    ledger.save_run("t1", {"tag": "t1"})
+    with ledger.batch():
+        for i in range(1, 301):
+            write(ledger, f"e{i:04d}", value=1.0 + i / 1000, decision="baseline" if i < 3 else "discard", at=i)
+    b = Dashboard(check_chain=lambda ledger: [])
+    routes = [("state", {}), ("experiments", {}), ("kept", {}), ("drift", {}), ("review", {})]
+    with reading(path) as reader:
+        counting = Counting(reader)
+        for name, kwargs in routes:
+            getattr(b, name)(counting, **kwargs)
+        first = counting.reads
+        cursor = b.experiments(counting)["cursor"]
+        counting.reads, counting.sql = 0, []
+        for name, kwargs in routes + [("experiments", {"since": cursor})]:
+            getattr(b, name)(counting, **kwargs)
+    assert first >= 300
+    assert counting.reads == 0
+    assert not [sql for sql in counting.sql if re.search(r"\brecord\b.*FROM experiments", sql)], counting.sql
+    write(ledger, "e0301", value=0.9, decision="keep", at=400)
+    with reading(path) as reader:
+        counting = Counting(reader)
+        since = b.experiments(counting, since=cursor)
+        b.state(counting)
+    assert [r["id"] for r in since["experiments"]] == ["e0301"] and counting.reads <= 3
+    ledger.close()
+
+
+def test_the_chain_is_checked_in_the_background_and_an_edit_is_reported(tmp_path):
+    """A poll never waits for the hash-chain check: the first says it is checking; once the background
+    check has run, polls say when and what it found. A record edited in the file (no cursor moves) is
+    found by the next check, shown on its row, and a client's window is reset."""
+    import threading
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    ledger.save_run("t1", {"tag": "t1"})
+    for i in range(1, 4):
+        write(ledger, f"e{i}", value=1.0 - i / 100, decision="discard", at=i)
+    ledger.close()
+    gate = threading.Event()
+
+    def slow(reader):
+        gate.wait(30)
+        return chain_watch.chain_problems(reader)
+
+    b = Dashboard(check_chain=slow, chain_interval_s=0)
+    b.chain.idle_factor = 0  # (the first check waited for the gate: no pause after it here)
+    with reading(path) as reader:
+        started = time.monotonic()
+        state = b.state(reader)
+        client = b.experiments(reader)
+    assert time.monotonic() - started < 5
+    assert state["chain"]["problems"] is None and state["chain"]["checking"] and state["chain"]["checked_at"] is None
+    gate.set()
+    b.chain.wait()
+    with reading(path) as reader:
+        state = b.state(reader)
+    assert state["chain"]["problems"] == 0 and state["chain"]["checked_at"] and not state["chain"]["checking"]
+    con = sqlite3.connect(path)
+    record = json.loads(con.execute("SELECT record FROM experiments WHERE id = 'e2'").fetchone()[0])
+    record["metrics"]["val_bpb"] = 0.5
+    con.execute("UPDATE experiments SET record = ? WHERE id = 'e2'", (json.dumps(record),))
+    con.commit()
+    con.close()
+    with reading(path) as reader:
+        b.state(reader)  # the ledger's files changed: a check starts
+    b.chain.wait()
+    with reading(path) as reader:
+        state = b.state(reader)
+        since = b.experiments(reader, since=client["cursor"], chain=client["chain"]["version"])
+    assert state["chain"]["problems"] == 1
+    assert since["reset"] and since["chain"]["version"] != client["chain"]["version"]
+    rows = {r["id"]: r for r in since["experiments"]}
+    assert rows["e2"]["verification"]["state"] == "mismatch"
+    assert rows["e2"]["verification"]["problems"][0].startswith("record")
+    assert rows["e2"]["value"] == 0.5  # the row as the file holds it now
+    assert rows["e1"]["verification"]["state"] == "unchecked"  # (no git here: the chain only)
+
+
+def test_experiments_query_parameters(app):
+    """`/api/experiments` takes limit, before, since and chain as whole numbers; anything else is 400."""
+    status, _, body = call(app, "GET", "/api/experiments?tag=t1&limit=2")
+    data = json.loads(body)
+    assert status == 200 and [r["id"] for r in data["experiments"]] == ["e0004", "e0005"] and data["total"] == 5
+    older = json.loads(call(app, "GET", f"/api/experiments?tag=t1&limit=2&before={data['window']['first']}")[2])
+    assert [r["id"] for r in older["experiments"]] == ["e0002", "e0003"] and older["window"]["more"]
+    since = json.loads(call(app, "GET", f"/api/experiments?tag=t1&since={data['cursor']}")[2])
+    assert since["experiments"] == [] and since["chart"] is None
+    for bad in ("limit=x", "before=-1", "since=1e3", "limit=%C2%B2"):
+        status, headers, body = call(app, "GET", f"/api/experiments?{bad}")
+        assert status == 400 and headers["content-type"] == "application/json" and "whole number" in body.decode()

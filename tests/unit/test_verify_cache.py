@@ -316,3 +316,21 @@ def test_commit_trees_in_one_git_process_agree_with_one_by_one(world):
     assert many == one
     assert many[c1] == (c1, git_source.tree_of(repo, c1)) == many[c1[:9]] and many["HEAD^{tree}"] is None
     assert many["nope"] is None and many["a b"] is None and many[""] is None
+
+
+def test_the_dashboard_verifies_its_rows_through_the_cache_and_never_writes_it(world, monkeypatch):
+    """`sealab serve`'s per-row verification reads `verify --all`'s cache: after one run, the page's rows are
+    verified with nothing derived again, and the cache file (and the key) are left as they were."""
+    from agent.dashboard import Dashboard
+    from executor.ledger import reading
+
+    cached(world)
+    before = world["cache"].read_bytes()
+    no_derivation(monkeypatch)
+    board = Dashboard(root=world["ws"].root, repo=world["repo"], alive=lambda holder: True,
+                      check_chain=lambda ledger: [], chain_interval_s=3600)
+    with reading(world["ws"].ledger_path) as ledger:
+        rows = {row["id"]: row["verification"] for row in board.experiments(ledger)["experiments"]}
+    assert rows["e1"]["state"] == "ok" and rows["e2"]["state"] == "ok"
+    assert rows["e6"]["state"] == "mismatch" and any("image_id" in p for p in rows["e6"]["problems"])
+    assert world["cache"].read_bytes() == before
