@@ -406,8 +406,8 @@ class RunView:
         return self.spec_cache[1], self.spec_cache[2]
 
     def heldout(self) -> dict[str, Any] | None:
-        """The held-out split of the run's records (as the report's `heldout_rows`): the latest row (the latest keep's, else the baseline's), the first
-        gap and the number of rows."""
+        """The held-out split of the run's records (as the report's `heldout_rows`): the latest row (the
+        latest keep's, else the baseline's), the first gap and the number of rows."""
         rows: list[dict[str, Any]] = []
         val, test = self.base_val.mean(), self.base_test.mean()
         if val is not None and test is not None:

@@ -10,7 +10,8 @@ import random
 import pytest
 
 from agent.create import init
-from agent.dashboard import _heldout
+from agent.dashboard import Dashboard
+from executor.ledger import reading
 from agent.html_report import heldout_rows, kept_values, metric_of, render_html, collect, held_out_value
 from agent.loop import Loop
 from agent.offline import OfflineProposer
@@ -60,7 +61,10 @@ def test_the_loop_scores_the_baseline_and_every_keep_on_the_test_split_and_nothi
     assert rows[-1]["val"] == pytest.approx(state.best_value)
     page = render_html(collect(ledger, tag="t"))
     assert "Held-out test split" in page and f"{rows[-1]['test']:.6f}" in page and "gap (test − val)" in page
-    assert _heldout(records)["first_gap"] == pytest.approx(rows[0]["gap"])
+    with reading(ws.ledger_path) as reader:  # the dashboard's held-out row is the report's latest, with the first gap
+        shown = Dashboard(alive=lambda holder: True, check_chain=lambda ledger: [], chain_interval_s=3600).state(
+            reader, "t")["heldout"]
+    assert shown["first_gap"] == pytest.approx(rows[0]["gap"]) and shown["test"] == pytest.approx(rows[-1]["test"])
     assert kept_values(records) and metric_of(records[0]) is not None
 
 
