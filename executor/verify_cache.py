@@ -219,6 +219,14 @@ def problems_for(record: Mapping[str, Any], *, repo: git_source.Repository, ledg
     return outcome.mismatches
 
 
+def _key(workspaces: tuple[Path, ...]) -> tuple[bytes | None, list[str]]:
+    """The key of the cache and the checkpoint (made on first use), or None and the one-line note why not."""
+    try:
+        return chain_check.load_key(workspaces=workspaces), []
+    except SigningError as exc:
+        return None, [f"{exc}: no verification cache or chain checkpoint"]
+
+
 # -- `sealab verify --all` -------------------------------------------------------------------------------
 def verify_all(repo: git_source.Repository, ledger: Ledger, engine: Engine | None, state_dir: Path, *,
                full: bool = False, workspaces: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -231,12 +239,7 @@ def verify_all(repo: git_source.Repository, ledger: Ledger, engine: Engine | Non
     are replaced by what this check found (the checkpoint only when the chain is clean).
     """
     started = time.monotonic()
-    notes: list[str] = []
-    try:
-        key = chain_check.load_key(workspaces=workspaces)
-    except SigningError as exc:
-        key = None
-        notes.append(f"{exc}: no verification cache or chain checkpoint")
+    key, notes = _key(workspaces)
     cache = VerifyCache(state_dir / CACHE_DIR / CACHE_NAME, key, read=not full) if key is not None else None
     with chain_check.snapshot(ledger):
         chain = chain_check.check(ledger, state_dir / CACHE_DIR / chain_check.CHECKPOINT_NAME, key, whole=full)
@@ -273,12 +276,7 @@ def verify_some(repo: git_source.Repository, ledger: Ledger, engine: Engine | No
                 state_dir: Path, *, workspaces: tuple[Path, ...] = ()) -> dict[str, Any]:
     """`verify(...)` of some records (`sealab verify ID`) through the cache, with the chain checked from the
     checkpoint (its problems of these records only)."""
-    notes: list[str] = []
-    try:
-        key = chain_check.load_key(workspaces=workspaces)
-    except SigningError as exc:
-        key = None
-        notes.append(f"{exc}: no verification cache or chain checkpoint")
+    key, notes = _key(workspaces)
     cache = VerifyCache(state_dir / CACHE_DIR / CACHE_NAME, key) if key is not None else None
     chain = chain_check.check(ledger, state_dir / CACHE_DIR / chain_check.CHECKPOINT_NAME, key, keep=False)
     if chain.note:
