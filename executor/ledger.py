@@ -167,6 +167,8 @@ class Query:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         if self.changed_after is not None:  # a poll: few rows changed, whatever the planner guesses from a range
             where = " INDEXED BY experiments_by_change" + where
+        elif self.since is not None and self.run_tag is None and self.after is None:  # "since this morning"
+            where = " INDEXED BY experiments_by_created" + where
         if not ordered:
             return f"SELECT {columns} FROM experiments{where}", tuple(params)
         if self.last is not None:  # the last N, read from the end, then put in order

@@ -148,7 +148,7 @@ def test_pages_by_cursor_return_every_record_once(ledger):
 def test_reads_use_the_indexes(ledger):
     """The filters are index searches, not scans of the table (what keeps a read at what it returns)."""
     for query in (Query(run_tag="night-1"), Query(status="ok"), Query(decision="keep"), Query(changed_after=3),
-                  Query(image_prefix="sha256:01")):
+                  Query(image_prefix="sha256:01"), Query(since=stamp(3))):
         sql, params = query.sql("seq, record")
         plan = " ".join(row[-1] for row in ledger.db.execute("EXPLAIN QUERY PLAN " + sql, params))
         assert "USING INDEX" in plan or "USING INTEGER PRIMARY KEY" in plan, (query, plan)
