@@ -21,6 +21,8 @@ from executor.ledger import Ledger, now, reading
 CHAIN_INTERVAL_S = 5.0  # at least this long between two chain checks
 CHAIN_IDLE_FACTOR = 4  # and at least this many times the last check's duration (a slow walk: a fifth of a core)
 CHAIN_REFRESH_S = 600.0  # a check this long after the last one even when nothing seems to have changed
+IN_THREAD_BYTES = 8 << 20  # a ledger this small (about 1,400 records) is checked in the thread: a walk of well
+# under 0.1 s holds the polls back less than starting a child Python every few seconds costs a busy machine
 
 
 def chain_problems(ledger: Ledger) -> list[dict[str, Any]]:
@@ -70,7 +72,8 @@ class ChainWatch:
 
     A daemon thread waits for each check. `check` None: `chain_problems` runs in a child process (a long
     walk there never holds this process's interpreter lock, which the requests' threads need), killed
-    with this process; else `check(ledger)` runs in the thread (tests)."""
+    with this process, or in the thread for a ledger under IN_THREAD_BYTES; else `check(ledger)` runs in
+    the thread (tests)."""
 
     def __init__(self, check: Callable[[Ledger], list[dict[str, Any]]] | None = None,
                  interval_s: float = CHAIN_INTERVAL_S, idle_factor: float = CHAIN_IDLE_FACTOR) -> None:
@@ -118,8 +121,10 @@ class ChainWatch:
         problems: list[dict[str, Any]] | None = None
         cursor, error = None, None
         try:
-            if self.check is None:
+            if self.check is None and _size(path) > IN_THREAD_BYTES:
                 cursor, problems = self._in_child(path)
+            elif self.check is None:
+                cursor, problems = _check_chain(path, chain_problems)
             else:
                 cursor, problems = _check_chain(path, self.check)
         except Exception as exc:  # noqa: BLE001 (said on the page; the thread must end in any case)
@@ -165,6 +170,13 @@ class ChainWatch:
         if answer[0] != "ok":
             raise SealabError(answer[1])
         return answer[1], answer[2]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _check_chain(path: Path, check: Callable[[Ledger], list[dict[str, Any]]]) -> tuple[int, list[dict[str, Any]]]:

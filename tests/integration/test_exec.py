@@ -203,7 +203,10 @@ def test_results_and_verify(make_workspace):
     row = dict(zip(tsv[0].split("\t"), tsv[1].split("\t")))
     assert row["commit"] == record["commit"][:7] and row["image_id"] == record["image_id"]
     assert float(row["val_bpb"]) == pytest.approx(record["metrics"]["val_bpb"], abs=1e-6)
-    assert sealab_json("verify", "--all", cwd=root) == {"checked": 1, "mismatches": []}
+    first = sealab_json("verify", "--all", cwd=root)
+    assert (first["checked"], first["mismatches"], first["rederived"], first["cached"]) == (1, [], 1, 0)
+    again = sealab_json("verify", "--all", cwd=root)  # what the first proved is kept: nothing derived again
+    assert (again["checked"], again["mismatches"], again["rederived"], again["cached"]) == (1, [], 0, 1)
     db = sqlite3.connect(root / ".sealab" / "ledger.db")
     forged = {**record, "image_id": "sha256:" + "0" * 64}
     db.execute("UPDATE experiments SET record = ? WHERE id = ?", (json.dumps(forged), record["id"]))

@@ -748,3 +748,30 @@ def test_experiments_query_parameters(app):
     for bad in ("limit=x", "before=-1", "since=1e3", "limit=%C2%B2"):
         status, headers, body = call(app, "GET", f"/api/experiments?{bad}")
         assert status == 400 and headers["content-type"] == "application/json" and "whole number" in body.decode()
+
+
+@pytest.mark.parametrize("where", ["thread", "child"])
+def test_the_default_chain_check_runs_in_a_thread_for_a_small_ledger_and_in_a_child_beyond(tmp_path, monkeypatch, where):
+    """The server's own check (no `check_chain` given): a ledger under IN_THREAD_BYTES is walked in the
+    waiting thread, a larger one in a child Python; both find a clean chain, then an edit."""
+    monkeypatch.setattr(chain_watch, "IN_THREAD_BYTES", 1 << 30 if where == "thread" else 0)
+    started = []
+    monkeypatch.setattr(chain_watch.ChainWatch, "_in_child",
+                        lambda self, path, real=chain_watch.ChainWatch._in_child: started.append(path) or real(self, path))
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(path)
+    for i in range(1, 4):
+        write(ledger, f"e{i}", value=1.0 - i / 100, decision="discard", at=i)
+    board = Dashboard(alive=lambda holder: True, chain_interval_s=0)
+    board.chain.idle_factor = 0
+    with reading(path) as reader:
+        board.state(reader)
+    assert board.chain.wait().problems == ()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE experiments SET record = replace(record, 'change e2', 'changed e2') WHERE id = 'e2'")
+    con.commit()
+    with reading(path) as reader:
+        board.state(reader)
+    found = board.chain.wait().problems
+    assert [(p["id"], p["field"]) for p in found] == [("e2", "record")]
+    assert bool(started) == (where == "child")
