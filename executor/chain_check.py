@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from executor.ledger import GENESIS, PAGE_ROWS, Ledger, link_hash, record_digest
+from executor.ledger import GENESIS, PAGE_ROWS, Ledger, link_hash, paged, record_digest
 from executor.signing import SigningError, _outside, key_dir
 from executor.types import canonical_json
 
@@ -109,11 +109,7 @@ def snapshot(ledger: Ledger) -> Iterator[None]:
 
 
 def _paged(cursor: Any) -> Iterator[Any]:
-    while True:
-        page = cursor.fetchmany(PAGE_ROWS * 4)
-        if not page:
-            return
-        yield from page
+    return paged(cursor, PAGE_ROWS * 4)
 
 
 def _links(ledger: Ledger, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, str, str, str, str]]:

@@ -131,6 +131,15 @@ def now() -> str:
 PAGE_ROWS = 256  # rows fetched from SQLite at a time by the streaming reads
 
 
+def paged(rows: sqlite3.Cursor, size: int = PAGE_ROWS) -> Iterator[Any]:
+    """The rows of a query, fetched `size` at a time (constant memory however many there are)."""
+    while True:
+        page = rows.fetchmany(size)
+        if not page:
+            return
+        yield from page
+
+
 @dataclass(frozen=True)
 class Query:
     """Which records a read selects; every field narrows it (None: no condition). Each condition is on an
@@ -426,19 +435,14 @@ class Ledger:
     def records(self, run_tag: str | None = None) -> list[dict[str, Any]]:
         """Every record as stored (or those of the run `run_tag`), whatever its shape (the tolerant readers'
         view; see executor.record), in the order they were begun."""
-        return [record for _, record in self.select(Query(run_tag=run_tag) if run_tag is not None else Query())]
+        return [record for _, record in self.select(Query(run_tag=run_tag))]
 
     def select(self, query: Query | None = None, *, raw: bool = False) -> Iterator[tuple[int, Any]]:
         """`(seq, record)` of the records `query` selects, as stored, read in pages (constant memory however
         many there are). `raw`: the record as its stored JSON text, undecoded (to pass it on as it is)."""
         sql, params = (query or Query()).sql("seq, record")
-        rows = self._query(sql, params)
-        while True:
-            page = rows.fetchmany(PAGE_ROWS)
-            if not page:
-                return
-            for seq, text in page:
-                yield seq, (text if raw else json.loads(text))
+        for seq, text in paged(self._query(sql, params)):
+            yield seq, (text if raw else json.loads(text))
 
     def pick(self, paths: dict[str, str], query: Query | None = None, *,
              texts: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
@@ -456,17 +460,12 @@ class Ledger:
         columns = ", ".join([f"id, CASE WHEN json_valid(record) THEN json_extract(record, {extract}) END"]
                             + ["CASE WHEN json_valid(record) THEN json_quote(json_extract(record, ?)) END"] * len(text_keys))
         sql, params = (query or Query()).sql(columns)
-        rows = self._query(sql, tuple(paths.values()) + tuple((texts or {}).values()) + params)
-        while True:
-            page = rows.fetchmany(PAGE_ROWS)
-            if not page:
-                return
-            for row in page:
-                if row[1] is None:
-                    raise LedgerError(f"{self.path}: the record {row[0]} is not JSON (`sealab verify --all` reports it)")
-                out = dict(zip(keys, json.loads(row[1])[1:]))
-                out.update(zip(text_keys, row[2:]))
-                yield out
+        for row in paged(self._query(sql, tuple(paths.values()) + tuple((texts or {}).values()) + params)):
+            if row[1] is None:
+                raise LedgerError(f"{self.path}: the record {row[0]} is not JSON (`sealab verify --all` reports it)")
+            out = dict(zip(keys, json.loads(row[1])[1:]))
+            out.update(zip(text_keys, row[2:]))
+            yield out
 
     def count(self, query: Query | None = None) -> int:
         """How many records `query` selects (its limit aside)."""
